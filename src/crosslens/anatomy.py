@@ -1,0 +1,199 @@
+"""Model anatomy: where a causal LM keeps its blocks, final norm and unembedding.
+
+One layer numbering is used by the whole project (lens, activations, steering):
+
+* layer 0 is the embeddings output (the input of the first decoder block, after any
+  embedding scaling such as Gemma's sqrt(d_model));
+* layer l (1 <= l <= n_layers) is the output of decoder block l (1-based), i.e. the
+  residual stream *before* the final norm.
+
+transformers' ``hidden_states[-1]`` is the *post-norm* output of the last block, so it is
+never used here: states are captured with hooks on the blocks themselves, and
+:meth:`Anatomy.lens_logits` applies the final norm exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Family", "FAMILIES", "Anatomy", "UnsupportedModelError", "paper_layers", "capture_residuals"]
+
+
+class UnsupportedModelError(ValueError):
+    """A model whose family has no adapter: we refuse rather than guess its layout."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Module-path templates of one architecture family (steering-vectors style, no isinstance chains)."""
+
+    blocks: str = "model.layers"
+    final_norm: str = "model.norm"
+    head: str = "lm_head"
+    softcap_attr: str | None = None  # config attribute holding the final-logit softcap, if any
+
+
+_STANDARD = Family()
+_GEMMA = Family(softcap_attr="final_logit_softcapping")
+
+#: model_type -> family. Add a line here (and a tiny-model test) to support a new family.
+FAMILIES: dict[str, Family] = {
+    "llama": _STANDARD,
+    "mistral": _STANDARD,
+    "qwen2": _STANDARD,
+    "qwen3": _STANDARD,
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+}
+
+
+def family_for(model_type: str) -> Family:
+    """Return the adapter for ``model_type`` or fail with one line that says how to add one."""
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        known = ", ".join(sorted(FAMILIES))
+        raise UnsupportedModelError(
+            f"unsupported model family '{model_type}' (supported: {known}); to add one, register its "
+            f"block/norm/head module paths in crosslens.anatomy.FAMILIES"
+        ) from None
+
+
+def paper_layers(n_layers: int, every: int = 4) -> list[int]:
+    """The paper's schedule: every ``every``-th block, ending at the last one (42 -> 2, 6, ..., 42)."""
+    if n_layers < 1 or every < 1:
+        raise ValueError(f"paper_layers needs n_layers >= 1 and every >= 1, got {n_layers}, {every}")
+    return list(range(n_layers % every or every, n_layers + 1, every))
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """The parts of a loaded causal LM that the lens, activations and steering need."""
+
+    model_type: str
+    blocks: nn.ModuleList
+    final_norm: nn.Module
+    head: nn.Module
+    softcap: float | None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Anatomy:
+        """Read the anatomy of ``model`` through its family's module-path table."""
+        model_type = model.config.model_type
+        fam = family_for(model_type)
+        modules = dict(model.named_modules())
+        missing = [p for p in (fam.blocks, fam.final_norm, fam.head) if p not in modules]
+        if missing:
+            raise UnsupportedModelError(
+                f"model of type '{model_type}' lacks modules {missing}; its layout differs from the "
+                "crosslens adapter in crosslens.anatomy.FAMILIES"
+            )
+        softcap = getattr(model.config, fam.softcap_attr, None) if fam.softcap_attr else None
+        return cls(model_type, modules[fam.blocks], modules[fam.final_norm], modules[fam.head], softcap)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.head.weight.shape[1])
+
+    @property
+    def unembed_weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    @property
+    def unembed_bias(self) -> torch.Tensor | None:
+        return getattr(self.head, "bias", None)
+
+    def check_layers(self, layers: Sequence[int]) -> list[int]:
+        """Validate a layer list against the numbering above; returns it sorted and de-duplicated."""
+        bad = [ell for ell in layers if not 0 <= int(ell) <= self.n_layers]
+        if bad:
+            raise ValueError(f"layers {bad} out of range: this model has layers 0..{self.n_layers}")
+        return sorted({int(ell) for ell in layers})
+
+    def lens_logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """Map a residual state at the output of block ``layer`` to float32 vocabulary logits.
+
+        Exactly the model's own head: final norm once, unembedding (+ bias), final-logit softcap.
+        For ``layer == n_layers`` this reproduces the model's output logits.
+        """
+        self.check_layers([layer])
+        w = self.head.weight
+        h = h.to(device=w.device, dtype=w.dtype)
+        logits = nn.functional.linear(self.final_norm(h), w, self.unembed_bias).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def token_logprobs(
+        self, h: torch.Tensor, layer: int, targets: torch.Tensor, max_elements: int = 2**26
+    ) -> torch.Tensor:
+        """log softmax(lens_logits(h))[targets] for rows of ``h``, projecting at most ``max_elements``
+        logits at a time so a 262k vocabulary never materialises a (positions x vocab) matrix
+        beyond the budget. ``h``: (N, d); ``targets``: (N,) or (N, k). Returns float32 (N,) / (N, k).
+        """
+        vocab = self.head.weight.shape[0]
+        rows = max(1, max_elements // vocab)
+        out = []
+        squeeze = targets.dim() == 1
+        tg = targets.unsqueeze(-1) if squeeze else targets
+        for start in range(0, h.shape[0], rows):
+            logp = torch.log_softmax(self.lens_logits(h[start : start + rows], layer), dim=-1)
+            out.append(logp.gather(-1, tg[start : start + rows].to(logp.device)))
+        res = torch.cat(out) if out else torch.empty(tg.shape, dtype=torch.float32)
+        return res.squeeze(-1) if squeeze else res
+
+
+def _block_output(output: object) -> torch.Tensor:
+    # transformers 5 decoder layers return a tensor; older ones a tuple whose first item is the state.
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+
+
+@contextlib.contextmanager
+def capture_residuals(
+    anatomy: Anatomy, layers: Sequence[int], index: torch.Tensor | None = None
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the residual stream at ``layers`` (project numbering) during the forward passes run
+    inside the block.
+
+    ``index``: optional (batch, k) long tensor of sequence positions; when given only those
+    positions are kept (the memory-bounded path), giving (batch, k, d) per layer, else (batch, seq, d).
+    Hooks are registered inside ``try`` and always removed.
+    """
+    layers = anatomy.check_layers(layers)
+    store: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int, h: torch.Tensor) -> None:
+        if index is not None:
+            idx = index.to(h.device).unsqueeze(-1).expand(-1, -1, h.shape[-1])
+            h = h.gather(1, idx)
+        store[layer] = h.detach()
+
+    handles = []
+    try:
+        for layer in layers:
+            if layer == 0:
+
+                def pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+                    keep(0, args[0] if args else kwargs["hidden_states"])
+
+                handles.append(anatomy.blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+
+                def post(_m: nn.Module, _a: tuple, output: object, layer: int = layer) -> None:
+                    keep(layer, _block_output(output))
+
+                handles.append(anatomy.blocks[layer - 1].register_forward_hook(post))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()

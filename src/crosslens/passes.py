@@ -1,0 +1,193 @@
+"""Batched forward passes that read only what they need.
+
+Every stage of crosslens asks the same question of a model: "what is the residual stream at these
+layers, at these positions?" — the last prompt token (labels, activations, steering) or the
+positions just before each token of an answer continuation (cloze scoring, logit lens). Two
+passes answer it:
+
+* :func:`prompt_pass` runs padded prompts once (left or right padding, explicit position ids),
+  keeps the KV cache, and captures states at the last real prompt token only;
+* :func:`continuation_pass` extends cached prompts with many continuations at once (the cache rows
+  are repeated per continuation, so a prompt is never re-encoded) and captures the states that
+  predict each continuation token.
+
+The base decoder is called, never the LM head: vocabulary projections happen later in
+:meth:`crosslens.anatomy.Anatomy.token_logprobs` for the few positions that are read.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from crosslens.anatomy import capture_residuals
+from crosslens.models import LoadedModel
+
+__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "continuation_logprobs", "length_batches"]
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pad or 0)  # padded positions are masked out, so any id works
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Group indices into batches of similar length (sorted, stable), so little compute goes to padding.
+
+    The grouping depends only on ``lengths`` and the limits: a resumed run rebuilds the same batches.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        cur = batches[-1] if batches else None
+        fits = cur is not None and len(cur) < batch_size
+        if fits and max_tokens is not None:
+            fits = (len(cur) + 1) * lengths[i] <= max_tokens  # type: ignore[arg-type]
+        if fits:
+            cur.append(i)  # type: ignore[union-attr]
+        else:
+            batches.append([i])
+    return batches
+
+
+@dataclass
+class PromptPass:
+    """Result of encoding a batch of prompts: states at the last real token and the cache to extend."""
+
+    last: dict[int, torch.Tensor]  # layer -> (batch, d) state at the last real prompt token
+    cache: object | None  # transformers Cache holding the prompts (None when use_cache=False)
+    attention_mask: torch.Tensor  # (batch, padded_len)
+    lengths: torch.Tensor  # (batch,) real prompt lengths
+
+
+def prompt_pass(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    padding_side: str = "left",
+    use_cache: bool = True,
+    steer: object | None = None,
+) -> PromptPass:
+    """Encode ``prompts`` (token id lists) and capture ``layers`` at each prompt's last token.
+
+    ``steer``: an optional context-manager factory ``steer(last_index)`` (see crosslens.steering)
+    entered around the forward pass, so steering hooks know which position is the last one.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    device = lm.input_device
+    lengths = torch.tensor([len(p) for p in prompts])
+    width = int(lengths.max())
+    ids = torch.full((len(prompts), width), _pad_id(lm), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        sl = slice(width - len(p), width) if padding_side == "left" else slice(0, len(p))
+        ids[row, sl] = torch.as_tensor(p)
+        mask[row, sl] = 1
+    # Explicit positions: a padded prompt is encoded exactly as the same prompt alone.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    last_index = (torch.full_like(lengths, width - 1) if padding_side == "left" else lengths - 1)[:, None]
+    base = lm.model.get_decoder()
+    with torch.inference_mode(), capture_residuals(lm.anatomy, layers, last_index) as states:
+        ctx = steer(last_index) if steer is not None else _null()
+        with ctx:
+            out = base(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=use_cache,
+            )
+    return PromptPass(
+        last={layer: h[:, 0] for layer, h in states.items()},
+        cache=out.cache if use_cache else None,
+        attention_mask=mask,
+        lengths=lengths,
+    )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def continuation_pass(
+    lm: LoadedModel,
+    pp: PromptPass,
+    owner: Sequence[int],
+    continuations: Sequence[Sequence[int]],
+    layers: Sequence[int],
+) -> dict[int, list[torch.Tensor]]:
+    """States that predict each continuation token, at ``layers``.
+
+    ``owner[i]`` is the row of ``pp`` that continuation ``i`` extends. For a continuation
+    x_1..x_T the result holds T states per layer: the prompt's last-token state (predicting x_1)
+    then the states at x_1..x_{T-1}. Only x_1..x_{T-1} are fed to the model — the state at x_T
+    predicts nothing we read — and only when some continuation has more than one token.
+    """
+    if pp.cache is None:
+        raise ValueError("continuation_pass needs a prompt pass run with use_cache=True")
+    owner_t = torch.as_tensor(list(owner), dtype=torch.long)
+    feed = [list(c[:-1]) for c in continuations]
+    width = max((len(f) for f in feed), default=0)
+    result: dict[int, list[torch.Tensor]] = {
+        layer: [pp.last[layer][o : o + 1] for o in owner_t.tolist()] for layer in layers
+    }
+    if width == 0:
+        return result
+    device = lm.input_device
+    n = len(feed)
+    ids = torch.full((n, width), _pad_id(lm), dtype=torch.long)
+    cont_mask = torch.zeros((n, width), dtype=torch.long)
+    for row, f in enumerate(feed):
+        if f:
+            ids[row, : len(f)] = torch.as_tensor(f)
+            cont_mask[row, : len(f)] = 1
+    mask = torch.cat([pp.attention_mask[owner_t], cont_mask], dim=1)
+    positions = pp.lengths[owner_t][:, None] + torch.arange(width)[None, :]
+    cache = copy.deepcopy(pp.cache)  # the prompt cache stays reusable by later passes
+    cache.reorder_cache(owner_t.to(device))  # type: ignore[attr-defined]
+    index = torch.arange(width)[None, :].expand(n, -1)
+    base = lm.model.get_decoder()
+    with torch.inference_mode(), capture_residuals(lm.anatomy, layers, index) as states:
+        base(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+        )
+    for layer in layers:
+        h = states[layer]
+        for row, f in enumerate(feed):
+            if f:
+                result[layer][row] = torch.cat([result[layer][row], h[row, : len(f)].to(result[layer][row].device)])
+    return result
+
+
+def continuation_logprobs(
+    lm: LoadedModel,
+    states: dict[int, list[torch.Tensor]],
+    continuations: Sequence[Sequence[int]],
+    max_elements: int = 2**26,
+) -> dict[int, list[torch.Tensor]]:
+    """Per-token log-probabilities of each continuation, read through the lens at each layer.
+
+    At ``layer == n_layers`` these are the model's own output log-probabilities.
+    All continuations of one layer are projected together, in vocabulary chunks bounded by
+    ``max_elements`` logits.
+    """
+    sizes = [len(c) for c in continuations]
+    targets = torch.as_tensor([t for c in continuations for t in c], dtype=torch.long)
+    out: dict[int, list[torch.Tensor]] = {}
+    for layer, per_cont in states.items():
+        h = torch.cat(per_cont)
+        logp = lm.anatomy.token_logprobs(h, layer, targets, max_elements=max_elements).cpu()
+        out[layer] = list(torch.split(logp, sizes))
+    return out

@@ -1,0 +1,183 @@
+"""Score multiple-choice prompts: choice labels at the last prompt token, and full answer texts.
+
+Both readings come from one prompt pass per item (batched by length) plus one continuation pass
+that extends the cached prompt with every answer text at once:
+
+* **letters** — log-probability of each label token (A, B, ...) after ``Answer:``; how a label is
+  tokenised (" A" vs "A") is decided once per tokenizer by :func:`label_plan` and recorded;
+* **texts** — per-token log-probabilities of ``" " + choice`` after the prompt, at any layer read
+  through the lens (the last layer is the model's own output: cloze scoring).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from crosslens.models import LoadedModel
+from crosslens.passes import continuation_logprobs, continuation_pass, length_batches, prompt_pass
+from crosslens.prompts import labels as label_letters
+
+__all__ = ["LabelPlan", "label_plan", "encode_continuation", "ItemScores", "score_prompts", "rank_choices"]
+
+log = logging.getLogger(__name__)
+
+_PROBE = "Question: What is two plus two? A: three B: four Answer:"
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """How choice labels are read after ``Answer:`` for one tokenizer (written into run.json)."""
+
+    form: str  # "space": the label token is " A"; "nospace": it is "A"
+    letters: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+
+    def for_n(self, n: int) -> list[int]:
+        return list(self.token_ids[:n])
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def label_plan(tokenizer, n_max: int = 5) -> LabelPlan:
+    """Decide the label tokens by tokenising a real prompt followed by each label.
+
+    " A" is preferred (that is what a model writes after "Answer:"), provided the prompt's own
+    tokens stay unchanged and the label adds exactly one token; tokenizers that merge the space
+    differently fall back to "A". Anything else is an error rather than a guess.
+    """
+    letters = label_letters(n_max)
+    base = tokenizer(_PROBE, add_special_tokens=False).input_ids
+    for form, sep in (("space", " "), ("nospace", "")):
+        ids = []
+        for letter in letters:
+            full = tokenizer(_PROBE + sep + letter, add_special_tokens=False).input_ids
+            if full[: len(base)] != base or len(full) != len(base) + 1:
+                break
+            ids.append(full[-1])
+        else:
+            if len(set(ids)) == len(ids):
+                return LabelPlan(form, tuple(letters), tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)))
+    raise ValueError(
+        f"cannot find single-token choice labels for tokenizer {type(tokenizer).__name__}: "
+        f"neither ' A' nor 'A' after 'Answer:' is one token"
+    )
+
+
+def encode_continuation(tokenizer, prompt: str, prompt_ids: Sequence[int], text: str) -> tuple[list[int], bool]:
+    """Tokens of ``" " + text`` as they follow ``prompt`` (lm-evaluation-harness style).
+
+    The pair is tokenised jointly and the prompt's tokens are cut off, so merges across the
+    boundary are the ones the model would see. If the joint tokenisation changes the prompt's own
+    tokens, the continuation is tokenised alone instead; the flag says which happened.
+    """
+    full = tokenizer(prompt + " " + text.strip()).input_ids
+    if full[: len(prompt_ids)] == list(prompt_ids) and len(full) > len(prompt_ids):
+        return full[len(prompt_ids) :], True
+    return tokenizer(" " + text.strip(), add_special_tokens=False).input_ids, False
+
+
+def rank_choices(logprobs: Sequence[float]) -> list[int]:
+    """Rank 1 = most probable. Ties go to the earlier choice (stable sort), so ranks are deterministic."""
+    order = np.argsort(-np.asarray(logprobs, dtype=np.float64), kind="stable")
+    ranks = np.empty(len(order), dtype=int)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks.tolist()
+
+
+@dataclass
+class ItemScores:
+    """Readings of one prompt. Keys are layers (project numbering)."""
+
+    label_logprobs: dict[int, np.ndarray] = field(default_factory=dict)  # (n_labels,) per layer
+    text_logprobs: dict[int, list[np.ndarray]] = field(default_factory=dict)  # per continuation: (T,)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def score_prompts(
+    lm: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    label_ids: Sequence[Sequence[int]] | None = None,
+    continuations: Sequence[Sequence[Sequence[int]]] | None = None,
+    batch_size: int = 8,
+    padding_side: str = "left",
+    max_elements: int = 2**26,
+) -> Iterator[tuple[int, ItemScores]]:
+    """Yield ``(index, ItemScores)`` for every prompt, in length-sorted batch order.
+
+    ``label_ids[i]``: label tokens read at prompt i's last token; ``continuations[i]``: token lists
+    appended after prompt i. On out-of-memory a batch is split in half and retried (finished
+    batches are already yielded, so no work is lost); the batch size actually used is not part of
+    the results beyond float rounding.
+    """
+    layers = lm.anatomy.check_layers(layers)
+    pending = length_batches([len(p) for p in prompt_ids], batch_size)[::-1]
+    while pending:
+        batch = pending.pop()
+        try:
+            results = _score_batch(lm, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not _is_oom(exc) or len(batch) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            log.warning("out of memory with batch %d; retrying as %d + %d", len(batch), half, len(batch) - half)
+            pending += [batch[half:], batch[:half]]
+            continue
+        yield from results
+
+
+def _score_batch(
+    lm: LoadedModel,
+    batch: list[int],
+    prompt_ids: Sequence[Sequence[int]],
+    layers: list[int],
+    label_ids: Sequence[Sequence[int]] | None,
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    padding_side: str,
+    max_elements: int,
+) -> list[tuple[int, ItemScores]]:
+    want_texts = continuations is not None and any(continuations[i] for i in batch)
+    pp = prompt_pass(lm, [prompt_ids[i] for i in batch], layers, padding_side, use_cache=want_texts)
+    scores = [ItemScores() for _ in batch]
+    if label_ids is not None:
+        for layer in layers:
+            for row, i in enumerate(batch):
+                targets = torch.as_tensor(label_ids[i], dtype=torch.long)[None, :]
+                lp = lm.anatomy.token_logprobs(pp.last[layer][row : row + 1], layer, targets, max_elements)
+                scores[row].label_logprobs[layer] = lp[0].cpu().numpy()
+    if want_texts:
+        owner = [row for row, i in enumerate(batch) for _ in continuations[i]]  # type: ignore[index]
+        conts = [c for i in batch for c in continuations[i]]  # type: ignore[index]
+        _check_window(lm, pp, conts, padding_side)
+        states = continuation_pass(lm, pp, owner, conts, layers)
+        logps = continuation_logprobs(lm, states, conts, max_elements)
+        for layer in layers:
+            for row in range(len(batch)):
+                scores[row].text_logprobs[layer] = [
+                    logps[layer][k].numpy() for k, o in enumerate(owner) if o == row
+                ]
+    return list(zip(batch, scores))
+
+
+def _check_window(lm: LoadedModel, pp, conts: Sequence[Sequence[int]], padding_side: str) -> None:
+    # A right-padded cache has padding *between* prompt and continuation; sliding-window layers
+    # count cache slots, not positions, so their window would be off once it is reached.
+    window = getattr(lm.model.config, "sliding_window", None)
+    width = pp.attention_mask.shape[1] + max(len(c) for c in conts)
+    if padding_side == "right" and window and width > window:
+        raise ValueError(
+            f"right padding cannot extend cached prompts past the sliding window ({window} tokens) of "
+            f"{lm.anatomy.model_type}; use padding_side='left'"
+        )

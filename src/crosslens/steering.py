@@ -1,0 +1,285 @@
+"""Cross-lingual activation steering (paper §2.3, Eq. 8, §4.3).
+
+v^l_{m->en} = mean over N parallel items of h_l(q_en) - h_l(q_m) at the last prompt token. At
+inference gamma * v is added to the output of block l at the last prompt token only (gamma > 0
+toward English, < 0 away). The N items the vectors come from are held out of evaluation.
+
+Because only the last position changes, a prompt minus its last token is encoded once, its KV
+cache kept, and every (layer, gamma) setting is a one-token forward from that cache: a grid of G
+settings costs about one prompt pass plus G one-token passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from crosslens import __version__, metrics
+from crosslens.activations import collect_activations
+from crosslens.anatomy import Anatomy, _block_output
+from crosslens.data import ParallelDataset
+from crosslens.evaluate import EvalOptions, fingerprint, label_fields, plan_units
+from crosslens.models import LoadedModel
+from crosslens.passes import continuation_pass, length_batches, prompt_pass
+from crosslens.prompts import get_template, render
+from crosslens.scoring import label_plan
+from crosslens.store import Store
+
+__all__ = ["SteeringVectors", "sample_vector_items", "build_vectors", "add_at_positions", "steer_grid", "run_steering",
+           "summarize_steering", "STEER"]
+
+STEER = "steer"
+
+
+def sample_vector_items(item_ids: Sequence[str], n: int, seed: int) -> list[str]:
+    """The seeded random sample of items steering vectors are built from (held out afterwards)."""
+    if n >= len(item_ids):
+        raise ValueError(f"--n-vectors {n} leaves no items to evaluate (the dataset has {len(item_ids)} aligned items)")
+    return sorted(random.Random(seed).sample(list(item_ids), n))
+
+
+@dataclass
+class SteeringVectors:
+    """v[language][layer] (float32, d_model) with the provenance needed to reuse them safely."""
+
+    vectors: dict[str, dict[int, torch.Tensor]]
+    meta: dict[str, Any]
+
+    def get(self, language: str, layer: int) -> torch.Tensor:
+        return self.vectors[language][layer]
+
+    def save(self, path: str | Path) -> None:
+        import json
+
+        tensors = {f"{lang}/layer_{layer}": v.contiguous() for lang, per in self.vectors.items() for layer, v in per.items()}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in self.meta.items()})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SteeringVectors:
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = {k: json.loads(v) for k, v in fh.metadata().items()}
+        vectors: dict[str, dict[int, torch.Tensor]] = {}
+        for name, v in load_file(str(path)).items():
+            lang, layer = name.rsplit("/layer_", 1)
+            vectors.setdefault(lang, {})[int(layer)] = v
+        return cls(vectors, meta)
+
+
+def build_vectors(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    languages: Sequence[str],
+    layers: Sequence[int],
+    item_ids: Sequence[str],
+    template_name: str | None = None,
+    batch_size: int = 8,
+) -> SteeringVectors:
+    """Eq. 8 for every language m in ``languages`` (the pivot gets the zero vector) and layer."""
+    if ds.pivot is None:
+        raise ValueError(f"dataset '{ds.name}' has no English pivot to steer toward")
+    template = get_template(template_name or ds.template)
+    langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
+    acts = collect_activations(lm, ds, langs, layers, item_ids, template, batch_size)
+    vectors = {
+        m: {layer: torch.from_numpy((acts.of(layer, ds.pivot) - acts.of(layer, m)).mean(0)) for layer in acts.layers}
+        for m in langs
+    }
+    meta = {"model": lm.spec, "revision": lm.revision, "dataset": ds.name, "layers": acts.layers,
+            "languages": langs, "pivot": ds.pivot, "n": len(item_ids), "item_ids": list(item_ids),
+            "template": template.name}
+    return SteeringVectors(vectors, meta)
+
+
+@contextlib.contextmanager
+def add_at_positions(anatomy: Anatomy, layer: int, delta: torch.Tensor, index: torch.Tensor) -> Iterator[None]:
+    """Add ``delta[b]`` to the output of block ``layer`` at position ``index[b]`` of each row b.
+
+    Every other position is untouched. An all-zero ``delta`` registers no hook at all, so gamma = 0
+    reproduces unsteered results bit for bit. The hook is registered inside ``try`` and removed in
+    ``finally``, also when the forward pass raises.
+    """
+    if not 1 <= layer <= anatomy.n_layers:
+        raise ValueError(f"steering layer {layer} out of range 1..{anatomy.n_layers}")
+    if not torch.any(delta != 0):
+        yield
+        return
+
+    def hook(_m: torch.nn.Module, _a: tuple, output: object) -> object:
+        h = _block_output(output)
+        rows = torch.arange(h.shape[0], device=h.device)
+        h = h.clone()
+        h[rows, index.reshape(-1).to(h.device)] += delta.to(device=h.device, dtype=h.dtype)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    handle = None
+    try:
+        handle = anatomy.blocks[layer - 1].register_forward_hook(hook)
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def steered_full_forward(
+    lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], layer: int, delta: torch.Tensor,
+    label_ids: Sequence[Sequence[int]], padding_side: str = "left",
+) -> list[np.ndarray]:
+    """Reference path: a full forward per prompt batch with the hook at the last real token."""
+    final = lm.anatomy.n_layers
+
+    def steer(last_index: torch.Tensor) -> contextlib.AbstractContextManager:
+        return add_at_positions(lm.anatomy, layer, delta, last_index)
+
+    pp = prompt_pass(lm, prompt_ids, [final], padding_side, use_cache=False, steer=steer)
+    return [lm.anatomy.token_logprobs(pp.last[final][b : b + 1], final, torch.as_tensor([label_ids[b]]))[0].numpy()
+            for b in range(len(prompt_ids))]
+
+
+def steer_grid(
+    lm: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    label_ids: Sequence[Sequence[int]],
+    vectors: dict[int, torch.Tensor],
+    settings: Sequence[tuple[int, float]],
+    batch_size: int = 8,
+    max_rows: int = 256,
+) -> dict[tuple[int, float], list[np.ndarray]]:
+    """Label log-probs for every prompt under every (layer, gamma) setting, the cached way.
+
+    Per batch: one pass over the prompts minus their last token (cache kept), then the last
+    tokens of all prompts x a group of settings as a single one-token batch, each row carrying its
+    own gamma * v at its own layer.
+    """
+    final = lm.anatomy.n_layers
+    result = {s: [np.empty(0)] * len(prompt_ids) for s in settings}
+    for batch in length_batches([len(p) for p in prompt_ids], batch_size):
+        if any(len(prompt_ids[i]) < 2 for i in batch):
+            raise ValueError("steering needs prompts of at least two tokens")
+        pp = prompt_pass(lm, [prompt_ids[i][:-1] for i in batch], [final], "left", use_cache=True)
+        group = max(1, max_rows // len(batch))
+        for start in range(0, len(settings), group):
+            chunk = list(settings[start : start + group])
+            owner = [b for _ in chunk for b in range(len(batch))]
+            tokens = [[prompt_ids[i][-1], 0] for _ in chunk for i in batch]  # x_T, then a placeholder
+            with contextlib.ExitStack() as stack:
+                for layer in sorted({s[0] for s in chunk}):
+                    delta = torch.stack([
+                        (gamma * vectors[layer]) if s_layer == layer else torch.zeros_like(vectors[layer])
+                        for s_layer, gamma in chunk for _ in batch
+                    ])
+                    stack.enter_context(add_at_positions(lm.anatomy, layer, delta, torch.zeros(len(owner), dtype=torch.long)))
+                states = continuation_pass(lm, pp, owner, tokens, [final])[final]
+            for r, (s, b) in enumerate((s, b) for s in chunk for b in range(len(batch))):
+                h = states[r][1:2]  # state at x_T: it predicts the label
+                lp = lm.anatomy.token_logprobs(h, final, torch.as_tensor([label_ids[batch[b]]]))
+                result[s][batch[b]] = lp[0].cpu().numpy()
+    return result
+
+
+def run_steering(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    languages: Sequence[str],
+    layers: Sequence[int],
+    gammas: Sequence[float],
+    n_vectors: int = 50,
+    seed: int = 0,
+    opts: EvalOptions = EvalOptions(),
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Build vectors from ``n_vectors`` sampled items, evaluate the rest under every (layer, gamma)."""
+    if not gammas:
+        raise ValueError("--gammas is empty: give at least one multiplier")
+    if ds.pivot is None:
+        raise ValueError(f"dataset '{ds.name}' has no English pivot to steer toward")
+    layers = lm.anatomy.check_layers(layers)
+    if 0 in layers:
+        raise ValueError("steering layers start at 1 (layer 0 is the embeddings output)")
+    gammas = sorted({float(g) for g in gammas} | {0.0})  # gamma = 0 is the unsteered baseline
+    store = Store(out)
+    template = get_template(opts.template or ds.template)
+    plan = label_plan(lm.tokenizer)
+    vec_items = sample_vector_items(ds.item_ids(), n_vectors, seed)
+    langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
+    fp = fingerprint(lm, ds, template, plan, opts) | {"layers": layers, "gammas": gammas, "n_vectors": n_vectors,
+                                                      "seed": seed}
+    settings = [(layer, g) for layer in layers for g in gammas]
+    with store.lock(STEER):
+        store.begin(STEER, fp, {"model": lm.describe(), "languages": langs, "vector_items": vec_items,
+                                "crosslens_version": __version__, "command": " ".join(sys.argv),
+                                "pivot_rows": "evaluated unsteered (v_en->en = 0), repeated per setting"})
+        vec_path = store.root / "steering_vectors.safetensors"
+        if vec_path.is_file() and SteeringVectors.load(vec_path).meta.get("item_ids") == vec_items:
+            sv = SteeringVectors.load(vec_path)
+        else:
+            sv = build_vectors(lm, ds, langs, layers, vec_items, opts.template, opts.batch_size)
+            sv.save(vec_path)
+        done = store.done_units(STEER)
+        for unit in plan_units(ds, langs, opts.chunk_size, exclude=vec_items):
+            if unit.name not in done:
+                items = [ds.item(unit.language, i) for i in unit.item_ids]
+                pids = [lm.tokenizer(render(it, template)).input_ids for it in items]
+                lids = [plan.for_n(len(it.choices)) for it in items]
+                steered = unit.language != ds.pivot
+                vecs = {layer: sv.get(unit.language, layer) for layer in layers}
+                grid = steer_grid(lm, pids, lids, vecs, settings if steered else [(layers[0], 0.0)], opts.batch_size)
+                rows = []
+                for layer, g in settings:
+                    lps = grid[(layer, g)] if steered else grid[(layers[0], 0.0)]
+                    rows += [{"dataset": ds.name, "language": it.language, "item_id": it.item_id, "layer": layer,
+                              "gamma": g, "steered": steered, "gold": it.gold, **label_fields(lp, it.gold)}
+                             for it, lp in zip(items, lps)]
+                store.write_unit(STEER, unit.name, pd.DataFrame(rows))
+            if progress:
+                progress(len(unit.item_ids))
+    return summarize_steering(store, ds.pivot)
+
+
+def summarize_steering(store: Store, pivot: str) -> dict[str, Any]:
+    """Per (layer, gamma): accuracy, consistency with English and tr+(en, m) per language, their
+    change against gamma = 0, and means with 95 % CIs across the steered languages (Figs. 4, 5, 7-11)."""
+    df = store.read(STEER)
+    if df.empty:
+        raise ValueError(f"{store.root} has no steering records")
+    per: dict[tuple[int, float], dict[str, dict[str, float]]] = {}
+    for (layer, g), grp in df.groupby(["layer", "gamma"]):
+        acc = grp.groupby("language")["correct"].mean()
+        langs = [m for m in acc.index if m != pivot]
+        per[(int(layer), float(g))] = {
+            m: {"accuracy": float(acc[m]), "consistency_en": metrics.consistency(grp, pivot, m),
+                "tr_plus_from_en": metrics.positive_transfer(grp, pivot, m)}
+            for m in langs
+        }
+    settings = []
+    for (layer, g), langs in sorted(per.items()):
+        base = per[(layer, 0.0)]
+        entry: dict[str, Any] = {"layer": layer, "gamma": g, "per_language": langs}
+        for key in ("accuracy", "consistency_en", "tr_plus_from_en"):
+            vals = np.array([langs[m][key] for m in langs], dtype=float)
+            delta = np.array([langs[m][key] - base[m][key] for m in langs], dtype=float)
+            entry[key] = dict(zip(("mean", "ci_low", "ci_high"), metrics.ci95_across(vals)))
+            entry[f"delta_{key}"] = dict(zip(("mean", "ci_low", "ci_high"), metrics.ci95_across(delta)))
+        settings.append(entry)
+    summary = {"pivot": pivot, "settings": settings,
+               "unsteered_accuracy": {m: v["accuracy"] for m, v in per[min(per)[:1] + (0.0,)].items()}}
+    store.write_json("steer_summary.json", metrics.to_jsonable(summary))
+    return summary
