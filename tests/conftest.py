@@ -23,6 +23,7 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog. 1 2 3 4 5 6 7 8 9 10",
     "问题：法国的首都是哪里？ 答案：巴黎",
     "Вопрос: Какая столица Франции? Ответ: Париж",
+    "A: one B: two C: three D: four E: five Answer: A Answer: B Answer: C Answer: D Answer: E",
 ] * 3
 
 SHARED_DATA = Path(os.environ.get("CROSSLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -71,7 +72,7 @@ def _config(family: str, vocab: int):
     )
     if family == "gemma2":
         # A small softcap so the tanh really bends the random model's logits.
-        return Gemma2Config(**common, final_logit_softcapping=2.0, sliding_window=16, query_pre_attn_scalar=16)
+        return Gemma2Config(**common, final_logit_softcapping=2.0, sliding_window=256, query_pre_attn_scalar=16)
     if family == "gemma3":
         return Gemma3TextConfig(**common, sliding_window=8, query_pre_attn_scalar=16, layer_types=None)
     if family == "qwen2":
@@ -122,3 +123,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared benchmark data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """The tiny llama saved as a plain local model folder (a spec the CLI can load)."""
+    lm = tiny_model("llama")
+    path = tmp_path_factory.mktemp("tiny-llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_jsonl_dir(tmp_path_factory) -> Path:
+    """The toy parallel set in crosslens' generic jsonl format, one file per language."""
+    import json
+
+    from helpers import QUESTIONS
+
+    path = tmp_path_factory.mktemp("toy-jsonl")
+    for lang, rows in QUESTIONS.items():
+        with open(path / f"{lang}.jsonl", "w", encoding="utf-8") as fh:
+            for k, (q, c, g) in enumerate(rows):
+                fh.write(json.dumps({"id": f"q{k}", "question": q, "choices": c, "answer": g}, ensure_ascii=False) + "\n")
+    return path

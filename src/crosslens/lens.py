@@ -151,7 +151,7 @@ def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | N
         "mean_log_ratio": {lang: float(ratio_items[ratio_items["language"] == lang]["log_ratio"].mean())
                            for lang in non_pivot},
     }
-    summary["table2"] = _table2(store, summary["mean_log_ratio"], pivot)
+    summary["table2"] = _table2(store, str(lens["dataset"].iat[0]), summary["mean_log_ratio"], pivot)
     store.write_json("lens_summary.json", metrics.to_jsonable(summary))
     return summary
 
@@ -161,7 +161,7 @@ def _across(values: pd.Series) -> dict[str, Any]:
     return {"mean": mean, "ci_low": low, "ci_high": high, "per_language": {k: float(v) for k, v in values.items()}}
 
 
-def _table2(store: Store, mean_log_ratio: dict[str, float], pivot: str | None) -> dict[str, Any] | None:
+def _table2(store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot: str | None) -> dict[str, Any] | None:
     """Correlate per-language mean log ratio with the evaluation's accuracy, consistency and →tr+.
 
     Reuses ``summary.json`` / ``records/`` of the same folder; absent records give ``None``.
@@ -169,6 +169,9 @@ def _table2(store: Store, mean_log_ratio: dict[str, float], pivot: str | None) -
     if not store.has_rows(RECORDS):
         return None
     records = store.read(RECORDS)
+    records = records[records["dataset"] == dataset]
+    if pivot not in set(records["language"]):
+        pivot = None
     s = metrics.summarize(records, pivot=pivot, n_boot=0)
     langs = sorted(mean_log_ratio)
     x = [mean_log_ratio[lang] for lang in langs]

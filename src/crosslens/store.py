@@ -97,6 +97,7 @@ class Store:
                 "use another --out folder or delete it"
             )
         run.setdefault("stages", {})[stage] = {"fingerprint": fingerprint, **meta}
+        self.remove_stale_temporaries(stage)
         atomic_write_text(self.run_path, json.dumps(run, indent=2, default=str) + "\n")
 
     def write_json(self, name: str, data: Any) -> Path:
@@ -111,13 +112,22 @@ class Store:
     def table_dir(self, table: str) -> Path:
         return self.root / table
 
-    def has_rows(self, table: str) -> bool:
+    def shards(self, table: str) -> list[Path]:
+        """Finished shards of ``table``, sorted; hidden temporary files of a killed writer are not shards."""
         d = self.table_dir(table)
-        return d.is_dir() and any(d.glob("*.parquet"))
+        return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
+
+    def has_rows(self, table: str) -> bool:
+        return bool(self.shards(table))
 
     def done_units(self, table: str) -> set[str]:
+        return {p.name for p in self.shards(table)}
+
+    def remove_stale_temporaries(self, table: str) -> None:
+        """Delete temporary files a killed writer left behind (call only while holding the lock)."""
         d = self.table_dir(table)
-        return {p.name for p in d.glob("*.parquet")} if d.is_dir() else set()
+        for p in d.glob(".tmp-*") if d.is_dir() else []:
+            p.unlink(missing_ok=True)
 
     def write_unit(self, table: str, name: str, frame: pd.DataFrame) -> Path:
         """Write one unit's rows atomically (temporary hidden file, fsync, rename)."""
@@ -137,7 +147,7 @@ class Store:
 
     def read(self, table: str) -> pd.DataFrame:
         """All rows of ``table`` (empty frame if none), in a deterministic order."""
-        files = sorted(self.table_dir(table).glob("*.parquet")) if self.table_dir(table).is_dir() else []
+        files = self.shards(table)
         if not files:
             return pd.DataFrame()
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
