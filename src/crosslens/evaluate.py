@@ -6,7 +6,6 @@ continuation pass over the cached prompt gives the cloze scores of the full answ
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -185,6 +184,8 @@ def summarize_records(
     df = df[df["dataset"] == dataset]
     if languages:
         df = df[df["language"].isin(languages)]
+    if pivot not in set(df["language"]):
+        pivot = None  # English was not evaluated: no English-anchored views
     summary = {"dataset": dataset, "n_items": int(df["item_id"].nunique()), **metrics.summarize(df, pivot=pivot, seed=seed)}
     if "cloze_correct" in df:
         summary["cloze_accuracy"] = {
@@ -193,6 +194,3 @@ def summarize_records(
     store.write_json("summary.json", metrics.to_jsonable(summary))
     return summary
 
-
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

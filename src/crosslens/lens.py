@@ -130,8 +130,8 @@ def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | N
     ratio_items = (mass["native"] - mass["en"]).rename("log_ratio").reset_index()
     per_lang = ratio_items.groupby(["layer", "language"])["log_ratio"].mean()
     log_ratio = {
-        int(layer): {"per_language": {k: float(v) for k, v in per_lang.loc[layer].items()},
-                     **_across(per_lang.loc[layer][per_lang.loc[layer].index.isin(non_pivot)])}
+        int(layer): {**_across(per_lang.loc[layer][per_lang.loc[layer].index.isin(non_pivot)]),
+                     "per_language": {k: float(v) for k, v in per_lang.loc[layer].items()}}
         for layer in layers
     }
     latent_transfer = {}

@@ -131,7 +131,8 @@ def add_at_positions(anatomy: Anatomy, layer: int, delta: torch.Tensor, index: t
 
     handle = None
     try:
-        handle = anatomy.blocks[layer - 1].register_forward_hook(hook)
+        # prepend: the edit happens before any recording hook reads this block's output.
+        handle = anatomy.blocks[layer - 1].register_forward_hook(hook, prepend=True)
         yield
     finally:
         if handle is not None:

