@@ -151,8 +151,7 @@ def continuation_pass(
             cont_mask[row, : len(f)] = 1
     mask = torch.cat([pp.attention_mask[owner_t], cont_mask], dim=1)
     positions = pp.lengths[owner_t][:, None] + torch.arange(width)[None, :]
-    cache = copy.deepcopy(pp.cache)  # the prompt cache stays reusable by later passes
-    cache.reorder_cache(owner_t.to(device))  # type: ignore[attr-defined]
+    cache = _repeat_rows(pp.cache, owner_t.to(device))
     index = torch.arange(width)[None, :].expand(n, -1)
     base = lm.model.get_decoder()
     with torch.inference_mode(), capture_residuals(lm.anatomy, layers, index) as states:
@@ -169,6 +168,19 @@ def continuation_pass(
             if f:
                 result[layer][row] = torch.cat([result[layer][row], h[row, : len(f)].to(result[layer][row].device)])
     return result
+
+
+def _repeat_rows(cache: object, rows: torch.Tensor) -> object:
+    """A new cache whose batch row i is row ``rows[i]`` of ``cache``; ``cache`` itself stays reusable.
+
+    Layers are copied shallowly: ``reorder_cache`` rebinds each layer's key/value tensors to fresh
+    ``index_select`` results, so the prompt's tensors are shared, never modified, and never copied
+    more than the repetition needs.
+    """
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]  # type: ignore[attr-defined]
+    new.reorder_cache(rows)  # type: ignore[attr-defined]
+    return new
 
 
 def continuation_logprobs(
