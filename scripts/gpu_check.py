@@ -50,9 +50,13 @@ def main() -> int:
         print("error: no CUDA device visible", file=sys.stderr)
         return 2
     ds = load_dataset("crosslens-mini").limit(args.items)
-    lines = [f"# crosslens GPU check ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else args.device}",
-             f"torch {torch.__version__}", ""]
+    lines = [
+        f"# crosslens GPU check ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else args.device}",
+        f"torch {torch.__version__}",
+        "",
+    ]
     failed = False
     template = get_template(ds.template)
     prompts = [render(ds.item("de", i), template) for i in ds.item_ids()[:8]]
@@ -61,7 +65,10 @@ def main() -> int:
         err = lens_fidelity(lm, prompts)
         ok = err <= tol
         failed |= not ok
-        lines.append(f"- lens fidelity {dtype}: max |lens - logits| = {err:.2e} (tolerance {tol:g}) {'OK' if ok else 'FAIL'}")
+        lines.append(
+            f"- lens fidelity {dtype}: max |lens - logits| = {err:.2e} (tolerance {tol:g})"
+            f" {'OK' if ok else 'FAIL'}"
+        )
         pids = [lm.tokenizer(p).input_ids for p in prompts]
         plan = label_plan(lm.tokenizer)
         lids = [plan.for_n(4)] * len(pids)
@@ -71,7 +78,9 @@ def main() -> int:
         diff = max(float(np.abs(a - b).max()) for a, b in zip(grid, full))
         ok = diff <= tol
         failed |= not ok
-        lines.append(f"- steering one-token path vs full forward {dtype}: max diff {diff:.2e} {'OK' if ok else 'FAIL'}")
+        lines.append(
+            f"- steering one-token path vs full forward {dtype}: max diff {diff:.2e} {'OK' if ok else 'FAIL'}"
+        )
         out = Path(tempfile.mkdtemp())
         try:
             n = len(ds.item_ids()) * len(ds.languages)
@@ -80,7 +89,9 @@ def main() -> int:
             lines.append(f"- eval {dtype}: {n / (time.perf_counter() - t):.1f} items/s (letters + cloze)")
             t = time.perf_counter()
             run_lens(lm, ds, out, opts=EvalOptions(batch_size=32))
-            lines.append(f"- lens {dtype}: {n / (time.perf_counter() - t):.1f} items/s (paper layer schedule)")
+            lines.append(
+                f"- lens {dtype}: {n / (time.perf_counter() - t):.1f} items/s (paper layer schedule)"
+            )
         finally:
             shutil.rmtree(out, ignore_errors=True)
         del lm

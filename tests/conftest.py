@@ -26,7 +26,9 @@ CORPUS = [
     "A: one B: two C: three D: four E: five Answer: A Answer: B Answer: C Answer: D Answer: E",
 ] * 3
 
-SHARED_DATA = Path(os.environ.get("CROSSLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("CROSSLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 def _tokenizer(kind: str):
@@ -72,7 +74,9 @@ def _config(family: str, vocab: int):
     )
     if family == "gemma2":
         # A small softcap so the tanh really bends the random model's logits.
-        return Gemma2Config(**common, final_logit_softcapping=2.0, sliding_window=256, query_pre_attn_scalar=16)
+        return Gemma2Config(
+            **common, final_logit_softcapping=2.0, sliding_window=256, query_pre_attn_scalar=16
+        )
     if family == "gemma3":
         return Gemma3TextConfig(**common, sliding_window=8, query_pre_attn_scalar=16, layer_types=None)
     if family == "qwen2":
@@ -146,5 +150,8 @@ def toy_jsonl_dir(tmp_path_factory) -> Path:
     for lang, rows in QUESTIONS.items():
         with open(path / f"{lang}.jsonl", "w", encoding="utf-8") as fh:
             for k, (q, c, g) in enumerate(rows):
-                fh.write(json.dumps({"id": f"q{k}", "question": q, "choices": c, "answer": g}, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps({"id": f"q{k}", "question": q, "choices": c, "answer": g}, ensure_ascii=False)
+                    + "\n"
+                )
     return path

@@ -40,14 +40,17 @@ QUESTIONS = {
 
 def toy_dataset(languages=("en", "de", "zh"), n: int | None = None) -> ParallelDataset:
     items = {
-        lang: [
-            Item("toy", f"q{k}", lang, q, tuple(c), g)
-            for k, (q, c, g) in enumerate(QUESTIONS[lang][:n])
-        ]
+        lang: [Item("toy", f"q{k}", lang, q, tuple(c), g) for k, (q, c, g) in enumerate(QUESTIONS[lang][:n])]
         for lang in languages
     }
-    return ParallelDataset("toy", list(languages), "en" if "en" in languages else None, items,
-                           {lang: 0 for lang in languages}, "generic")
+    return ParallelDataset(
+        "toy",
+        list(languages),
+        "en" if "en" in languages else None,
+        items,
+        {lang: 0 for lang in languages},
+        "generic",
+    )
 
 
 def plain_label_logprobs(lm, prompt: str, label_ids: list[int]) -> np.ndarray:

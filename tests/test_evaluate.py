@@ -11,15 +11,27 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_model
-from helpers import toy_dataset
 
+from conftest import tiny_model
 from crosslens.cli import main
 from crosslens.evaluate import EvalOptions, evaluate
 from crosslens.store import RunMismatchError, Store, StoreBusyError
+from helpers import toy_dataset
 
-COLUMNS = {"dataset", "language", "item_id", "n_choices", "label_logprobs", "ranks", "pred", "gold", "correct",
-           "cloze_logprobs", "cloze_pred", "prompt"}
+COLUMNS = {
+    "dataset",
+    "language",
+    "item_id",
+    "n_choices",
+    "label_logprobs",
+    "ranks",
+    "pred",
+    "gold",
+    "correct",
+    "cloze_logprobs",
+    "cloze_pred",
+    "prompt",
+}
 
 
 def _records(out: Path) -> pd.DataFrame:
@@ -60,7 +72,9 @@ def test_resume_with_other_prompt_or_model_is_refused(tmp_path):
     ds = toy_dataset()
     evaluate(tiny_model("llama"), ds, tmp_path)
     with pytest.raises(RunMismatchError, match="template"):
-        evaluate(tiny_model("llama"), ds, tmp_path, opts=EvalOptions(template="Q: {question} {choices} Answer:"))
+        evaluate(
+            tiny_model("llama"), ds, tmp_path, opts=EvalOptions(template="Q: {question} {choices} Answer:")
+        )
     with pytest.raises(RunMismatchError, match="model"):
         evaluate(tiny_model("qwen2"), ds, tmp_path)
 
@@ -73,8 +87,21 @@ def test_second_run_on_same_folder_is_refused_while_first_holds_it(tmp_path):
 
 
 def test_cli_eval_and_metrics(tmp_path, tiny_llama_dir, toy_jsonl_dir, capsys):
-    args = ["eval", "--model", str(tiny_llama_dir), "--dataset", "jsonl", "--data-dir", str(toy_jsonl_dir),
-            "--languages", "en,de,zh", "--out", str(tmp_path), "--batch-size", "3"]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_llama_dir),
+        "--dataset",
+        "jsonl",
+        "--data-dir",
+        str(toy_jsonl_dir),
+        "--languages",
+        "en,de,zh",
+        "--out",
+        str(tmp_path),
+        "--batch-size",
+        "3",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "acc" in printed and "tr+" in printed
@@ -85,8 +112,22 @@ def test_cli_eval_and_metrics(tmp_path, tiny_llama_dir, toy_jsonl_dir, capsys):
 
 
 def test_cli_bad_input_is_one_line(tmp_path, toy_jsonl_dir, capsys):
-    assert main(["eval", "--model", str(tmp_path / "nope"), "--dataset", "jsonl", "--data-dir", str(toy_jsonl_dir),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "nope"),
+                "--dataset",
+                "jsonl",
+                "--data-dir",
+                str(toy_jsonl_dir),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "nope" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()  # nothing half-written
@@ -94,8 +135,24 @@ def test_cli_bad_input_is_one_line(tmp_path, toy_jsonl_dir, capsys):
 
 def test_kill_9_then_resume_gives_identical_records(tmp_path, tiny_llama_dir, toy_jsonl_dir):
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "crosslens.cli", "eval", "--model", str(tiny_llama_dir), "--dataset", "jsonl",
-                "--data-dir", str(toy_jsonl_dir), "--languages", "en,de,zh", "--out", str(out), "--batch-size", "1"]
+        return [
+            sys.executable,
+            "-m",
+            "crosslens.cli",
+            "eval",
+            "--model",
+            str(tiny_llama_dir),
+            "--dataset",
+            "jsonl",
+            "--data-dir",
+            str(toy_jsonl_dir),
+            "--languages",
+            "en,de,zh",
+            "--out",
+            str(out),
+            "--batch-size",
+            "1",
+        ]
 
     subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True)
     proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

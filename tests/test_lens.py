@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_model
-from helpers import plain_continuation_logprobs, toy_dataset
 
+from conftest import tiny_model
 from crosslens.data import ParallelDataset
 from crosslens.evaluate import EvalOptions, evaluate
 from crosslens.lens import run_lens
 from crosslens.prompts import get_template, render
 from crosslens.scoring import encode_continuation
+from helpers import plain_continuation_logprobs, toy_dataset
 
 
 def _naive_latent(lm, prompt_ids, cont, layer):
@@ -42,7 +42,12 @@ def test_lens_records_match_naive_loop_and_model_output(tiny, tmp_path):
         for form, texts in (("native", it.choices), ("en", ds.english_choices("q1"))):
             for j, text in enumerate(texts):
                 cont = encode_continuation(tiny.tokenizer, prompt, pids, text)[0]
-                row = lens.query("language == @lang and item_id == 'q1' and form == @form and choice == @j")
+                row = lens[
+                    (lens.language == lang)
+                    & (lens.item_id == "q1")
+                    & (lens.form == form)
+                    & (lens.choice == j)
+                ]
                 for layer in (1, L):
                     got = row[row["layer"] == layer]["logprob"].item()
                     assert got == pytest.approx(_naive_latent(tiny, pids, cont, layer), abs=1e-4)
@@ -67,7 +72,9 @@ def test_lens_summary_aggregates_and_table2(tmp_path):
     lens = pd.read_parquet(tmp_path / "lens")
     de = lens[(lens.language == "de") & (lens.layer == 4) & (lens.form != "label")]
     by_item = de.groupby(["item_id", "form"])["logprob"].apply(lambda x: np.log(np.exp(x).sum())).unstack()
-    assert s["log_ratio"][4]["per_language"]["de"] == pytest.approx((by_item["native"] - by_item["en"]).mean())
+    assert s["log_ratio"][4]["per_language"]["de"] == pytest.approx(
+        (by_item["native"] - by_item["en"]).mean()
+    )
     assert set(s["table2"]) >= {"acc", "cons", "tr_plus_in"}
     assert s["table2"]["languages"] == ["de", "zh"]
     assert set(s["latent_transfer"]["en"][4]) == {"consistency", "tr_plus", "tr_minus"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import plain_continuation_logprobs, plain_label_logprobs, toy_dataset
 
 from crosslens.passes import length_batches
 from crosslens.prompts import get_template, render
 from crosslens.scoring import encode_continuation, label_plan, rank_choices, score_prompts
+from helpers import plain_continuation_logprobs, plain_label_logprobs, toy_dataset
 
 
 def test_label_plan_prefers_space_label_and_is_single_token(tiny):
@@ -49,7 +49,10 @@ def _inputs(lm, ds, lang="de"):
     items = [ds.item(lang, i) for i in ds.item_ids()]
     prompts = [render(it, template) for it in items]
     pids = [lm.tokenizer(p).input_ids for p in prompts]
-    conts = [[encode_continuation(lm.tokenizer, p, pid, c)[0] for c in it.choices] for it, p, pid in zip(items, prompts, pids)]
+    conts = [
+        [encode_continuation(lm.tokenizer, p, pid, c)[0] for c in it.choices]
+        for it, p, pid in zip(items, prompts, pids)
+    ]
     labels = [label_plan(lm.tokenizer).for_n(len(it.choices)) for it in items]
     return items, prompts, pids, conts, labels
 
@@ -70,7 +73,9 @@ def test_batched_equals_unbatched_and_plain_loop(tiny, padding_side):
             for a, b in zip(one[i].text_logprobs[layer], many[i].text_logprobs[layer]):
                 np.testing.assert_allclose(a, b, atol=1e-4)
         # The final layer is the model's own output: compare with the obvious implementation.
-        np.testing.assert_allclose(many[i].label_logprobs[L], plain_label_logprobs(tiny, prompts[i], labels[i]), atol=1e-4)
+        np.testing.assert_allclose(
+            many[i].label_logprobs[L], plain_label_logprobs(tiny, prompts[i], labels[i]), atol=1e-4
+        )
         for c, got in zip(conts[i], many[i].text_logprobs[L]):
             np.testing.assert_allclose(got, plain_continuation_logprobs(tiny, pids[i], c), atol=1e-4)
 

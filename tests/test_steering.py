@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_model
-from helpers import toy_dataset
 
+from conftest import tiny_model
 from crosslens.anatomy import capture_residuals
 from crosslens.evaluate import EvalOptions, evaluate
 from crosslens.prompts import get_template, render
@@ -22,13 +21,16 @@ from crosslens.steering import (
     steer_grid,
     steered_full_forward,
 )
+from helpers import toy_dataset
 
 
 def _prompts(lm, ds, lang="de"):
     t = get_template(ds.template)
     items = [ds.item(lang, i) for i in ds.item_ids()]
     plan = label_plan(lm.tokenizer)
-    return [lm.tokenizer(render(it, t)).input_ids for it in items], [plan.for_n(len(it.choices)) for it in items]
+    return [lm.tokenizer(render(it, t)).input_ids for it in items], [
+        plan.for_n(len(it.choices)) for it in items
+    ]
 
 
 def test_hook_changes_only_the_last_position_at_its_layer(tiny):
@@ -95,8 +97,12 @@ def test_vectors_are_mean_english_minus_language_and_round_trip(tmp_path):
     from crosslens.activations import last_token_states
 
     t = get_template(ds.template)
-    h = {lang: last_token_states(lm, [lm.tokenizer(render(ds.item(lang, i), t)).input_ids for i in ids], [2])[2]
-         for lang in ("en", "de")}
+    h = {
+        lang: last_token_states(lm, [lm.tokenizer(render(ds.item(lang, i), t)).input_ids for i in ids], [2])[
+            2
+        ]
+        for lang in ("en", "de")
+    }
     np.testing.assert_allclose(sv.get("de", 2).numpy(), (h["en"] - h["de"]).mean(0), atol=1e-5)
     assert torch.count_nonzero(sv.get("en", 2)) == 0
     sv.save(tmp_path / "v.safetensors")
@@ -115,7 +121,9 @@ def test_steering_run_holds_out_vector_items_and_marks_english(tmp_path):
     assert len(df) == 3 * 2 * 3 * (len(ds.item_ids()) - 3)  # languages x layers x gammas x items
     en = df[df.language == "en"]
     assert not en["steered"].any() and df[df.language != "en"]["steered"].all()
-    assert {(s["layer"], s["gamma"]) for s in summary["settings"]} == {(la, g) for la in (1, 3) for g in (-2.0, 0.0, 2.0)}
+    assert {(s["layer"], s["gamma"]) for s in summary["settings"]} == {
+        (la, g) for la in (1, 3) for g in (-2.0, 0.0, 2.0)
+    }
     again = run_steering(lm, ds, tmp_path, ["de", "zh"], [1, 3], [-2.0, 2.0], n_vectors=3, seed=0)
     assert again == summary
 

@@ -1,9 +1,11 @@
 """crosslens: why does an LLM answer the same question differently in different languages?
 
 Evaluate causal LMs on parallel multiple-choice benchmarks (consistency, transfer), look inside
-with a multilingual logit lens, and steer them toward English.
+with a multilingual logit lens, and steer them toward English. The public API is re-exported here
+lazily, so ``import crosslens`` (and ``crosslens --version``) stays fast.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -11,4 +13,28 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "load_model": "crosslens.models",
+    "LoadedModel": "crosslens.models",
+    "Anatomy": "crosslens.anatomy",
+    "paper_layers": "crosslens.anatomy",
+    "load_dataset": "crosslens.data",
+    "list_datasets": "crosslens.data",
+    "ParallelDataset": "crosslens.data",
+    "Item": "crosslens.data",
+    "EvalOptions": "crosslens.evaluate",
+    "evaluate": "crosslens.evaluate",
+    "run_lens": "crosslens.lens",
+    "run_pca": "crosslens.pca",
+    "run_steering": "crosslens.steering",
+    "SteeringVectors": "crosslens.steering",
+    "Store": "crosslens.store",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'crosslens' has no attribute {name!r}")

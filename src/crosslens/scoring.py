@@ -63,14 +63,18 @@ def label_plan(tokenizer, n_max: int = 5) -> LabelPlan:
             ids.append(full[-1])
         else:
             if len(set(ids)) == len(ids):
-                return LabelPlan(form, tuple(letters), tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)))
+                return LabelPlan(
+                    form, tuple(letters), tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids))
+                )
     raise ValueError(
         f"cannot find single-token choice labels for tokenizer {type(tokenizer).__name__}: "
         f"neither ' A' nor 'A' after 'Answer:' is one token"
     )
 
 
-def encode_continuation(tokenizer, prompt: str, prompt_ids: Sequence[int], text: str) -> tuple[list[int], bool]:
+def encode_continuation(
+    tokenizer, prompt: str, prompt_ids: Sequence[int], text: str
+) -> tuple[list[int], bool]:
     """Tokens of ``" " + text`` as they follow ``prompt`` (lm-evaluation-harness style).
 
     The pair is tokenised jointly and the prompt's tokens are cut off, so merges across the
@@ -125,14 +129,18 @@ def score_prompts(
     while pending:
         batch = pending.pop()
         try:
-            results = _score_batch(lm, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements)
+            results = _score_batch(
+                lm, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements
+            )
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             if not _is_oom(exc) or len(batch) == 1:
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             half = len(batch) // 2
-            log.warning("out of memory with batch %d; retrying as %d + %d", len(batch), half, len(batch) - half)
+            log.warning(
+                "out of memory with batch %d; retrying as %d + %d", len(batch), half, len(batch) - half
+            )
             pending += [batch[half:], batch[:half]]
             continue
         yield from results

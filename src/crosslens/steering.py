@@ -35,8 +35,16 @@ from crosslens.prompts import get_template, render
 from crosslens.scoring import label_plan
 from crosslens.store import Store
 
-__all__ = ["SteeringVectors", "sample_vector_items", "build_vectors", "add_at_positions", "steer_grid", "run_steering",
-           "summarize_steering", "STEER"]
+__all__ = [
+    "SteeringVectors",
+    "sample_vector_items",
+    "build_vectors",
+    "add_at_positions",
+    "steer_grid",
+    "run_steering",
+    "summarize_steering",
+    "STEER",
+]
 
 STEER = "steer"
 
@@ -44,7 +52,9 @@ STEER = "steer"
 def sample_vector_items(item_ids: Sequence[str], n: int, seed: int) -> list[str]:
     """The seeded random sample of items steering vectors are built from (held out afterwards)."""
     if n >= len(item_ids):
-        raise ValueError(f"--n-vectors {n} leaves no items to evaluate (the dataset has {len(item_ids)} aligned items)")
+        raise ValueError(
+            f"--n-vectors {n} leaves no items to evaluate (the dataset has {len(item_ids)} aligned items)"
+        )
     return sorted(random.Random(seed).sample(list(item_ids), n))
 
 
@@ -61,7 +71,11 @@ class SteeringVectors:
     def save(self, path: str | Path) -> None:
         import json
 
-        tensors = {f"{lang}/layer_{layer}": v.contiguous() for lang, per in self.vectors.items() for layer, v in per.items()}
+        tensors = {
+            f"{lang}/layer_{layer}": v.contiguous()
+            for lang, per in self.vectors.items()
+            for layer, v in per.items()
+        }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -99,17 +113,30 @@ def build_vectors(
     langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
     acts = collect_activations(lm, ds, langs, layers, item_ids, template, batch_size)
     vectors = {
-        m: {layer: torch.from_numpy((acts.of(layer, ds.pivot) - acts.of(layer, m)).mean(0)) for layer in acts.layers}
+        m: {
+            layer: torch.from_numpy((acts.of(layer, ds.pivot) - acts.of(layer, m)).mean(0))
+            for layer in acts.layers
+        }
         for m in langs
     }
-    meta = {"model": lm.spec, "revision": lm.revision, "dataset": ds.name, "layers": acts.layers,
-            "languages": langs, "pivot": ds.pivot, "n": len(item_ids), "item_ids": list(item_ids),
-            "template": template.name}
+    meta = {
+        "model": lm.spec,
+        "revision": lm.revision,
+        "dataset": ds.name,
+        "layers": acts.layers,
+        "languages": langs,
+        "pivot": ds.pivot,
+        "n": len(item_ids),
+        "item_ids": list(item_ids),
+        "template": template.name,
+    }
     return SteeringVectors(vectors, meta)
 
 
 @contextlib.contextmanager
-def add_at_positions(anatomy: Anatomy, layer: int, delta: torch.Tensor, index: torch.Tensor) -> Iterator[None]:
+def add_at_positions(
+    anatomy: Anatomy, layer: int, delta: torch.Tensor, index: torch.Tensor
+) -> Iterator[None]:
     """Add ``delta[b]`` to the output of block ``layer`` at position ``index[b]`` of each row b.
 
     Every other position is untouched. An all-zero ``delta`` registers no hook at all, so gamma = 0
@@ -140,8 +167,12 @@ def add_at_positions(anatomy: Anatomy, layer: int, delta: torch.Tensor, index: t
 
 
 def steered_full_forward(
-    lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], layer: int, delta: torch.Tensor,
-    label_ids: Sequence[Sequence[int]], padding_side: str = "left",
+    lm: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    layer: int,
+    delta: torch.Tensor,
+    label_ids: Sequence[Sequence[int]],
+    padding_side: str = "left",
 ) -> list[np.ndarray]:
     """Reference path: a full forward per prompt batch with the hook at the last real token."""
     final = lm.anatomy.n_layers
@@ -150,8 +181,12 @@ def steered_full_forward(
         return add_at_positions(lm.anatomy, layer, delta, last_index)
 
     pp = prompt_pass(lm, prompt_ids, [final], padding_side, use_cache=False, steer=steer)
-    return [lm.anatomy.token_logprobs(pp.last[final][b : b + 1], final, torch.as_tensor([label_ids[b]]))[0].numpy()
-            for b in range(len(prompt_ids))]
+    return [
+        lm.anatomy.token_logprobs(pp.last[final][b : b + 1], final, torch.as_tensor([label_ids[b]]))[
+            0
+        ].numpy()
+        for b in range(len(prompt_ids))
+    ]
 
 
 def steer_grid(
@@ -182,11 +217,16 @@ def steer_grid(
             tokens = [[prompt_ids[i][-1], 0] for _ in chunk for i in batch]  # x_T, then a placeholder
             with contextlib.ExitStack() as stack:
                 for layer in sorted({s[0] for s in chunk}):
-                    delta = torch.stack([
-                        (gamma * vectors[layer]) if s_layer == layer else torch.zeros_like(vectors[layer])
-                        for s_layer, gamma in chunk for _ in batch
-                    ])
-                    stack.enter_context(add_at_positions(lm.anatomy, layer, delta, torch.zeros(len(owner), dtype=torch.long)))
+                    delta = torch.stack(
+                        [
+                            (gamma * vectors[layer]) if s_layer == layer else torch.zeros_like(vectors[layer])
+                            for s_layer, gamma in chunk
+                            for _ in batch
+                        ]
+                    )
+                    stack.enter_context(
+                        add_at_positions(lm.anatomy, layer, delta, torch.zeros(len(owner), dtype=torch.long))
+                    )
                 states = continuation_pass(lm, pp, owner, tokens, [final])[final]
             for r, (s, b) in enumerate((s, b) for s in chunk for b in range(len(batch))):
                 h = states[r][1:2]  # state at x_T: it predicts the label
@@ -221,13 +261,26 @@ def run_steering(
     plan = label_plan(lm.tokenizer)
     vec_items = sample_vector_items(ds.item_ids(), n_vectors, seed)
     langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
-    fp = fingerprint(lm, ds, template, plan, opts) | {"layers": layers, "gammas": gammas, "n_vectors": n_vectors,
-                                                      "seed": seed}
+    fp = fingerprint(lm, ds, template, plan, opts) | {
+        "layers": layers,
+        "gammas": gammas,
+        "n_vectors": n_vectors,
+        "seed": seed,
+    }
     settings = [(layer, g) for layer in layers for g in gammas]
     with store.lock(STEER):
-        store.begin(STEER, fp, {"model": lm.describe(), "languages": langs, "vector_items": vec_items,
-                                "crosslens_version": __version__, "command": " ".join(sys.argv),
-                                "pivot_rows": "evaluated unsteered (v_en->en = 0), repeated per setting"})
+        store.begin(
+            STEER,
+            fp,
+            {
+                "model": lm.describe(),
+                "languages": langs,
+                "vector_items": vec_items,
+                "crosslens_version": __version__,
+                "command": " ".join(sys.argv),
+                "pivot_rows": "evaluated unsteered (v_en->en = 0), repeated per setting",
+            },
+        )
         vec_path = store.root / "steering_vectors.safetensors"
         if vec_path.is_file() and SteeringVectors.load(vec_path).meta.get("item_ids") == vec_items:
             sv = SteeringVectors.load(vec_path)
@@ -242,13 +295,25 @@ def run_steering(
                 lids = [plan.for_n(len(it.choices)) for it in items]
                 steered = unit.language != ds.pivot
                 vecs = {layer: sv.get(unit.language, layer) for layer in layers}
-                grid = steer_grid(lm, pids, lids, vecs, settings if steered else [(layers[0], 0.0)], opts.batch_size)
+                grid = steer_grid(
+                    lm, pids, lids, vecs, settings if steered else [(layers[0], 0.0)], opts.batch_size
+                )
                 rows = []
                 for layer, g in settings:
                     lps = grid[(layer, g)] if steered else grid[(layers[0], 0.0)]
-                    rows += [{"dataset": ds.name, "language": it.language, "item_id": it.item_id, "layer": layer,
-                              "gamma": g, "steered": steered, "gold": it.gold, **label_fields(lp, it.gold)}
-                             for it, lp in zip(items, lps)]
+                    rows += [
+                        {
+                            "dataset": ds.name,
+                            "language": it.language,
+                            "item_id": it.item_id,
+                            "layer": layer,
+                            "gamma": g,
+                            "steered": steered,
+                            "gold": it.gold,
+                            **label_fields(lp, it.gold),
+                        }
+                        for it, lp in zip(items, lps)
+                    ]
                 store.write_unit(STEER, unit.name, pd.DataFrame(rows))
             if progress:
                 progress(len(unit.item_ids))
@@ -266,8 +331,11 @@ def summarize_steering(store: Store, pivot: str) -> dict[str, Any]:
         acc = grp.groupby("language")["correct"].mean()
         langs = [m for m in acc.index if m != pivot]
         per[(int(layer), float(g))] = {
-            m: {"accuracy": float(acc[m]), "consistency_en": metrics.consistency(grp, pivot, m),
-                "tr_plus_from_en": metrics.positive_transfer(grp, pivot, m)}
+            m: {
+                "accuracy": float(acc[m]),
+                "consistency_en": metrics.consistency(grp, pivot, m),
+                "tr_plus_from_en": metrics.positive_transfer(grp, pivot, m),
+            }
             for m in langs
         }
     settings = []
@@ -280,7 +348,10 @@ def summarize_steering(store: Store, pivot: str) -> dict[str, Any]:
             entry[key] = dict(zip(("mean", "ci_low", "ci_high"), metrics.ci95_across(vals)))
             entry[f"delta_{key}"] = dict(zip(("mean", "ci_low", "ci_high"), metrics.ci95_across(delta)))
         settings.append(entry)
-    summary = {"pivot": pivot, "settings": settings,
-               "unsteered_accuracy": {m: v["accuracy"] for m, v in per[min(per)[:1] + (0.0,)].items()}}
+    summary = {
+        "pivot": pivot,
+        "settings": settings,
+        "unsteered_accuracy": {m: v["accuracy"] for m, v in per[min(per)[:1] + (0.0,)].items()},
+    }
     store.write_json("steer_summary.json", metrics.to_jsonable(summary))
     return summary

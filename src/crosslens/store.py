@@ -52,6 +52,10 @@ def unit_name(dataset: str, language: str, chunk: int, item_ids: list[str]) -> s
     return f"{_safe(dataset)}.{_safe(language)}.{chunk:05d}.{digest}.parquet"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +65,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,6 +144,7 @@ class Store:
             frame.to_parquet(tmp, index=False)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, d / name)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

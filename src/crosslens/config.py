@@ -1,0 +1,384 @@
+"""Experiment configuration: one YAML file describes models x datasets x stages (see docs/report.md).
+
+Everything that can be wrong with a config is found *before* any model is loaded, and reported as
+one line naming the file and the option (``examples/bad.yaml: steering.gammas: must not be
+empty``): unknown keys (every section forbids extras), unknown datasets or languages, steering
+layers beyond a model's depth. A model's depth is read from its config only (a local folder's
+``config.json``, the cached conversion of a GGUF file, the GGUF header, or the Hub config), never
+from its weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import re
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "EveryLayers",
+    "SteeringConfig",
+    "PcaConfig",
+    "LensConfig",
+    "ExperimentConfig",
+    "load_config",
+    "parse_config",
+    "check_depth",
+    "model_depth",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """An unusable experiment config; the message is one line: ``<file>: <option>: <problem>``."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Section):
+    """One benchmark: which languages, where its files are, how many items, which prompt."""
+
+    name: str
+    languages: list[str] | None = None  # None = every language the dataset has
+    data_dir: Path | None = None  # None = $CROSSLENS_DATA, bundled data or the Hub (see docs/data.md)
+    split: str | None = None
+    limit: Annotated[int, Field(ge=1)] | None = None
+    template: str | None = None
+
+
+class EveryLayers(_Section):
+    """The paper's layer schedule: every ``every``-th block, ending at the last one."""
+
+    every: Annotated[int, Field(ge=1)] = 4
+
+
+class SteeringConfig(_Section):
+    """Cross-lingual activation steering (paper §2.3); gamma = 0 is always added as the baseline."""
+
+    layers: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    layers_by_model: dict[str, list[Annotated[int, Field(ge=1)]]] = {}  # per-model overrides of ``layers``
+    gammas: list[float] = Field(default=[-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
+    n_vectors: Annotated[int, Field(ge=1)] = 50
+    enabled: bool = True
+
+    @field_validator("gammas")
+    @classmethod
+    def _gammas_not_empty(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    def layers_for(self, spec: str) -> list[int]:
+        """The steering layers of one model (its override, else ``layers``)."""
+        return self.layers_by_model.get(spec, self.layers)
+
+
+class PcaConfig(_Section):
+    """PCA of last-token activations (Fig. 3) on a seeded sample of parallel items."""
+
+    n_items: Annotated[int, Field(ge=2)] = 50
+    enabled: bool = True
+
+
+class LensConfig(_Section):
+    """The multilingual logit lens (Fig. 2, Table 2) at the configured layers."""
+
+    enabled: bool = True
+
+
+def _layers_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "layer-list"
+    return "every-nth" if isinstance(value, (dict, EveryLayers)) else None
+
+
+LayerSpec = Annotated[
+    Annotated[list[Annotated[int, Field(ge=0)]], Tag("layer-list")]
+    | Annotated[EveryLayers, Tag("every-nth")],
+    Discriminator(
+        _layers_kind,
+        custom_error_type="layer_spec",
+        custom_error_message="expected a list of layer numbers or {every: N}",
+    ),
+]
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment: every model is run on every dataset, each into ``output/<model>/<dataset>``."""
+
+    models: list[str] = Field(min_length=1)
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    layers: LayerSpec = EveryLayers()
+    steering: SteeringConfig | None = None  # None: no steering
+    pca: PcaConfig = PcaConfig()
+    lens: LensConfig = LensConfig()
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int | Literal["auto"] = "auto"
+    output: Path = Path("runs")
+    chunk_size: Annotated[int, Field(ge=1)] = 32
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"must be a positive integer or 'auto', got {v!r}")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", v):
+            raise ValueError(f"{v!r} is not a device (use cpu, cuda, cuda:N, mps or auto)")
+        return v
+
+    def lens_layers(self, n_layers: int) -> list[int]:
+        """The layers the lens and PCA read for a model with ``n_layers`` blocks."""
+        from crosslens.anatomy import paper_layers
+
+        if isinstance(self.layers, EveryLayers):
+            return paper_layers(n_layers, self.layers.every)
+        return sorted(set(self.layers))
+
+    def resolved_batch_size(self) -> int:
+        """``auto``: 64 prompts per pass on an accelerator, 16 on CPU (as the CLI does)."""
+        if self.batch_size == "auto":
+            return 16 if self.device == "cpu" else 64
+        return int(self.batch_size)
+
+    @property
+    def steering_enabled(self) -> bool:
+        return self.steering is not None and self.steering.enabled
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def load_config(path: str | Path, check_models: bool = True) -> ExperimentConfig:
+    """Read and fully validate a YAML config (``check_models=False`` skips reading model depths)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_config(data, source=str(path), check_models=check_models)
+
+
+def parse_config(data: Any, source: str = "<config>", check_models: bool = True) -> ExperimentConfig:
+    """Validate a config mapping (as read from YAML); raises :class:`ConfigError` on the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of options at the top level, got {type(data).__name__}"
+        )
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    _check_datasets(config, source)
+    for spec in config.steering.layers_by_model if config.steering else ():
+        if spec not in config.models:
+            raise ConfigError(f"{source}: steering.layers_by_model: {spec!r} is not one of the models")
+    if (
+        config.pca.enabled
+        and not isinstance(config.layers, EveryLayers)
+        and max(config.layers, default=0) < 1
+    ):
+        raise ConfigError(
+            f"{source}: layers: PCA needs a layer >= 1 (layer 0 is the embeddings), or set pca.enabled: false"
+        )
+    if check_models:
+        for i, spec in enumerate(config.models):
+            depth = model_depth(spec, f"{source}: models[{i}]")
+            if depth is not None:
+                check_depth(config, spec, depth, source)
+    return config
+
+
+def check_depth(config: ExperimentConfig, spec: str, n_layers: int, source: str = "<config>") -> None:
+    """Fail when a configured layer does not exist in a model with ``n_layers`` blocks."""
+    if not isinstance(config.layers, EveryLayers):
+        bad = [layer for layer in config.layers if layer > n_layers]
+        if bad:
+            raise ConfigError(f"{source}: layers: {bad} beyond the depth of {spec} (layers 0..{n_layers})")
+    if config.steering is not None:
+        bad = [layer for layer in config.steering.layers_for(spec) if layer > n_layers]
+        if bad:
+            key = f"layers_by_model.{spec}" if spec in config.steering.layers_by_model else "layers"
+            raise ConfigError(
+                f"{source}: steering.{key}: {bad} beyond the depth of {spec} (steerable layers 1..{n_layers})"
+            )
+
+
+def _check_datasets(config: ExperimentConfig, source: str) -> None:
+    from crosslens.data import list_datasets
+
+    known = {info.name: info for info in list_datasets()}
+    seen: set[str] = set()
+    for i, ds in enumerate(config.datasets):
+        where = f"{source}: datasets[{i}]"
+        if ds.name not in known:
+            close = difflib.get_close_matches(ds.name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.name: unknown dataset {ds.name!r}{hint}; known: {', '.join(known)}")
+        if ds.name in seen:
+            raise ConfigError(
+                f"{where}.name: dataset {ds.name!r} is listed twice (its results would share a folder)"
+            )
+        seen.add(ds.name)
+        info = known[ds.name]
+        if ds.languages is not None:
+            if not ds.languages:
+                raise ConfigError(f"{where}.languages: must not be empty (omit it for all languages)")
+            twice = sorted({lang for lang in ds.languages if ds.languages.count(lang) > 1})
+            if twice:
+                raise ConfigError(f"{where}.languages: {twice} listed twice")
+            for lang in ds.languages if info.languages else ():
+                if lang not in info.languages:
+                    close = difflib.get_close_matches(lang, info.languages, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ConfigError(
+                        f"{where}.languages: {ds.name} has no language {lang!r}{hint}; "
+                        f"it has {', '.join(info.languages)}"
+                    )
+        if ds.split is not None and ds.split not in info.splits:
+            raise ConfigError(
+                f"{where}.split: {ds.name} has no split {ds.split!r} "
+                f"(splits: {', '.join(info.splits) or 'none'})"
+            )
+        if ds.data_dir is not None and not ds.data_dir.expanduser().exists():
+            raise ConfigError(f"{where}.data_dir: {ds.data_dir}: no such file or folder")
+
+
+# -- model depth without weights ----------------------------------------------------------------------
+def _depth_from_config(cfg: dict[str, Any]) -> int | None:
+    for c in (cfg, cfg.get("text_config") or {}):
+        if isinstance(c.get("num_hidden_layers"), int):
+            return c["num_hidden_layers"]
+    return None
+
+
+def _gguf_depth(path: Path) -> int:
+    """Depth of a GGUF model: its cached conversion's config.json, else the GGUF header."""
+    from crosslens.models import cache_root
+
+    root = cache_root()
+    for marker in root.glob("*/crosslens.json") if root.is_dir() else ():
+        try:
+            if json.loads(marker.read_text()).get("gguf") == str(path):
+                depth = _depth_from_config(json.loads((marker.parent / "config.json").read_text()))
+                if depth is not None:
+                    return depth
+        except (OSError, ValueError):
+            continue
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))  # memory-maps the file; reads the header only
+    arch_field = reader.fields["general.architecture"]
+    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+    count = reader.fields[f"{arch}.block_count"]
+    return int(count.parts[count.data[0]][0])
+
+
+def model_depth(spec: str, where: str = "model") -> int | None:
+    """Number of decoder blocks of ``spec`` from its config alone; None when it cannot be read offline.
+
+    ``where`` prefixes error messages (the config file and option).
+    """
+    from crosslens.models import ALIASES, ModelLoadError
+
+    try:
+        if spec in ALIASES:
+            return _gguf_depth(ALIASES[spec]())
+        if spec.startswith("gguf:"):
+            path = Path(spec[5:]).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{where}: GGUF file not found: {path}")
+            return _gguf_depth(path)
+        folder = Path(spec).expanduser()
+        if spec.startswith((".", "/", "~")) or folder.exists():
+            if not (folder / "config.json").is_file():
+                raise ConfigError(f"{where}: {spec} is not a model folder (no config.json)")
+            return _depth_from_config(json.loads((folder / "config.json").read_text()))
+    except ModelLoadError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if "/" not in spec:
+        close = difflib.get_close_matches(spec, list(ALIASES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{where}: unknown model spec {spec!r}{hint}: use an alias ({', '.join(ALIASES)}), "
+            "gguf:PATH, a local folder or a Hub id org/name"
+        )
+    name, _, revision = spec.partition("@")
+    try:
+        from transformers import AutoConfig
+
+        return _depth_from_config(AutoConfig.from_pretrained(name, revision=revision or None).to_dict())
+    except Exception as exc:  # offline, gated or missing: the depth is checked again once the model loads
+        logger.warning(
+            "%s: cannot read the depth of %s before loading it (%s); its layers are checked when it loads",
+            where,
+            spec,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+        return None
+
+
+# -- error messages ---------------------------------------------------------------------------------
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The config section class inside an annotation (``list[DatasetConfig]``, ``X | None``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk(loc: Sequence[str | int]) -> tuple[str, type[BaseModel] | None]:
+    """Dotted option name for a pydantic error location, skipping union tags; and its section class."""
+    model: type[BaseModel] | None = ExperimentConfig
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif model is not None and part in model.model_fields:
+            name += f".{part}" if name else part
+            model = _submodel(model.model_fields[part].annotation)
+    return name, model
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first validation error as ``option: problem``."""
+    err = exc.errors()[0]
+    loc = err["loc"]
+    if err["type"] == "extra_forbidden":
+        parent, model = _walk(loc[:-1])
+        key = str(loc[-1])
+        allowed = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"{parent + '.' if parent else ''}{key}: unknown key ({hint}allowed: {', '.join(allowed)})"
+    name, _ = _walk(loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "too_short" and err.get("input") in ([], ()):
+        msg = "must not be empty"
+    elif err["type"] == "missing":
+        msg = "required option is missing"
+    return f"{name or '(top level)'}: {msg}"

@@ -1,0 +1,328 @@
+"""The paper's figures, drawn from the stage summaries (Figs. 1-5).
+
+Every function takes the JSON a stage wrote (or, for Fig. 3, the projection frame), writes one PNG
+and returns its path. Figures are built on :class:`matplotlib.figure.Figure` objects with the Agg
+canvas, never through ``pyplot``, so drawing leaves no global state behind (safe in notebooks,
+threads and long-running processes).
+
+Colours are fixed per language (sorted codes -> palette), so a language has the same colour in
+every figure of a report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+__all__ = [
+    "language_colors",
+    "transfer_heatmap",
+    "lens_figure",
+    "pca_figure",
+    "gamma_sweep_figure",
+    "steer_change_figure",
+    "default_gamma",
+]
+
+DPI = 120
+SCRIPT_MARKERS = {"Latin": "o", "non-Latin": "^"}
+FORM_LABELS = {"native": "native answers", "en": "English answers", "label": "letters (A/B/C/D)"}
+FORM_COLORS = {"native": "tab:orange", "en": "tab:blue", "label": "tab:gray"}
+STEER_METRICS = (
+    ("accuracy", "accuracy (%)", 100.0),
+    ("consistency_en", "consistency with English (ρ)", 1.0),
+    ("tr_plus_from_en", "tr+ from English (%)", 100.0),
+)
+
+
+def language_colors(languages: Sequence[str]) -> dict[str, Any]:
+    """A stable colour per language code: tab10 / tab20 for up to 10 / 20 languages, else turbo."""
+    langs = sorted(set(languages))
+    if len(langs) <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return {lang: cmap(i) for i, lang in enumerate(langs)}
+    if len(langs) <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return {lang: cmap(i) for i, lang in enumerate(langs)}
+    cmap = matplotlib.colormaps["turbo"]
+    return {lang: cmap(i / (len(langs) - 1)) for i, lang in enumerate(langs)}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+    return path
+
+
+def _grid(fig: Figure, n: int, max_cols: int, sharey: bool = False) -> list[Axes]:
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return list(axes[:n])
+
+
+def _at(table: Mapping[Any, Any], layer: int) -> Any:
+    """``table[layer]`` for summaries read from JSON (string keys) or fresh from a stage (int keys)."""
+    return table[str(layer)] if str(layer) in table else table[layer]
+
+
+def _band(
+    ax: Axes,
+    x: Sequence[float],
+    stats: Sequence[Mapping[str, Any]],
+    scale: float,
+    color: Any,
+    label: str,
+    **line: Any,
+) -> None:
+    """Mean line with its 95 % CI band (missing bounds, e.g. one language, leave a gap in the band)."""
+
+    def col(key: str) -> np.ndarray:
+        return np.array([np.nan if s.get(key) is None else scale * s[key] for s in stats], dtype=float)
+
+    ax.plot(x, col("mean"), color=color, label=label, marker="o", markersize=3, **line)
+    ax.fill_between(x, col("ci_low"), col("ci_high"), color=color, alpha=0.2, linewidth=0)
+
+
+# -- Fig. 1 ---------------------------------------------------------------------------------------
+def transfer_heatmap(
+    summary: Mapping[str, Any], path: str | Path, title: str | None = None, metric: str = "tr_plus"
+) -> Path:
+    """Fig. 1: the directed pairwise matrix ``metric`` (default tr+) of an evaluation ``summary.json``.
+
+    Row = source language l1, column = target l2, cell = tr+(l1, l2); the trivial diagonal is greyed.
+    """
+    langs = list(summary["languages"])
+    table = summary["pairwise"][metric]
+    m = np.array(
+        [[np.nan if table[a][b] is None else table[a][b] for b in langs] for a in langs], dtype=float
+    )
+    np.fill_diagonal(m, np.nan)
+    n = len(langs)
+    side = max(4.0, 0.45 * n + 2.0)
+    fig = _figure(side + 1.2, side)
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    vmin = -1.0 if metric == "consistency" else 0.0
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=1.0)
+    ax.set_xticks(range(n), langs, rotation=90 if n > 12 else 0)
+    ax.set_yticks(range(n), langs)
+    ax.set_xlabel("target language $l_2$")
+    ax.set_ylabel("source language $l_1$")
+    if n <= 16:
+        for i in range(n):
+            for j in range(n):
+                if not np.isnan(m[i, j]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:.2f}".replace("0.", ".", 1),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if m[i, j] < vmin + 0.6 * (1 - vmin) else "black",
+                    )
+    names = {"tr_plus": "tr$^+(l_1, l_2)$", "tr_minus": "tr$^-(l_1, l_2)$", "consistency": "consistency"}
+    fig.colorbar(im, ax=ax, shrink=0.8, label=names.get(metric, metric))
+    ax.set_title(title or f"{summary.get('dataset', '')}: pairwise {names.get(metric, metric)}", fontsize=10)
+    return _save(fig, path)
+
+
+# -- Fig. 2 ---------------------------------------------------------------------------------------
+def lens_figure(
+    lens_summary: Mapping[str, Any], path: str | Path, title: str | None = None, chance: float | None = 0.25
+) -> Path:
+    """Fig. 2: (a) mean log p(native)/p(English) per layer, (b) latent accuracy per layer and form.
+
+    Bands are 95 % CIs across languages; (a) marks zero (above: the native subspace dominates),
+    (b) marks ``chance`` (1 / number of choices) with a dashed line.
+    """
+    layers = [int(x) for x in lens_summary["layers"]]
+    fig = _figure(10.0, 3.8)
+    ax_a, ax_b = fig.subplots(1, 2)
+    ratio = [_at(lens_summary["log_ratio"], layer) for layer in layers]
+    _band(ax_a, layers, ratio, 1.0, "tab:purple", "mean over languages")
+    ax_a.axhline(0.0, color="black", linewidth=0.8)
+    ax_a.set_xlabel("layer")
+    ax_a.set_ylabel("log p(native) / p(English)")
+    ax_a.set_title("(a) log ratio of latent answer probabilities", fontsize=10)
+    ax_a.legend(fontsize=8, loc="best")
+    for form in ("native", "en", "label"):
+        stats = [_at(lens_summary["latent_accuracy"][form], layer) for layer in layers]
+        _band(ax_b, layers, stats, 100.0, FORM_COLORS[form], FORM_LABELS[form])
+    if chance is not None:
+        ax_b.axhline(
+            100 * chance, color="black", linestyle="--", linewidth=0.9, label=f"chance ({100 * chance:.0f} %)"
+        )
+    ax_b.set_xlabel("layer")
+    ax_b.set_ylabel("latent accuracy (%)")
+    ax_b.set_title("(b) accuracy in the latent space", fontsize=10)
+    ax_b.legend(fontsize=8, loc="best")
+    for ax in (ax_a, ax_b):
+        ax.set_xticks(layers)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+# -- Fig. 3 ---------------------------------------------------------------------------------------
+def pca_figure(proj_df: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
+    """Fig. 3: one PCA panel per layer; colour = language, marker = script ('Latin' / 'non-Latin').
+
+    ``proj_df`` has columns layer, language, pc1, pc2 and optionally script.
+    """
+    layers = sorted(int(x) for x in proj_df["layer"].unique())
+    langs = list(dict.fromkeys(proj_df["language"]))
+    colors = language_colors(langs)
+    scripts = (
+        proj_df.drop_duplicates("language").set_index("language")["script"].to_dict()
+        if "script" in proj_df
+        else {}
+    )
+    rows = math.ceil(len(layers) / 4)  # at most 4 panels a row, rows filled evenly (5 layers: 3 + 2)
+    cols = math.ceil(len(layers) / rows)
+    fig = _figure(2.7 * cols + 1.6, 2.6 * rows + 0.4)
+    axes = _grid(fig, len(layers), cols)
+    for ax, layer in zip(axes, layers, strict=True):
+        sub = proj_df[proj_df["layer"] == layer]
+        for lang in langs:
+            pts = sub[sub["language"] == lang]
+            ax.scatter(
+                pts["pc1"],
+                pts["pc2"],
+                s=12,
+                color=colors[lang],
+                alpha=0.8,
+                linewidths=0,
+                marker=SCRIPT_MARKERS.get(scripts.get(lang, "Latin"), "o"),
+            )
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("PC 1", fontsize=7)
+        ax.set_ylabel("PC 2", fontsize=7)
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="",
+            marker=SCRIPT_MARKERS.get(scripts.get(lang, "Latin"), "o"),
+            color=colors[lang],
+            label=lang,
+        )
+        for lang in langs
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside right center",
+        fontsize=8,
+        title="○ Latin  △ non-Latin",
+        title_fontsize=7,
+    )
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+# -- Fig. 4 ---------------------------------------------------------------------------------------
+def gamma_sweep_figure(steer_summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """Fig. 4: accuracy, consistency with English and tr+ from English against gamma, one line per
+    steering layer (means over steered languages, 95 % CI bands); gamma > 0 pushes toward English."""
+    settings = steer_summary["settings"]
+    layers = sorted({int(s["layer"]) for s in settings})
+    colors = {layer: matplotlib.colormaps["tab10"](i % 10) for i, layer in enumerate(layers)}
+    fig = _figure(11.0, 3.6)
+    axes = fig.subplots(1, len(STEER_METRICS))
+    for ax, (key, label, scale) in zip(axes, STEER_METRICS, strict=True):
+        for layer in layers:
+            rows = sorted((s for s in settings if int(s["layer"]) == layer), key=lambda s: s["gamma"])
+            _band(
+                ax, [s["gamma"] for s in rows], [s[key] for s in rows], scale, colors[layer], f"layer {layer}"
+            )
+        ax.axvline(0.0, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("γ (steering multiplier)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="steered at", title_fontsize=8)
+    fig.suptitle(title or "steering sweep (mean over steered languages)", fontsize=11)
+    return _save(fig, path)
+
+
+# -- Fig. 5 ---------------------------------------------------------------------------------------
+def default_gamma(steer_summary: Mapping[str, Any]) -> float:
+    """The gamma Fig. 5 shows by default: the largest positive one, else the largest in magnitude."""
+    gammas = sorted({float(s["gamma"]) for s in steer_summary["settings"]})
+    positive = [g for g in gammas if g > 0]
+    return positive[-1] if positive else max(gammas, key=abs)
+
+
+def steer_change_figure(
+    steer_summary: Mapping[str, Any],
+    path: str | Path,
+    gamma: float | None = None,
+    title: str | None = None,
+    scripts: Mapping[str, str] | None = None,
+) -> Path:
+    """Fig. 5: per language, the accuracy change at ``gamma`` against unsteered accuracy; one panel
+    per steering layer. ``scripts`` (language -> 'Latin'/'non-Latin') sets the marker and colour."""
+    gamma = default_gamma(steer_summary) if gamma is None else float(gamma)
+    settings = steer_summary["settings"]
+    layers = sorted({int(s["layer"]) for s in settings})
+    by_key = {(int(s["layer"]), float(s["gamma"])): s for s in settings}
+    missing = [layer for layer in layers if (layer, gamma) not in by_key or (layer, 0.0) not in by_key]
+    if missing:
+        raise ValueError(f"steering summary has no gamma = {gamma:g} (and 0) setting for layer(s) {missing}")
+    script_colors = {"Latin": "tab:blue", "non-Latin": "tab:orange"}
+    fig = _figure(min(4.2 * len(layers), 16.0) + 0.4, 4.0)
+    axes = _grid(fig, len(layers), 4, sharey=True)
+    for ax, layer in zip(axes, layers, strict=True):
+        base = by_key[(layer, 0.0)]["per_language"]
+        steered = by_key[(layer, gamma)]["per_language"]
+        points: dict[tuple[float, float], list[str]] = {}
+        for lang in sorted(base):
+            x = 100 * base[lang]["accuracy"]
+            y = 100 * (steered[lang]["accuracy"] - base[lang]["accuracy"])
+            points.setdefault((round(x, 6), round(y, 6)), []).append(lang)
+            script = (scripts or {}).get(lang)
+            ax.scatter(
+                [x],
+                [y],
+                s=28,
+                marker=SCRIPT_MARKERS.get(script or "Latin", "o"),
+                color=script_colors.get(script or "", "tab:purple"),
+            )
+        for (x, y), names in points.items():  # languages on the same point share one label
+            ax.annotate(", ".join(names), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.margins(x=0.2, y=0.15)  # room for the language labels at the edges
+        ax.set_title(f"layer {layer}, γ = {gamma:+g}", fontsize=10)
+        ax.set_xlabel("unsteered accuracy (%)")
+        ax.set_ylabel("accuracy change (points)")
+        ax.grid(alpha=0.3)
+    if scripts:
+        handles = [
+            Line2D([], [], linestyle="", marker=SCRIPT_MARKERS[s], color=c, label=s)
+            for s, c in script_colors.items()
+        ]
+        axes[0].legend(handles=handles, fontsize=8)
+    fig.suptitle(title or "accuracy change of steered languages", fontsize=11)
+    return _save(fig, path)

@@ -1,0 +1,603 @@
+"""The run report: Tables 1-2 and Figs. 1-5 of every model x dataset folder, in one HTML file.
+
+``report.html`` is self-contained (figures are base64 ``data:`` URIs, styles are inline, there is
+no script and no external resource), so it can be mailed, archived or opened offline years later.
+``report.md`` holds the same tables and links the PNGs written next to each folder's data.
+
+A *result folder* is any folder holding a stage summary (``summary.json``, ``lens_summary.json``,
+``pca_summary.json``, ``steer_summary.json``); a report root is one such folder or a run root with
+``<model>/<dataset>/`` result folders below it. Everything is read from those files alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from crosslens import __version__, figures
+from crosslens.store import atomic_write_text
+
+__all__ = [
+    "Table",
+    "ResultFolder",
+    "find_results",
+    "tables",
+    "folder_tables",
+    "write_report",
+    "SUMMARY_FILES",
+]
+
+SUMMARY_FILES = ("summary.json", "lens_summary.json", "pca_summary.json", "steer_summary.json")
+EXPERIMENT_FILE = "experiment.json"
+FIGURE_FILES = {
+    "fig1": "fig1_transfer.png",
+    "fig2": "fig2_lens.png",
+    "fig3": "fig3_pca.png",
+    "fig4": "fig4_gamma_sweep.png",
+    "fig5": "fig5_steer_change.png",
+}
+
+
+# -- formatting -------------------------------------------------------------------------------------
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _pct(x: float | None) -> str:
+    return "–" if _missing(x) else f"{100 * x:.1f}"
+
+
+def _rate(x: float | None) -> str:
+    """Table 1 style: .381 (three decimals, no leading zero)."""
+    if _missing(x):
+        return "–"
+    s = f"{x:.3f}"
+    return s.replace("0.", ".", 1) if abs(x) < 1 else s
+
+
+def _signed(x: float | None, digits: int = 3) -> str:
+    return "–" if _missing(x) else f"{x:+.{digits}f}"
+
+
+def _ci(low: float | None, high: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    if _missing(low) or _missing(high):
+        return "–"
+    return f"[{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def _corr(cell: Mapping[str, Any] | None) -> str:
+    """Table 2 style: Pearson's r with significance stars (−0.62***)."""
+    if not cell or _missing(cell.get("r")):
+        return "–"
+    return f"{cell['r']:.2f}".replace("-", "−") + cell.get("stars", "")
+
+
+# -- tables -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Table:
+    """A small table rendered both as Markdown and as HTML (with optional grouped column headers)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    groups: list[tuple[str, int]] = field(default_factory=list)  # (group label, columns spanned)
+    note: str = ""
+    css: str = ""  # HTML class, e.g. "kv" for left-aligned key/value tables
+
+    def markdown(self) -> str:
+        def esc(s: str) -> str:
+            return str(s).replace("|", "\\|").replace("\n", " ")
+
+        columns = self.columns
+        if self.groups:  # Markdown has no spanning headers: prefix each column with its group
+            labels = [g for g, span in self.groups for _ in range(span)]
+            columns = [f"{g} {c}".strip() for g, c in zip(labels, columns, strict=True)]
+        lines = [
+            f"**{esc(self.title)}**",
+            "",
+            "| " + " | ".join(esc(c) for c in columns) + " |",
+            "|" + "|".join("---" for _ in columns) + "|",
+        ]
+        lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.rows]
+        if self.note:
+            lines += ["", f"_{esc(self.note)}_"]
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        e = html.escape
+        cls = f' class="{e(self.css)}"' if self.css else ""
+        # The title sits above the table, not in a <caption>: a long caption would widen a narrow table.
+        parts = [f'<p class="caption">{e(self.title)}</p><table{cls} aria-label="{e(self.title)}"><thead>']
+        if self.groups:
+            parts.append(
+                "<tr>"
+                + "".join(
+                    f'<th colspan="{span}" class="group">{e(g)}</th>' if span > 1 else f"<th>{e(g)}</th>"
+                    for g, span in self.groups
+                )
+                + "</tr>"
+            )
+        parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in self.columns) + "</tr></thead><tbody>")
+        parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in self.rows]
+        parts.append("</tbody></table>")
+        if self.note:
+            parts.append(f'<p class="note">{e(self.note)}</p>')
+        return "".join(parts)
+
+
+# -- result folders -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResultFolder:
+    """The summaries of one model x dataset output folder (None where a stage did not run)."""
+
+    path: Path
+    rel: str
+    model: str
+    dataset: str
+    run: dict[str, Any]
+    summary: dict[str, Any] | None
+    lens: dict[str, Any] | None
+    pca: dict[str, Any] | None
+    steer: dict[str, Any] | None
+
+    @classmethod
+    def read(cls, path: Path, root: Path) -> ResultFolder:
+        def load(name: str) -> Any:
+            p = path / name
+            return json.loads(p.read_text()) if p.is_file() else None
+
+        run = load("run.json") or {}
+        stages = run.get("stages", {})
+        rel = path.relative_to(root).as_posix()
+        parts = [] if rel == "." else rel.split("/")
+        model = next(
+            (s["model"]["spec"] for s in stages.values() if isinstance(s.get("model"), dict)),
+            parts[-2] if len(parts) >= 2 else path.name,
+        )
+        summary = load("summary.json")
+        dataset = next(
+            (s["fingerprint"]["dataset"] for s in stages.values() if "dataset" in s.get("fingerprint", {})),
+            (summary or {}).get("dataset") or (parts[-1] if parts else path.name),
+        )
+        return cls(
+            path,
+            rel,
+            model,
+            dataset,
+            run,
+            summary,
+            load("lens_summary.json"),
+            load("pca_summary.json"),
+            load("steer_summary.json"),
+        )
+
+    @property
+    def anchor(self) -> str:
+        """A unique HTML id (from the folder's relative path)."""
+        return "r-" + "".join(c if c.isalnum() else "-" for c in self.rel)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        """One run.json stage entry (records, lens, steer), empty when that stage did not run here."""
+        return self.run.get("stages", {}).get(name, {})
+
+    def commands(self) -> list[str]:
+        cmds = [s.get("command") for s in self.run.get("stages", {}).values()]
+        return list(dict.fromkeys(c for c in cmds if c))
+
+
+def find_results(root: str | Path) -> list[ResultFolder]:
+    """Every result folder at or below ``root``, sorted by path."""
+    root = Path(root)
+    folders = {p.parent for name in SUMMARY_FILES for p in root.rglob(name)}
+    return [ResultFolder.read(p, root) for p in sorted(folders)]
+
+
+def tables(results: Sequence[ResultFolder]) -> dict[str, Table]:
+    """Table 1 (accuracy, consistency, transfer, cloze accuracy) and Table 2 (log-ratio correlations).
+
+    Rows are models, column groups datasets, as in the paper; a missing combination shows '–'.
+    """
+    twice = Counter((r.model, r.dataset) for r in results)
+
+    def row_label(r: ResultFolder) -> str:  # the same model and dataset in two folders: name the folder
+        return r.model if twice[(r.model, r.dataset)] == 1 else f"{r.model} ({r.rel})"
+
+    models = list(dict.fromkeys(row_label(r) for r in results))
+    datasets = list(dict.fromkeys(r.dataset for r in results))
+    by = {(row_label(r), r.dataset): r for r in results}
+
+    t1_cols = ["acc.", "cloze acc.", "cons.", "tr+", "tr−"]
+    t1_rows = []
+    for m in models:
+        row = [m]
+        for d in datasets:
+            s = by[(m, d)].summary if (m, d) in by else None
+            if not s:
+                row += ["–"] * len(t1_cols)
+                continue
+            cloze = list((s.get("cloze_accuracy") or {}).values())
+            row += [
+                f"{_pct(s.get('accuracy_mean'))} ± {_pct(s.get('accuracy_std'))}",
+                _pct(sum(cloze) / len(cloze)) if cloze else "–",
+                _rate(s["consistency"]["mean"]),
+                _rate(s["tr_plus"]["mean"]),
+                _rate(s["tr_minus"]["mean"]),
+            ]
+        t1_rows.append(row)
+    table1 = Table(
+        "Table 1. Mean accuracy (%, ± std across languages), cloze accuracy, consistency, positive and "
+        "negative transfer (means over ordered language pairs)",
+        ["model"] + t1_cols * len(datasets),
+        t1_rows,
+        [("", 1)] + [(d, len(t1_cols)) for d in datasets],
+        "acc.: letter choice at the final layer; cloze acc.: length-normalised full-answer log-likelihood.",
+    )
+
+    t2_cols = ["acc.", "cons.", "→tr+"]
+    t2_rows = []
+    for m in models:
+        row = [m]
+        for d in datasets:
+            t2 = (by[(m, d)].lens or {}).get("table2") if (m, d) in by else None
+            row += [_corr((t2 or {}).get(k)) for k in ("acc", "cons", "tr_plus_in")]
+        t2_rows.append(row)
+    table2 = Table(
+        "Table 2. Pearson's r between a language's mean log p(native)/p(English) and its accuracy, "
+        "consistency and incoming positive transfer",
+        ["model"] + t2_cols * len(datasets),
+        t2_rows,
+        [("", 1)] + [(d, len(t2_cols)) for d in datasets],
+        "* p < .05, ** p < .01, *** p < .001; correlations are across the non-English languages.",
+    )
+    return {"table1": table1, "table2": table2}
+
+
+def folder_tables(r: ResultFolder) -> dict[str, Table]:
+    """The per-folder tables: run metadata, per-language results, lens, PCA alignment, steering."""
+    out = {"meta": _meta_table(r)}
+    s = r.summary
+    if s:
+        boot = (s.get("bootstrap") or {}).get("accuracy", {})
+        cloze = s.get("cloze_accuracy") or {}
+        cons, trp = s.get("consistency_with_pivot") or {}, s.get("tr_plus_from_pivot") or {}
+        ratio = (r.lens or {}).get("mean_log_ratio", {})
+        rows = [
+            [
+                lang,
+                _pct(s["accuracy"].get(lang)),
+                _ci(*(boot.get(lang) or (None, None))),
+                _pct(cloze.get(lang)),
+                _rate(cons.get(lang)),
+                _rate(trp.get(lang)),
+                _rate(s.get("mean_consistency", {}).get(lang)),
+                _rate(s.get("incoming_tr_plus", {}).get(lang)),
+                _signed(ratio.get(lang)),
+            ]
+            for lang in s["languages"]
+        ]
+        pivot = s.get("pivot") or "pivot"
+        out["languages"] = Table(
+            f"Per-language results ({s.get('n_items', '?')} items per language)",
+            [
+                "language",
+                "acc. (%)",
+                "95 % CI",
+                "cloze acc. (%)",
+                f"cons. with {pivot}",
+                f"tr+ from {pivot}",
+                "mean cons.",
+                "→tr+",
+                "mean log ratio",
+            ],
+            rows,
+            note="95 % CI: item bootstrap; mean cons. and →tr+: over the other languages; "
+            "log ratio from the lens.",
+        )
+    if r.lens:
+        acc = r.lens["latent_accuracy"]
+        rows = []
+        for layer in r.lens["layers"]:
+            lr = r.lens["log_ratio"][str(layer)]
+            rows.append(
+                [
+                    str(layer),
+                    _signed(lr["mean"]),
+                    _ci(lr["ci_low"], lr["ci_high"], 1.0, 3),
+                    *(_pct(acc[f][str(layer)]["mean"]) for f in ("native", "en", "label")),
+                ]
+            )
+        out["lens"] = Table(
+            "Logit lens per layer (means across languages)",
+            ["layer", "log p(nat.)/p(en)", "95 % CI", "acc. native (%)", "acc. en (%)", "acc. label (%)"],
+            rows,
+        )
+    if r.pca:
+        rows = [
+            [str(layer), f"{a['parallel_cosine']:.3f}", f"{a['nonparallel_cosine']:.3f}", _signed(a["gap"])]
+            for layer, a in r.pca["alignment"].items()
+        ]
+        out["pca"] = Table(
+            f"Cross-language alignment of last-token states ({r.pca['n_items']} items)",
+            ["layer", "parallel cos.", "non-parallel cos.", "gap"],
+            rows,
+            note="gap > 0: the item, not the language, decides where a state lies (a shared space).",
+        )
+    if r.steer:
+        rows = [
+            [
+                str(st["layer"]),
+                f"{st['gamma']:+g}",
+                _pct(st["accuracy"]["mean"]),
+                _signed(
+                    None if _missing(st["delta_accuracy"]["mean"]) else 100 * st["delta_accuracy"]["mean"], 1
+                ),
+                _signed(st["delta_consistency_en"]["mean"]),
+                _signed(st["delta_tr_plus_from_en"]["mean"]),
+            ]
+            for st in r.steer["settings"]
+        ]
+        out["steer"] = Table(
+            "Steering: means over steered languages; changes against γ = 0",
+            ["layer", "γ", "acc. (%)", "Δ acc. (points)", "Δ cons. with en", "Δ tr+ from en"],
+            rows,
+        )
+    return out
+
+
+def _meta_table(r: ResultFolder) -> Table:
+    stages = r.run.get("stages", {})
+    first = next(iter(stages.values()), {})
+    rec, lens, steer = r.stage("records"), r.stage("lens"), r.stage("steer")
+    model = first.get("model") or {}
+    fp = first.get("fingerprint", {})
+    labels = rec.get("label_tokens") or {}
+    lens_fp, steer_fp = lens.get("fingerprint", {}), steer.get("fingerprint", {})
+    rows = [
+        ("model", model.get("spec", r.model)),
+        ("revision", model.get("revision", fp.get("revision"))),
+        (
+            "architecture",
+            f"{model.get('model_type', '–')}, {model.get('n_layers', '?')} layers, "
+            f"d_model {model.get('d_model', '?')}, vocab {model.get('vocab_size', '?')}"
+            if model
+            else None,
+        ),
+        ("final logit softcap", model.get("final_logit_softcap")),
+        (
+            "dtype / device",
+            f"{model.get('dtype', fp.get('dtype', '–'))} / {model.get('device', '–')}"
+            if model or fp
+            else None,
+        ),
+        ("GGUF source", model.get("gguf")),
+        ("dataset", f"{r.dataset} ({', '.join(first.get('languages') or [])})"),
+        (
+            "prompt template",
+            f"{fp['template']} (hash {fp.get('template_hash', '–')})" if "template" in fp else None,
+        ),
+        (
+            "answer-letter tokens",
+            f"form {labels.get('form', fp.get('label_form', '–'))}: "
+            f"{', '.join(repr(t) for t in labels.get('tokens', []))}"
+            if labels
+            else None,
+        ),
+        ("cloze continuation", rec.get("cloze_separator") if fp.get("cloze", True) else "not scored"),
+        (
+            "batching",
+            f"batch size {rec.get('batch_size', '–')}, padding {rec.get('padding_side', '–')}, "
+            f"chunk size {fp.get('chunk_size', '–')}"
+            if rec
+            else None,
+        ),
+        ("evaluated items", f"all; {rec.get('excluded_items', 0)} excluded" if rec else None),
+        ("lens layers", ", ".join(map(str, lens_fp["layers"])) if "layers" in lens_fp else None),
+        (
+            "PCA",
+            f"{r.pca['n_items']} items, layers {', '.join(map(str, r.pca['layers']))}" if r.pca else None,
+        ),
+        (
+            "steering",
+            f"layers {steer_fp.get('layers')}, γ {steer_fp.get('gammas')}, vectors from "
+            f"{steer_fp.get('n_vectors')} held-out items (seed {steer_fp.get('seed')})"
+            if steer_fp
+            else None,
+        ),
+        (
+            "seed / crosslens",
+            f"{first.get('seed', '–')} / {first.get('crosslens_version', '–')}" if first else None,
+        ),
+    ]
+    return Table(
+        "Run metadata (run.json)",
+        ["field", "value"],
+        [[k, str(v)] for k, v in rows if v is not None],
+        css="kv",
+    )
+
+
+# -- figures --------------------------------------------------------------------------------------------
+def _chance(path: Path) -> float | None:
+    """1 / number of choices, averaged over items (the dashed line of Fig. 2b)."""
+    files = sorted(f for f in (path / "records").glob("*.parquet") if not f.name.startswith("."))
+    if not files:
+        return None
+    n = pd.concat([pd.read_parquet(f, columns=["n_choices"]) for f in files])["n_choices"]
+    return float((1.0 / n).mean())
+
+
+def draw_figures(r: ResultFolder) -> dict[str, Path]:
+    """(Re)draw every figure the folder's summaries allow; returns figure key -> PNG path."""
+    title = f"{r.model} — {r.dataset}"
+    out: dict[str, Path] = {}
+    if r.summary:
+        out["fig1"] = figures.transfer_heatmap(
+            r.summary, r.path / FIGURE_FILES["fig1"], f"{title}: tr+(l1, l2)"
+        )
+    if r.lens:
+        out["fig2"] = figures.lens_figure(
+            r.lens, r.path / FIGURE_FILES["fig2"], title, chance=_chance(r.path)
+        )
+    scripts: dict[str, str] = {}
+    if (r.path / "pca.parquet").is_file():
+        proj = pd.read_parquet(r.path / "pca.parquet")
+        out["fig3"] = figures.pca_figure(proj, r.path / FIGURE_FILES["fig3"], title)
+        if "script" in proj:
+            scripts = proj.drop_duplicates("language").set_index("language")["script"].to_dict()
+    if r.steer:
+        out["fig4"] = figures.gamma_sweep_figure(
+            r.steer, r.path / FIGURE_FILES["fig4"], f"{title}: steering sweep"
+        )
+        out["fig5"] = figures.steer_change_figure(
+            r.steer, r.path / FIGURE_FILES["fig5"], title=title, scripts=scripts or None
+        )
+    return out
+
+
+CAPTIONS = {
+    "fig1": (
+        "Fig. 1. Positive transfer tr+(l1, l2) = |F_l1 ∩ F_l2| / |F_l1| for every ordered language pair "
+        "(row: source l1, column: target l2)."
+    ),
+    "fig2": (
+        "Fig. 2. (a) Mean log ratio of latent probabilities of native vs English answers per layer "
+        "(above 0: the native subspace dominates); (b) latent accuracy of native answers, English answers "
+        "and answer letters, dashed line = chance. Shaded: 95 % CI across languages."
+    ),
+    "fig3": "Fig. 3. PCA of last-token activations per layer; colour = language, ○ Latin / △ other scripts.",
+    "fig4": (
+        "Fig. 4. Steering sweep: accuracy, consistency with English and tr+ from English against γ "
+        "(γ > 0 pushes toward English processing). Shaded: 95 % CI across steered languages."
+    ),
+    "fig5": (
+        "Fig. 5. Accuracy change per language under steering against its unsteered accuracy, one panel "
+        "per steering layer."
+    ),
+}
+
+
+# -- the report ------------------------------------------------------------------------------------------
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+  padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em} h3{font-size:1.05em}
+table{border-collapse:collapse;margin:0 0 1.2em;font-size:.85em}
+p.caption{font-weight:600;font-size:.85em;margin:1.2em 0 .3em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child,table.kv td,table.kv th{text-align:left} th.group{text-align:center}
+p.note{font-size:.8em;color:#555;margin-top:-.8em}
+figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#444} pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
+nav li{margin:.1em 0}
+"""
+
+
+def _img(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _experiment(root: Path) -> dict[str, Any] | None:
+    p = root / EXPERIMENT_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def write_report(root: str | Path) -> Path:
+    """Draw every figure and write ``report.html`` (self-contained) and ``report.md`` into ``root``."""
+    root = Path(root)
+    results = find_results(root)
+    if not results:
+        raise ValueError(
+            f"{root}: no crosslens results here (none of {', '.join(SUMMARY_FILES)} in it or below)"
+        )
+    experiment = _experiment(root)
+    main = tables(results)
+    e = html.escape
+    h = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>crosslens report — {e(root.name)}"
+        f"</title><style>{STYLE}</style></head><body>",
+        f"<h1>crosslens report: {e(root.name)}</h1>",
+        f"<p>{len(results)} result folder(s); crosslens {e(__version__)}.</p>",
+    ]
+    md = [
+        f"# crosslens report: {root.name}",
+        "",
+        f"{len(results)} result folder(s); crosslens {__version__}.",
+        "",
+    ]
+    if experiment:
+        cmd = experiment.get("command", "")
+        config = yaml.safe_dump(
+            experiment.get("config", {}), sort_keys=False, allow_unicode=True, default_flow_style=None
+        )
+        h.append(
+            f"<h2>Experiment</h2><p>Command:</p><pre>{e(cmd)}</pre><p>Configuration:</p>"
+            f"<pre>{e(config)}</pre>"
+        )
+        md += [
+            "## Experiment",
+            "",
+            "```",
+            cmd,
+            "```",
+            "",
+            "```yaml",
+            config.rstrip(),
+            "```",
+            "",
+        ]
+    h.append(
+        "<nav><ul>"
+        + "".join(f"<li><a href='#{r.anchor}'>{e(r.model)} — {e(r.dataset)}</a></li>" for r in results)
+        + "</ul></nav>"
+    )
+    h.append("<h2>Summary tables</h2>" + main["table1"].html() + main["table2"].html())
+    md += ["## Summary tables", "", main["table1"].markdown(), main["table2"].markdown()]
+    for r in results:
+        figs = draw_figures(r)
+        ftables = folder_tables(r)
+        h.append(
+            f"<h2 id='{r.anchor}'>{e(r.model)} — {e(r.dataset)}</h2><p>Folder: <code>{e(r.rel)}</code></p>"
+        )
+        md += [f"## {r.model} — {r.dataset}", "", f"Folder: `{r.rel}`", ""]
+        cmds = r.commands()
+        if cmds:
+            h.append("<h3>Command lines</h3><pre>" + e("\n".join(cmds)) + "</pre>")
+            md += ["Command lines:", "", "```", *cmds, "```", ""]
+        order = [
+            ("meta", None),
+            ("languages", "fig1"),
+            ("lens", "fig2"),
+            ("pca", "fig3"),
+            ("steer", "fig4"),
+            (None, "fig5"),
+        ]
+        for tkey, fkey in order:
+            if tkey in ftables:
+                h.append(ftables[tkey].html())
+                md.append(ftables[tkey].markdown())
+            if fkey in figs:
+                h.append(
+                    f"<figure><img src='{_img(figs[fkey])}' alt='{e(CAPTIONS[fkey])}'>"
+                    f"<figcaption>{e(CAPTIONS[fkey])}</figcaption></figure>"
+                )
+                md += [
+                    f"![{CAPTIONS[fkey]}]({figs[fkey].relative_to(root).as_posix()})",
+                    "",
+                    f"_{CAPTIONS[fkey]}_",
+                    "",
+                ]
+    h.append("</body></html>")
+    atomic_write_text(root / "report.md", "\n".join(md) + "\n")
+    path = root / "report.html"
+    atomic_write_text(path, "\n".join(h) + "\n")
+    return path

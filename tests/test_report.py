@@ -1,0 +1,196 @@
+"""The report: every stage on a tiny model, then figures and tables in a self-contained HTML file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from crosslens import figures
+from crosslens.data import load_dataset
+from crosslens.evaluate import EvalOptions, evaluate
+from crosslens.lens import run_lens
+from crosslens.pca import run_pca
+from crosslens.report import FIGURE_FILES, Table, find_results, tables, write_report
+from crosslens.steering import run_steering
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CAPTIONS = [
+    "Table 1.",
+    "Table 2.",
+    "Run metadata",
+    "Per-language results",
+    "Logit lens per layer",
+    "Cross-language alignment",
+    "Steering:",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models run several times faster on one thread (no oversubscription on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run root with one <model>/<dataset> folder holding every stage's results."""
+    root = tmp_path_factory.mktemp("report")
+    out = root / "tiny-gemma3" / "crosslens-mini"
+    lm = tiny_model("gemma3")
+    ds = load_dataset("crosslens-mini", ["en", "de", "zh", "ru"]).limit(12)
+    opts = EvalOptions(batch_size=8, chunk_size=6)
+    evaluate(lm, ds, out, opts=opts)
+    run_lens(lm, ds, out, layers=[1, 2, 3, 4], opts=opts)
+    run_pca(lm, ds, out, layers=[2, 4], n_items=6)
+    run_steering(lm, ds, out, ds.languages, [2, 3], [-1.0, 1.0], n_vectors=4, opts=opts)
+    write_report(root)
+    return root
+
+
+def _imgs(page: str) -> list[str]:
+    return re.findall(r"<img src='([^']*)'", page)
+
+
+def test_report_has_every_figure_and_table(root: Path) -> None:
+    page = (root / "report.html").read_text()
+    srcs = _imgs(page)
+    assert len(srcs) == len(FIGURE_FILES) == 5
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
+    for caption in CAPTIONS:
+        assert f'<p class="caption">{caption}' in page, caption
+    assert page.count("<table") == len(CAPTIONS)
+    assert "<script" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page), "the report must be self-contained"
+    assert "tiny-gemma3" in page and "answer-letter tokens" in page
+    for name in FIGURE_FILES.values():
+        assert (root / "tiny-gemma3" / "crosslens-mini" / name).read_bytes().startswith(PNG)
+
+
+def test_markdown_links_the_figures(root: Path) -> None:
+    md = (root / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(Path(link).name for link in links) == sorted(FIGURE_FILES.values())
+    assert all((root / link).is_file() for link in links)
+    assert "| tiny-gemma3 |" in md and "**Table 2." in md
+
+
+def test_tables_follow_the_paper_layout(root: Path) -> None:
+    results = find_results(root)
+    assert [(r.model, r.dataset) for r in results] == [("tiny-gemma3", "crosslens-mini")]
+    t = tables(results)
+    t1, t2 = t["table1"], t["table2"]
+    assert t1.columns == ["model", "acc.", "cloze acc.", "cons.", "tr+", "tr−"]
+    assert t1.groups == [("", 1), ("crosslens-mini", 5)]
+    acc = t1.rows[0][1]
+    s = results[0].summary
+    assert acc == f"{100 * s['accuracy_mean']:.1f} ± {100 * s['accuracy_std']:.1f}"
+    r = results[0].lens["table2"]["acc"]["r"]
+    assert t2.rows[0][1].startswith(f"{r:.2f}".replace("-", "−"))
+    assert '<th colspan="5" class="group">crosslens-mini</th>' in t1.html()
+
+
+def test_table_rendering_escapes() -> None:
+    t = Table("a <b> | c", ["x", "y|z"], [["<1>", "2|3"]], note="n")
+    assert "&lt;1&gt;" in t.html() and '<p class="caption">a &lt;b&gt; | c</p>' in t.html()
+    assert "| &lt;1&gt; |" not in t.markdown() and "| <1> | 2\\|3 |" in t.markdown()
+
+
+def test_single_stage_folder(root: Path, tmp_path: Path) -> None:
+    one = tmp_path / "only-eval"
+    one.mkdir()
+    shutil.copy(root / "tiny-gemma3" / "crosslens-mini" / "summary.json", one / "summary.json")
+    page = write_report(one).read_text()
+    assert len(_imgs(page)) == 1  # Fig. 1 only
+    assert '<p class="caption">Table 1.' in page and '<p class="caption">Per-language results' in page
+
+
+def test_no_results_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no crosslens results"):
+        write_report(tmp_path)
+
+
+def test_figures_without_pyplot(root: Path, tmp_path: Path) -> None:
+    out = root / "tiny-gemma3" / "crosslens-mini"
+    steer = json.loads((out / "steer_summary.json").read_text())
+    assert figures.default_gamma(steer) == 1.0
+    path = figures.steer_change_figure(steer, tmp_path / "f5.png", gamma=-1.0)
+    assert path.read_bytes().startswith(PNG)
+    with pytest.raises(ValueError, match="no gamma = 5"):
+        figures.steer_change_figure(steer, tmp_path / "x.png", gamma=5.0)
+    assert "matplotlib.pyplot" not in sys.modules or "pyplot" not in Path(figures.__file__).read_text()
+
+
+def test_language_colors_are_stable() -> None:
+    a = figures.language_colors(["en", "de", "zh"])
+    b = figures.language_colors(["zh", "en", "de"])
+    assert a == b
+    many = figures.language_colors([f"l{i:02d}" for i in range(30)])
+    assert len({tuple(np.round(c, 6)) for c in many.values()}) == 30
+
+
+CHROMIUM = next(
+    (
+        p
+        for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+        if p and Path(p).is_file()
+    ),
+    None,
+)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(root: Path, tmp_path: Path) -> None:
+    page = root / "report.html"
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'ud'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--dump-dom",
+        page.resolve().as_uri(),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = res.stdout
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 5
+    for caption in CAPTIONS:
+        assert f'<p class="caption">{caption}' in dom, caption
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+
+
+def test_same_model_and_dataset_in_two_folders(root: Path, tmp_path: Path) -> None:
+    for run in ("a", "b"):
+        folder = tmp_path / run / "tiny-gemma3" / "crosslens-mini"
+        folder.mkdir(parents=True)
+        shutil.copy(root / "tiny-gemma3" / "crosslens-mini" / "summary.json", folder / "summary.json")
+    results = find_results(tmp_path)
+    rows = [row[0] for row in tables(results)["table1"].rows]
+    assert rows == [
+        "tiny-gemma3 (a/tiny-gemma3/crosslens-mini)",
+        "tiny-gemma3 (b/tiny-gemma3/crosslens-mini)",
+    ]
+    assert len({r.anchor for r in results}) == 2
