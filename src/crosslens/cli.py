@@ -132,7 +132,9 @@ def _print_eval(summary: dict) -> None:
             "-" if trp is None else f"{trp:.3f}",
         )
     out_console.print(table)
-    out_console.print(table1_line(summary))
+    out_console.print("letters: " + table1_line(summary))
+    if summary.get("cloze"):
+        out_console.print("cloze:   " + table1_line(summary["cloze"]))
 
 
 @app.command()

@@ -132,6 +132,7 @@ def _unit_rows(
                 "cloze_logprobs": sums,
                 "cloze_tokens": [len(x) for x in sc.text_logprobs[final]],
                 "cloze_norm": norm,
+                "cloze_ranks": rank_choices(norm),
                 "cloze_pred": cloze_pred,
                 "cloze_correct": cloze_pred == it.gold,
             }
@@ -203,9 +204,18 @@ def summarize_records(
         "n_items": int(df["item_id"].nunique()),
         **metrics.summarize(df, pivot=pivot, seed=seed),
     }
-    if "cloze_correct" in df:
-        summary["cloze_accuracy"] = {
-            lang: float(v) for lang, v in df.groupby("language")["cloze_correct"].mean().items()
-        }
+    if "cloze_ranks" in df:
+        # The same Table 1 view on full-answer (cloze) scores: small models that cannot answer by
+        # letter are often consistent (or not) in what they believe the answer text is.
+        cloze = metrics.summarize(
+            df,
+            pivot=pivot,
+            seed=seed,
+            correct_col="cloze_correct",
+            pred_col="cloze_pred",
+            ranks_col="cloze_ranks",
+        )
+        summary["cloze"] = cloze
+        summary["cloze_accuracy"] = cloze["accuracy"]
     store.write_json("summary.json", metrics.to_jsonable(summary))
     return summary

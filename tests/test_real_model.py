@@ -1,0 +1,85 @@
+"""Acceptance checks on the real Gemma 3 270M and the real shared Belebele files (slow, run in CI)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import plain_continuation_logprobs, plain_label_logprobs
+
+from crosslens.data import load_dataset
+from crosslens.lens import run_lens
+from crosslens.models import load_model
+from crosslens.scoring import encode_continuation, label_plan
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return load_model("gemma-3-270m")
+
+
+def _cmd(out, shared_data, limit):
+    return [sys.executable, "-m", "crosslens.cli", "eval", "--model", "gemma-3-270m", "--dataset", "belebele",
+            "--data-dir", str(shared_data / "belebele"), "--languages", "eng_Latn,deu_Latn", "--limit", str(limit),
+            "--batch-size", "4", "--out", str(out)]  # fmt: skip
+
+
+def test_belebele_eval_resumes_after_kill_and_matches_a_plain_loop(gemma, shared_data, tmp_path):
+    limit = 8
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cmd(out, shared_data, limit), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while (
+        time.time() < deadline and proc.poll() is None and not list((out / "records").glob("[!.]*.parquet"))
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(_cmd(out, shared_data, limit), check=True, capture_output=True)
+    df = pd.read_parquet(out / "records").sort_values(["language", "item_id"])
+    assert len(df) == 2 * limit and not df.duplicated(["language", "item_id"]).any()
+
+    plan = label_plan(gemma.tokenizer)
+    assert plan.tokens[:4] == ("▁A", "▁B", "▁C", "▁D")
+    worst = 0.0
+    for row in df.itertuples():
+        ref = plain_label_logprobs(gemma, row.prompt, plan.for_n(row.n_choices))
+        worst = max(worst, float(np.abs(ref - np.asarray(row.label_logprobs)).max()))
+    assert worst <= 1e-4
+
+    # An uninterrupted run gives the same records as the killed-and-resumed one.
+    subprocess.run(_cmd(tmp_path / "ref", shared_data, limit), check=True, capture_output=True)
+    ref = pd.read_parquet(tmp_path / "ref" / "records").sort_values(["language", "item_id"])
+    pd.testing.assert_frame_equal(ref.reset_index(drop=True), df.reset_index(drop=True))
+
+
+def test_lens_at_last_layer_is_the_model_output(gemma, tmp_path):
+    ds = load_dataset("crosslens-mini", ["en", "de", "zh"]).limit(3)
+    L = gemma.anatomy.n_layers
+    run_lens(gemma, ds, tmp_path, layers=[10, L])
+    lens = pd.read_parquet(tmp_path / "lens")
+    from crosslens.prompts import get_template, render
+
+    template = get_template(ds.template)
+    for lang in ("de", "zh"):
+        for item_id in ds.item_ids():
+            it = ds.item(lang, item_id)
+            prompt = render(it, template)
+            pids = gemma.tokenizer(prompt).input_ids
+            for form, texts in (("native", it.choices), ("en", ds.english_choices(item_id))):
+                rows = lens[(lens.language == lang) & (lens.item_id == item_id) & (lens.form == form)
+                            & (lens.layer == L)].sort_values("choice")  # fmt: skip
+                for text, got in zip(texts, rows["logprob"], strict=True):
+                    cont = encode_continuation(gemma.tokenizer, prompt, pids, text)[0]
+                    assert got == pytest.approx(
+                        plain_continuation_logprobs(gemma, pids, cont).mean(), abs=1e-4
+                    )
