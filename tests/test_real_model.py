@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import plain_continuation_logprobs, plain_label_logprobs
 
 from crosslens.data import load_dataset
 from crosslens.lens import run_lens
 from crosslens.models import load_model
 from crosslens.scoring import encode_continuation, label_plan
+from helpers import plain_continuation_logprobs, plain_label_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +26,26 @@ def gemma():
 
 
 def _cmd(out, shared_data, limit):
-    return [sys.executable, "-m", "crosslens.cli", "eval", "--model", "gemma-3-270m", "--dataset", "belebele",
-            "--data-dir", str(shared_data / "belebele"), "--languages", "eng_Latn,deu_Latn", "--limit", str(limit),
-            "--batch-size", "4", "--out", str(out)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "crosslens.cli",
+        "eval",
+        "--model",
+        "gemma-3-270m",
+        "--dataset",
+        "belebele",
+        "--data-dir",
+        str(shared_data / "belebele"),
+        "--languages",
+        "eng_Latn,deu_Latn",
+        "--limit",
+        str(limit),
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+    ]
 
 
 def test_belebele_eval_resumes_after_kill_and_matches_a_plain_loop(gemma, shared_data, tmp_path):
@@ -76,8 +93,12 @@ def test_lens_at_last_layer_is_the_model_output(gemma, tmp_path):
             prompt = render(it, template)
             pids = gemma.tokenizer(prompt).input_ids
             for form, texts in (("native", it.choices), ("en", ds.english_choices(item_id))):
-                rows = lens[(lens.language == lang) & (lens.item_id == item_id) & (lens.form == form)
-                            & (lens.layer == L)].sort_values("choice")  # fmt: skip
+                rows = lens[
+                    (lens.language == lang)
+                    & (lens.item_id == item_id)
+                    & (lens.form == form)
+                    & (lens.layer == L)
+                ].sort_values("choice")
                 for text, got in zip(texts, rows["logprob"], strict=True):
                     cont = encode_continuation(gemma.tokenizer, prompt, pids, text)[0]
                     assert got == pytest.approx(
