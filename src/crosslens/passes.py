@@ -8,8 +8,8 @@ passes answer it:
 * :func:`prompt_pass` runs padded prompts once (left or right padding, explicit position ids),
   keeps the KV cache, and captures states at the last real prompt token only;
 * :func:`continuation_pass` extends cached prompts with many continuations at once (the cache rows
-  are repeated per continuation, so a prompt is never re-encoded) and captures the states that
-  predict each continuation token.
+  are repeated per continuation, so a prompt is never re-encoded) and captures the states at the
+  fed continuation tokens.
 
 The base decoder is called, never the LM head: vocabulary projections happen later in
 :meth:`crosslens.anatomy.Anatomy.token_logprobs` for the few positions that are read.
@@ -26,7 +26,7 @@ import torch
 from crosslens.anatomy import capture_residuals
 from crosslens.models import LoadedModel
 
-__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "continuation_logprobs", "length_batches"]
+__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "length_batches"]
 
 
 def _pad_id(lm: LoadedModel) -> int:
@@ -121,33 +121,30 @@ def continuation_pass(
     lm: LoadedModel,
     pp: PromptPass,
     owner: Sequence[int],
-    continuations: Sequence[Sequence[int]],
+    feeds: Sequence[Sequence[int]],
     layers: Sequence[int],
 ) -> dict[int, list[torch.Tensor]]:
-    """States that predict each continuation token, at ``layers``.
+    """States at every token of ``feeds``, each fed after the cached prompt ``owner[i]`` of ``pp``.
 
-    ``owner[i]`` is the row of ``pp`` that continuation ``i`` extends. For a continuation
-    x_1..x_T the result holds T states per layer: the prompt's last-token state (predicting x_1)
-    then the states at x_1..x_{T-1}. Only x_1..x_{T-1} are fed to the model — the state at x_T
-    predicts nothing we read — and only when some continuation has more than one token.
+    Returns, per layer, one (len(feeds[i]), d) tensor per feed. To score a continuation x_1..x_T,
+    feed x_1..x_{T-1}: the state predicting x_1 is the prompt's last-token state (``pp.last``),
+    shared by every continuation of that prompt, and the state at x_T predicts nothing we read.
+    Feeds of different lengths are right-padded; no forward runs when every feed is empty.
     """
     if pp.cache is None:
         raise ValueError("continuation_pass needs a prompt pass run with use_cache=True")
     owner_t = torch.as_tensor(list(owner), dtype=torch.long)
-    feed = [list(c[:-1]) for c in continuations]
-    width = max((len(f) for f in feed), default=0)
-    result: dict[int, list[torch.Tensor]] = {
-        layer: [pp.last[layer][o : o + 1] for o in owner_t.tolist()] for layer in layers
-    }
+    width = max((len(f) for f in feeds), default=0)
+    d = lm.anatomy.d_model
     if width == 0:
-        return result
+        return {layer: [torch.zeros((0, d)) for _ in feeds] for layer in layers}
     device = lm.input_device
-    n = len(feed)
+    n = len(feeds)
     ids = torch.full((n, width), _pad_id(lm), dtype=torch.long)
     cont_mask = torch.zeros((n, width), dtype=torch.long)
-    for row, f in enumerate(feed):
+    for row, f in enumerate(feeds):
         if f:
-            ids[row, : len(f)] = torch.as_tensor(f)
+            ids[row, : len(f)] = torch.as_tensor(list(f))
             cont_mask[row, : len(f)] = 1
     mask = torch.cat([pp.attention_mask[owner_t], cont_mask], dim=1)
     positions = pp.lengths[owner_t][:, None] + torch.arange(width)[None, :]
@@ -162,14 +159,7 @@ def continuation_pass(
             cache=cache,
             use_cache=True,
         )
-    for layer in layers:
-        h = states[layer]
-        for row, f in enumerate(feed):
-            if f:
-                result[layer][row] = torch.cat(
-                    [result[layer][row], h[row, : len(f)].to(result[layer][row].device)]
-                )
-    return result
+    return {layer: [states[layer][row, : len(f)] for row, f in enumerate(feeds)] for layer in layers}
 
 
 def _repeat_rows(cache: object, rows: torch.Tensor) -> object:
@@ -183,25 +173,3 @@ def _repeat_rows(cache: object, rows: torch.Tensor) -> object:
     new.layers = [copy.copy(layer) for layer in cache.layers]  # type: ignore[attr-defined]
     new.reorder_cache(rows)  # type: ignore[attr-defined]
     return new
-
-
-def continuation_logprobs(
-    lm: LoadedModel,
-    states: dict[int, list[torch.Tensor]],
-    continuations: Sequence[Sequence[int]],
-    max_elements: int = 2**26,
-) -> dict[int, list[torch.Tensor]]:
-    """Per-token log-probabilities of each continuation, read through the lens at each layer.
-
-    At ``layer == n_layers`` these are the model's own output log-probabilities.
-    All continuations of one layer are projected together, in vocabulary chunks bounded by
-    ``max_elements`` logits.
-    """
-    sizes = [len(c) for c in continuations]
-    targets = torch.as_tensor([t for c in continuations for t in c], dtype=torch.long)
-    out: dict[int, list[torch.Tensor]] = {}
-    for layer, per_cont in states.items():
-        h = torch.cat(per_cont)
-        logp = lm.anatomy.token_logprobs(h, layer, targets, max_elements=max_elements).cpu()
-        out[layer] = list(torch.split(logp, sizes))
-    return out

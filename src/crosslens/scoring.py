@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from crosslens.models import LoadedModel
-from crosslens.passes import continuation_logprobs, continuation_pass, length_batches, prompt_pass
+from crosslens.passes import continuation_pass, length_batches, prompt_pass
 from crosslens.prompts import labels as label_letters
 
 __all__ = ["LabelPlan", "label_plan", "encode_continuation", "ItemScores", "score_prompts", "rank_choices"]
@@ -158,25 +158,45 @@ def _score_batch(
 ) -> list[tuple[int, ItemScores]]:
     want_texts = continuations is not None and any(continuations[i] for i in batch)
     pp = prompt_pass(lm, [prompt_ids[i] for i in batch], layers, padding_side, use_cache=want_texts)
-    scores = [ItemScores() for _ in batch]
-    if label_ids is not None:
-        for layer in layers:
-            for row, i in enumerate(batch):
-                targets = torch.as_tensor(label_ids[i], dtype=torch.long)[None, :]
-                lp = lm.anatomy.token_logprobs(pp.last[layer][row : row + 1], layer, targets, max_elements)
-                scores[row].label_logprobs[layer] = lp[0].cpu().numpy()
+    labels = [list(label_ids[i]) if label_ids is not None else [] for i in batch]
+    conts = [list(continuations[i]) if continuations is not None else [] for i in batch]
+    flat = [c for row in conts for c in row]
+    owner = [row for row, cs in enumerate(conts) for _ in cs]
+    states = None
     if want_texts:
-        owner = [row for row, i in enumerate(batch) for _ in continuations[i]]  # type: ignore[index]
-        conts = [c for i in batch for c in continuations[i]]  # type: ignore[index]
-        _check_window(lm, pp, conts, padding_side)
-        states = continuation_pass(lm, pp, owner, conts, layers)
-        logps = continuation_logprobs(lm, states, conts, max_elements)
-        for layer in layers:
-            for row in range(len(batch)):
+        _check_window(lm, pp, flat, padding_side)
+        states = continuation_pass(lm, pp, owner, [c[:-1] for c in flat], layers)
+    # Every target read at a prompt's last token (its labels and the first token of each of its
+    # answers) comes from ONE projection of that position, not one per answer.
+    first = [lab + [c[0] for c in cs] for lab, cs in zip(labels, conts)]
+    width = max(len(f) for f in first)
+    first_t = torch.tensor([f + [0] * (width - len(f)) for f in first], dtype=torch.long)
+    rest_t = torch.tensor([t for c in flat for t in c[1:]], dtype=torch.long)
+    scores = [ItemScores() for _ in batch]
+    offsets = np.cumsum([0] + [len(c) - 1 for c in flat])
+    for layer in layers:
+        at_last = lm.anatomy.token_logprobs(pp.last[layer], layer, first_t, max_elements).cpu().numpy()
+        rest = np.zeros(0, dtype=np.float32)
+        if states is not None and len(rest_t):
+            h = torch.cat(states[layer])
+            rest = lm.anatomy.token_logprobs(h, layer, rest_t, max_elements).cpu().numpy()
+        for row, g in enumerate(_owner_offsets(conts)):
+            n_lab = len(labels[row])
+            if label_ids is not None:
+                scores[row].label_logprobs[layer] = at_last[row, :n_lab]
+            if continuations is not None:
                 scores[row].text_logprobs[layer] = [
-                    logps[layer][k].numpy() for k, o in enumerate(owner) if o == row
+                    np.concatenate(
+                        [at_last[row, n_lab + j : n_lab + j + 1], rest[offsets[g + j] : offsets[g + j + 1]]]
+                    )
+                    for j in range(len(conts[row]))
                 ]
     return list(zip(batch, scores))
+
+
+def _owner_offsets(conts: Sequence[Sequence]) -> list[int]:
+    """Index of each row's first continuation in the flattened continuation list."""
+    return np.cumsum([0] + [len(c) for c in conts[:-1]]).tolist()
 
 
 def _check_window(lm: LoadedModel, pp, conts: Sequence[Sequence[int]], padding_side: str) -> None:

@@ -214,7 +214,7 @@ def steer_grid(
         for start in range(0, len(settings), group):
             chunk = list(settings[start : start + group])
             owner = [b for _ in chunk for b in range(len(batch))]
-            tokens = [[prompt_ids[i][-1], 0] for _ in chunk for i in batch]  # x_T, then a placeholder
+            tokens = [[prompt_ids[i][-1]] for _ in chunk for i in batch]  # x_T: its state predicts the label
             with contextlib.ExitStack() as stack:
                 for layer in sorted({s[0] for s in chunk}):
                     delta = torch.stack(
@@ -229,7 +229,7 @@ def steer_grid(
                     )
                 states = continuation_pass(lm, pp, owner, tokens, [final])[final]
             for r, (s, b) in enumerate((s, b) for s in chunk for b in range(len(batch))):
-                h = states[r][1:2]  # state at x_T: it predicts the label
+                h = states[r]
                 lp = lm.anatomy.token_logprobs(h, final, torch.as_tensor([label_ids[batch[b]]]))
                 result[s][batch[b]] = lp[0].cpu().numpy()
     return result
