@@ -171,15 +171,22 @@ def _score_batch(
     first = [lab + [c[0] for c in cs] for lab, cs in zip(labels, conts)]
     width = max(len(f) for f in first)
     first_t = torch.tensor([f + [0] * (width - len(f)) for f in first], dtype=torch.long)
-    rest_t = torch.tensor([t for c in flat for t in c[1:]], dtype=torch.long)
+    rest_t = torch.zeros((sum(len(c) - 1 for c in flat), width), dtype=torch.long)
+    rest_t[:, 0] = torch.tensor([t for c in flat for t in c[1:]], dtype=torch.long)
+    # The lens head does not depend on the layer, so all layers' positions go through one
+    # projection: large matrix products run near the machine's GEMM peak, many small ones do not.
+    per_layer = [
+        torch.cat([pp.last[layer], *(states[layer] if states is not None else [])]) for layer in layers
+    ]
+    rows = per_layer[0].shape[0]
+    targets = torch.cat([first_t, rest_t]).repeat(len(layers), 1)
+    logp = lm.anatomy.token_logprobs(torch.cat(per_layer), layers[-1], targets, max_elements).cpu().numpy()
     scores = [ItemScores() for _ in batch]
     offsets = np.cumsum([0] + [len(c) - 1 for c in flat])
-    for layer in layers:
-        at_last = lm.anatomy.token_logprobs(pp.last[layer], layer, first_t, max_elements).cpu().numpy()
-        rest = np.zeros(0, dtype=np.float32)
-        if states is not None and len(rest_t):
-            h = torch.cat(states[layer])
-            rest = lm.anatomy.token_logprobs(h, layer, rest_t, max_elements).cpu().numpy()
+    b = len(batch)
+    for k, layer in enumerate(layers):
+        at_last = logp[k * rows : k * rows + b]
+        rest = logp[k * rows + b : (k + 1) * rows, 0]
         for row, g in enumerate(_owner_offsets(conts)):
             n_lab = len(labels[row])
             if label_ids is not None:
