@@ -97,3 +97,11 @@ def test_items_without_english_pivot_are_skipped_with_a_count(tmp_path):
 
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["stages"]["lens"]["skipped_no_pivot"] == 1
+
+
+def test_lens_without_english_among_the_languages(tmp_path):
+    from dataclasses import replace
+
+    ds = replace(toy_dataset(), languages=["de", "zh"])  # English is loaded as pivot, not requested
+    s = run_lens(tiny_model("llama"), ds, tmp_path, layers=[4])
+    assert s["languages"] == ["de", "zh"] and set(s["mean_log_ratio"]) == {"de", "zh"}

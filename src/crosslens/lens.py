@@ -159,6 +159,8 @@ def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | N
     if languages:
         lens = lens[lens["language"].isin(languages)]
     ranked = lens_rank_records(lens)
+    if pivot not in set(ranked["language"]):
+        pivot = None  # English not among the lens languages: no English-anchored transfer views
     non_pivot = sorted(set(ranked["language"]) - {pivot})
     layers = sorted(ranked["layer"].unique().tolist())
 

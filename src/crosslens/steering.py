@@ -228,10 +228,15 @@ def steer_grid(
                         add_at_positions(lm.anatomy, layer, delta, torch.zeros(len(owner), dtype=torch.long))
                     )
                 states = continuation_pass(lm, pp, owner, tokens, [final])[final]
+            # One projection for every row of the group: a one-row projection reads the whole
+            # unembedding for a single state and runs far below the machine's matmul peak.
+            width = max(len(label_ids[i]) for i in batch)
+            targets = torch.tensor(
+                [list(label_ids[i]) + [0] * (width - len(label_ids[i])) for _ in chunk for i in batch]
+            )
+            lp = lm.anatomy.token_logprobs(torch.cat(states), final, targets).cpu().numpy()
             for r, (s, b) in enumerate((s, b) for s in chunk for b in range(len(batch))):
-                h = states[r]
-                lp = lm.anatomy.token_logprobs(h, final, torch.as_tensor([label_ids[batch[b]]]))
-                result[s][batch[b]] = lp[0].cpu().numpy()
+                result[s][batch[b]] = lp[r, : len(label_ids[batch[b]])]
     return result
 
 
