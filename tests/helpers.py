@@ -67,3 +67,17 @@ def plain_continuation_logprobs(lm, prompt_ids: list[int], cont: list[int]) -> n
         logp = lm.model(ids).logits[0].float().log_softmax(-1)
     n = len(prompt_ids)
     return np.array([logp[n - 1 + k, t].item() for k, t in enumerate(cont)])
+
+
+def kill_after_first_shard(cmd: list[str], records, timeout: float = 300) -> None:
+    """Start ``cmd``, SIGKILL it as soon as one finished shard is in ``records`` (or it ends)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not list(records.glob("[!.]*.parquet")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

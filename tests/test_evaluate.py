@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +14,7 @@ from conftest import tiny_model
 from crosslens.cli import main
 from crosslens.evaluate import EvalOptions, evaluate
 from crosslens.store import RunMismatchError, Store, StoreBusyError
-from helpers import toy_dataset
+from helpers import kill_after_first_shard, toy_dataset
 
 COLUMNS = {
     "dataset",
@@ -155,15 +153,8 @@ def test_kill_9_then_resume_gives_identical_records(tmp_path, tiny_llama_dir, to
         ]
 
     subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True)
-    proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = tmp_path / "killed" / "records"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if records.is_dir() and len(list(records.glob("*.parquet"))) >= 1:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_shard(cmd(tmp_path / "killed"), records)
     subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True)
     pd.testing.assert_frame_equal(_records(tmp_path / "ref"), _records(tmp_path / "killed"))
     assert not list(records.glob(".tmp-*"))  # a killed writer's temporary file is cleaned on resume

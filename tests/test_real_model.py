@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -15,7 +13,7 @@ from crosslens.data import load_dataset
 from crosslens.lens import run_lens
 from crosslens.models import load_model
 from crosslens.scoring import encode_continuation, label_plan
-from helpers import plain_continuation_logprobs, plain_label_logprobs
+from helpers import kill_after_first_shard, plain_continuation_logprobs, plain_label_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -51,16 +49,7 @@ def _cmd(out, shared_data, limit):
 def test_belebele_eval_resumes_after_kill_and_matches_a_plain_loop(gemma, shared_data, tmp_path):
     limit = 8
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        _cmd(out, shared_data, limit), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while (
-        time.time() < deadline and proc.poll() is None and not list((out / "records").glob("[!.]*.parquet"))
-    ):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_shard(_cmd(out, shared_data, limit), out / "records")
     subprocess.run(_cmd(out, shared_data, limit), check=True, capture_output=True)
     df = pd.read_parquet(out / "records").sort_values(["language", "item_id"])
     assert len(df) == 2 * limit and not df.duplicated(["language", "item_id"]).any()
