@@ -356,7 +356,9 @@ def summarize_steering(store: Store, pivot: str) -> dict[str, Any]:
     summary = {
         "pivot": pivot,
         "settings": settings,
-        "unsteered_accuracy": {m: v["accuracy"] for m, v in per[min(per)[:1] + (0.0,)].items()},
+        "unsteered_accuracy": {
+            m: v["accuracy"] for m, v in per[(min(layer for layer, _ in per), 0.0)].items()
+        },
     }
     store.write_json("steer_summary.json", metrics.to_jsonable(summary))
     return summary
