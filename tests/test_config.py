@@ -176,8 +176,8 @@ def test_defaults_and_layer_schedule(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_backend(model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="backend 'ray' is not available"):
-        run_experiment(_write(tmp_path, _base(model_dir, tmp_path / "out")), backend="ray")
+    with pytest.raises(ValueError, match=r"backend 'slurm' is not available \(backends: local, ray\)"):
+        run_experiment(_write(tmp_path, _base(model_dir, tmp_path / "out")), backend="slurm")
 
 
 def test_demo_config_is_shipped_identically() -> None:

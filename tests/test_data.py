@@ -321,3 +321,13 @@ def test_crosslens_mini_bundled():
     ds = load_dataset("crosslens-mini")
     assert ds.pivot == "en" and "en" in ds.languages and len(ds) > 0
     assert all(len(items) == len(ds) for items in ds.items.values())
+
+
+def test_datasets_command_lists_every_dataset_with_its_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    from crosslens.cli import main
+
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("belebele", "mmmlu", "mhellaswag", "okapi-mmlu", "xstorycloze", "crosslens-mini"):
+        assert name in out
+    assert "data_dir[/test]" in out  # brackets in a source are text, not console markup

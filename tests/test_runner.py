@@ -118,16 +118,6 @@ def test_model_slugs() -> None:
     assert model_slug("/tmp/some/folder/") == "folder"
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model as a local folder spec, loadable by a separate process."""
-    lm = tiny_model("gemma3")
-    folder = tmp_path_factory.mktemp("models") / "tiny-gemma3-saved"
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_kill_and_resume_gives_the_uninterrupted_results(saved_model: Path, tmp_path: Path) -> None:
     killed_cfg = tmp_path / "killed.yaml"
     killed_cfg.write_text(

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -153,7 +154,8 @@ def datasets() -> None:
         table.add_column(col)
     for info in list_datasets():
         langs = ", ".join(info.languages) if info.languages else "(any)"
-        table.add_row(info.name, str(info.pivot), langs, info.source)
+        # Sources hold brackets ("mmlu/okapi/[dev|val]"): cells are plain text, not rich markup.
+        table.add_row(*(escape(cell) for cell in (info.name, str(info.pivot), langs, info.source)))
     out_console.print(table)
 
 
@@ -382,13 +384,19 @@ def steer(
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="experiment YAML (keys: docs/report.md)")],
-    backend: Annotated[str, typer.Option(help="where the stages run (only 'local' for now)")] = "local",
+    backend: Annotated[
+        str,
+        typer.Option(help="local (this process) or ray (units as Ray tasks; pip install 'crosslens[ray]')"),
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (ray backend; default: start a local Ray)")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
 ) -> None:
     """Run every model x dataset of an experiment config (resumable) and write the report."""
     from crosslens.runner import run_experiment
 
-    path = run_experiment(config, backend=backend, progress=progress)
+    path = run_experiment(config, backend=backend, progress=progress, address=address)
     out_console.print(f"report: {path}")
 
 
@@ -421,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     from crosslens.anatomy import UnsupportedModelError
     from crosslens.data import DataError
     from crosslens.models import ModelLoadError
+    from crosslens.ray_runner import RayBackendError
     from crosslens.store import RunMismatchError, StoreBusyError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -438,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         RunMismatchError,
         StoreBusyError,
         UnsupportedModelError,
+        RayBackendError,
         ValueError,
     ) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)

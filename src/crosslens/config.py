@@ -29,6 +29,7 @@ __all__ = [
     "SteeringConfig",
     "PcaConfig",
     "LensConfig",
+    "RayConfig",
     "ExperimentConfig",
     "load_config",
     "parse_config",
@@ -115,6 +116,20 @@ LayerSpec = Annotated[
 ]
 
 
+class RayConfig(_Section):
+    """How the Ray backend sizes its workers (ignored by the local backend; see docs/cluster.md)."""
+
+    workers_per_model: Annotated[int, Field(ge=1)] = 1  # actors per model, each loads it once
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0  # per worker
+    num_gpus: Annotated[float, Field(ge=0)] | None = None  # per worker; None: 1 unless device is cpu
+    max_retries: Annotated[int, Field(ge=0)] = 3  # restarts of a dead worker and retries of its unit
+
+    def gpus(self, device: str) -> float:
+        if self.num_gpus is not None:
+            return self.num_gpus
+        return 0.0 if device == "cpu" else 1.0
+
+
 class ExperimentConfig(_Section):
     """A whole experiment: every model is run on every dataset, each into ``output/<model>/<dataset>``."""
 
@@ -130,6 +145,7 @@ class ExperimentConfig(_Section):
     batch_size: int | Literal["auto"] = "auto"
     output: Path = Path("runs")
     chunk_size: Annotated[int, Field(ge=1)] = 32
+    ray: RayConfig = RayConfig()
 
     @field_validator("batch_size", mode="before")
     @classmethod

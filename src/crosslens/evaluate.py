@@ -20,9 +20,18 @@ from crosslens.data import Item, ParallelDataset
 from crosslens.models import LoadedModel
 from crosslens.prompts import Template, get_template, render, template_hash
 from crosslens.scoring import LabelPlan, encode_continuation, label_plan, rank_choices, score_prompts
-from crosslens.store import Store, unit_name
+from crosslens.stages import Stage, Unit, plan_units, run_stage
+from crosslens.store import Store
 
-__all__ = ["EvalOptions", "Unit", "plan_units", "evaluate", "label_fields", "summarize_records", "RECORDS"]
+__all__ = [
+    "EvalOptions",
+    "EvalStage",
+    "eval_stage",
+    "evaluate",
+    "label_fields",
+    "summarize_records",
+    "RECORDS",
+]
 
 RECORDS = "records"
 
@@ -37,33 +46,6 @@ class EvalOptions:
     chunk_size: int = 32  # items per unit (resume granularity)
     cloze: bool = True
     max_elements: int = 2**26  # logits projected at once (memory budget of the vocabulary projection)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A fixed chunk of item ids of one dataset and language: the unit of work and of resume."""
-
-    dataset: str
-    language: str
-    chunk: int
-    item_ids: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return unit_name(self.dataset, self.language, self.chunk, list(self.item_ids))
-
-
-def plan_units(
-    ds: ParallelDataset, languages: Sequence[str], chunk_size: int, exclude: Sequence[str] = ()
-) -> list[Unit]:
-    """Cut every language's aligned item list (minus ``exclude``) into fixed chunks."""
-    skip = set(exclude)
-    ids = [i for i in ds.item_ids() if i not in skip]
-    return [
-        Unit(ds.name, lang, k // chunk_size, tuple(ids[k : k + chunk_size]))
-        for lang in languages
-        for k in range(0, len(ids), chunk_size)
-    ]
 
 
 def label_fields(logprobs: Sequence[float], gold: int) -> dict[str, Any]:
@@ -140,6 +122,69 @@ def _unit_rows(
     return pd.DataFrame(rows)
 
 
+@dataclass(kw_only=True)
+class EvalStage(Stage):
+    """Evaluation records (label scores and cloze scores at the final layer) of one dataset."""
+
+    lm: LoadedModel
+    ds: ParallelDataset
+    template: Template
+    plan: LabelPlan
+    opts: EvalOptions
+    languages: list[str]
+    seed: int
+
+    def rows(self, unit: Unit) -> pd.DataFrame:
+        items = [self.ds.item(unit.language, i) for i in unit.item_ids]
+        return _unit_rows(self.lm, items, self.template, self.plan, self.opts)
+
+    def summarize(self) -> dict[str, Any]:
+        return summarize_records(self.store, self.ds.name, self.languages, self.ds.pivot, seed=self.seed)
+
+
+def eval_stage(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    languages: Sequence[str] | None = None,
+    opts: EvalOptions = EvalOptions(),
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+) -> EvalStage:
+    """The evaluation of ``lm`` on ``ds`` into ``out``, planned but not run."""
+    languages = list(languages or ds.languages)
+    template = get_template(opts.template or ds.template)
+    plan = label_plan(lm.tokenizer)
+    meta = {
+        "model": lm.describe(),
+        "dataset": ds.name,
+        "languages": languages,
+        "pivot": ds.pivot,
+        "label_tokens": plan.describe(),
+        "cloze_separator": "' ' + choice text, tokenised jointly with the prompt",
+        "batch_size": opts.batch_size,
+        "padding_side": opts.padding_side,
+        "crosslens_version": __version__,
+        "seed": seed,
+        "command": " ".join(sys.argv),
+        "excluded_items": len(set(exclude)),
+    }
+    return EvalStage(
+        table=RECORDS,
+        store=Store(out),
+        fingerprint=fingerprint(lm, ds, template, plan, opts),
+        meta=meta,
+        units=plan_units(ds, languages, opts.chunk_size, exclude),
+        lm=lm,
+        ds=ds,
+        template=template,
+        plan=plan,
+        opts=opts,
+        languages=languages,
+        seed=seed,
+    )
+
+
 def evaluate(
     lm: LoadedModel,
     ds: ParallelDataset,
@@ -155,36 +200,7 @@ def evaluate(
     ``exclude``: item ids held out (e.g. the items steering vectors were built from).
     ``progress``: called with the number of items finished after each unit.
     """
-    store = Store(out)
-    languages = list(languages or ds.languages)
-    template = get_template(opts.template or ds.template)
-    plan = label_plan(lm.tokenizer)
-    units = plan_units(ds, languages, opts.chunk_size, exclude)
-    meta = {
-        "model": lm.describe(),
-        "dataset": ds.name,
-        "languages": languages,
-        "pivot": ds.pivot,
-        "label_tokens": plan.describe(),
-        "cloze_separator": "' ' + choice text, tokenised jointly with the prompt",
-        "batch_size": opts.batch_size,
-        "padding_side": opts.padding_side,
-        "crosslens_version": __version__,
-        "seed": seed,
-        "command": " ".join(sys.argv),
-        "excluded_items": len(set(exclude)),
-    }
-    with store.lock(RECORDS):
-        store.begin(RECORDS, fingerprint(lm, ds, template, plan, opts), meta)
-        done = store.done_units(RECORDS)
-        for unit in units:
-            if unit.name not in done:
-                items = [ds.item(unit.language, i) for i in unit.item_ids]
-                store.write_unit(RECORDS, unit.name, _unit_rows(lm, items, template, plan, opts))
-            if progress:
-                progress(len(unit.item_ids))
-    summary = summarize_records(store, ds.name, languages, ds.pivot, seed=seed)
-    return summary
+    return run_stage(eval_stage(lm, ds, out, languages, opts, exclude, seed), progress)
 
 
 def summarize_records(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,114 @@ from scipy.special import logsumexp
 from crosslens import __version__, metrics
 from crosslens.anatomy import paper_layers
 from crosslens.data import ParallelDataset
-from crosslens.evaluate import RECORDS, EvalOptions, fingerprint, label_fields, plan_units
+from crosslens.evaluate import RECORDS, EvalOptions, fingerprint, label_fields
 from crosslens.models import LoadedModel
-from crosslens.prompts import get_template, render
-from crosslens.scoring import encode_continuation, label_plan, score_prompts
+from crosslens.prompts import Template, get_template, render
+from crosslens.scoring import LabelPlan, encode_continuation, label_plan, score_prompts
+from crosslens.stages import Stage, Unit, plan_units, run_stage
 from crosslens.store import Store
 
-__all__ = ["LENS", "run_lens", "summarize_lens", "lens_rank_records"]
+__all__ = ["LENS", "LensStage", "lens_stage", "run_lens", "summarize_lens", "lens_rank_records"]
 
 LENS = "lens"
 FORMS = ("native", "en", "label")
+
+
+@dataclass(kw_only=True)
+class LensStage(Stage):
+    """Lens records of one dataset: native, English and label scores read at every lens layer."""
+
+    lm: LoadedModel
+    ds: ParallelDataset
+    layers: list[int]
+    template: Template
+    plan: LabelPlan
+    opts: EvalOptions
+    languages: list[str]
+
+    def rows(self, unit: Unit) -> pd.DataFrame:
+        tok, ds, opts = self.lm.tokenizer, self.ds, self.opts
+        items = [ds.item(unit.language, i) for i in unit.item_ids]
+        prompts = [render(it, self.template) for it in items]
+        pids = [tok(p).input_ids for p in prompts]
+        conts = [
+            [encode_continuation(tok, p, pid, c)[0] for c in (*it.choices, *ds.english_choices(it.item_id))]
+            for it, p, pid in zip(items, prompts, pids)
+        ]
+        labels = [self.plan.for_n(len(it.choices)) for it in items]
+        rows: list[dict[str, Any]] = []
+        for i, sc in score_prompts(
+            self.lm, pids, self.layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements
+        ):
+            it = items[i]
+            n = len(it.choices)
+            base = {"dataset": ds.name, "language": it.language, "item_id": it.item_id, "gold": it.gold}
+            for layer in self.layers:
+                texts = sc.text_logprobs[layer]
+                for form, chunk in (("native", texts[:n]), ("en", texts[n:])):
+                    rows += [
+                        base
+                        | {
+                            "layer": layer,
+                            "form": form,
+                            "choice": j,
+                            "logprob": float(x.mean()),
+                            "n_tokens": len(x),
+                        }
+                        for j, x in enumerate(chunk)
+                    ]
+                rows += [
+                    base | {"layer": layer, "form": "label", "choice": j, "logprob": float(x), "n_tokens": 1}
+                    for j, x in enumerate(sc.label_logprobs[layer])
+                ]
+        return pd.DataFrame(rows)
+
+    def summarize(self) -> dict[str, Any]:
+        return summarize_lens(self.store, self.ds.pivot, self.languages)
+
+
+def lens_stage(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    languages: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    opts: EvalOptions = EvalOptions(),
+    seed: int = 0,
+) -> LensStage:
+    """The lens of ``lm`` on ``ds`` into ``out``, planned but not run."""
+    if ds.pivot is None:
+        raise ValueError(
+            f"dataset '{ds.name}' has no English pivot: the logit lens compares native and English answers"
+        )
+    languages = list(languages or ds.languages)
+    layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
+    template = get_template(opts.template or ds.template)
+    plan = label_plan(lm.tokenizer)
+    missing_pivot = [i for i in ds.item_ids() if ds.english_choices(i) is None]
+    meta = {
+        "model": lm.describe(),
+        "languages": languages,
+        "layers": layers,
+        "crosslens_version": __version__,
+        "command": " ".join(sys.argv),
+        "seed": seed,
+        "skipped_no_pivot": len(missing_pivot),
+    }
+    return LensStage(
+        table=LENS,
+        store=Store(out),
+        fingerprint=fingerprint(lm, ds, template, plan, opts) | {"layers": layers},
+        meta=meta,
+        units=plan_units(ds, languages, opts.chunk_size, exclude=missing_pivot),
+        lm=lm,
+        ds=ds,
+        layers=layers,
+        template=template,
+        plan=plan,
+        opts=opts,
+        languages=languages,
+    )
 
 
 def run_lens(
@@ -50,83 +149,7 @@ def run_lens(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Compute lens records for every (language, item, layer) into ``out/lens`` and summarise."""
-    if ds.pivot is None:
-        raise ValueError(
-            f"dataset '{ds.name}' has no English pivot: the logit lens compares native and English answers"
-        )
-    store = Store(out)
-    languages = list(languages or ds.languages)
-    layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
-    template = get_template(opts.template or ds.template)
-    plan = label_plan(lm.tokenizer)
-    fp = fingerprint(lm, ds, template, plan, opts) | {"layers": layers}
-    meta = {
-        "model": lm.describe(),
-        "languages": languages,
-        "layers": layers,
-        "crosslens_version": __version__,
-        "command": " ".join(sys.argv),
-        "seed": seed,
-    }
-    missing_pivot = [i for i in ds.item_ids() if ds.english_choices(i) is None]
-    tok = lm.tokenizer
-    with store.lock(LENS):
-        store.begin(LENS, fp, meta | {"skipped_no_pivot": len(missing_pivot)})
-        done = store.done_units(LENS)
-        for unit in plan_units(ds, languages, opts.chunk_size, exclude=missing_pivot):
-            if unit.name not in done:
-                items = [ds.item(unit.language, i) for i in unit.item_ids]
-                prompts = [render(it, template) for it in items]
-                pids = [tok(p).input_ids for p in prompts]
-                conts = [
-                    [
-                        encode_continuation(tok, p, pid, c)[0]
-                        for c in (*it.choices, *ds.english_choices(it.item_id))
-                    ]
-                    for it, p, pid in zip(items, prompts, pids)
-                ]
-                labels = [plan.for_n(len(it.choices)) for it in items]
-                rows: list[dict[str, Any]] = []
-                for i, sc in score_prompts(
-                    lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements
-                ):
-                    it = items[i]
-                    n = len(it.choices)
-                    base = {
-                        "dataset": ds.name,
-                        "language": it.language,
-                        "item_id": it.item_id,
-                        "gold": it.gold,
-                    }
-                    for layer in layers:
-                        texts = sc.text_logprobs[layer]
-                        for form, chunk in (("native", texts[:n]), ("en", texts[n:])):
-                            rows += [
-                                base
-                                | {
-                                    "layer": layer,
-                                    "form": form,
-                                    "choice": j,
-                                    "logprob": float(x.mean()),
-                                    "n_tokens": len(x),
-                                }
-                                for j, x in enumerate(chunk)
-                            ]
-                        rows += [
-                            base
-                            | {
-                                "layer": layer,
-                                "form": "label",
-                                "choice": j,
-                                "logprob": float(x),
-                                "n_tokens": 1,
-                            }
-                            for j, x in enumerate(sc.label_logprobs[layer])
-                        ]
-                store.write_unit(LENS, unit.name, pd.DataFrame(rows))
-            if progress:
-                progress(len(unit.item_ids))
-    return summarize_lens(store, ds.pivot, languages)
+    return run_stage(lens_stage(lm, ds, out, languages, layers, opts, seed), progress)
 
 
 def lens_rank_records(lens: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """Run a whole experiment from a config: every model x dataset through every stage, then the report.
 
 For each model (loaded once) and dataset, into ``<output>/<model-slug>/<dataset>/``:
-evaluation (all items) -> logit lens -> PCA -> steering (its vector items held out inside
-:func:`~crosslens.steering.run_steering`) -> figures and the report of the whole output root.
+evaluation (all items) -> logit lens -> steering (its vector items held out inside
+:func:`~crosslens.steering.steer_stage`) -> PCA -> figures and the report of the whole output root.
+The ``ray`` backend (:mod:`crosslens.ray_runner`) runs the same stages' units on a Ray cluster.
 
 Resuming is the stages' own: each skips the units already on disk, PCA reuses its activations
 and steering its vectors, so re-running a finished experiment recomputes only the summaries (from
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -35,18 +37,20 @@ from rich.progress import (
 from crosslens import __version__
 from crosslens.config import ConfigError, ExperimentConfig, check_depth, load_config
 from crosslens.data import ParallelDataset, load_dataset
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.lens import run_lens
+from crosslens.evaluate import EvalOptions, eval_stage
+from crosslens.lens import lens_stage
 from crosslens.metrics import table1_line
 from crosslens.models import LoadedModel, load_model
 from crosslens.pca import run_pca
 from crosslens.report import EXPERIMENT_FILE, write_report
-from crosslens.steering import run_steering
-from crosslens.store import atomic_write_text
+from crosslens.stages import Stage, run_stage
+from crosslens.steering import steer_stage
+from crosslens.store import Store, atomic_write_text
 
-__all__ = ["run_experiment", "model_slug", "demo_config_path", "BACKENDS"]
+__all__ = ["run_experiment", "job_stages", "job_pca", "model_slug", "demo_config_path", "BACKENDS"]
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
+EXPERIMENT = "experiment"  # the lock one run holds on its output root
 
 
 def model_slug(spec: str) -> str:
@@ -129,19 +133,80 @@ def _display(
         yield (lambda what: bar.update(task, description=what)), (lambda n: bar.advance(task, n)), bar.console
 
 
+def job_stages(
+    config: ExperimentConfig, lm: LoadedModel, spec: str, job: _Job, root: Path
+) -> dict[str, Stage]:
+    """The unit-shaped stages of one model x dataset, in the order they run (PCA is not unit-shaped)."""
+    ds, dcfg = job.data, config.datasets[job.index]
+    out = root / model_slug(spec) / ds.name
+    layers = config.lens_layers(lm.anatomy.n_layers)
+    opts = EvalOptions(
+        template=dcfg.template, batch_size=config.resolved_batch_size(), chunk_size=config.chunk_size
+    )
+    stages: dict[str, Stage] = {"eval": eval_stage(lm, ds, out, ds.languages, opts=opts, seed=config.seed)}
+    if config.lens.enabled:
+        stages["lens"] = lens_stage(lm, ds, out, ds.languages, layers=layers, opts=opts, seed=config.seed)
+    if config.steering_enabled:
+        s = config.steering
+        stages["steer"] = steer_stage(
+            lm, ds, out, ds.languages, s.layers_for(spec), s.gammas, s.n_vectors, config.seed, opts
+        )
+    return stages
+
+
+def job_pca(config: ExperimentConfig, lm: LoadedModel, spec: str, job: _Job, root: Path) -> dict[str, Any]:
+    """PCA of one model x dataset (one piece of work: a few items' activations, then projections)."""
+    layers = config.lens_layers(lm.anatomy.n_layers)
+    return run_pca(
+        lm,
+        job.data,
+        root / model_slug(spec) / job.data.name,
+        layers=[layer for layer in layers if layer > 0],
+        n_items=config.pca.n_items,
+        template=config.datasets[job.index].template,
+        batch_size=config.resolved_batch_size(),
+        seed=config.seed,
+    )
+
+
+def _write_experiment(config: ExperimentConfig, root: Path, backend: str) -> None:
+    atomic_write_text(
+        root / EXPERIMENT_FILE,
+        json.dumps(
+            {
+                "command": shlex.join(sys.argv),
+                "crosslens_version": __version__,
+                "backend": backend,
+                "config": config.model_dump(mode="json"),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+
+
 def run_experiment(
     config: ExperimentConfig | str | Path,
     backend: str = "local",
     progress: bool = True,
     models: Mapping[str, LoadedModel] | None = None,
+    address: str | None = None,
 ) -> Path:
     """Run every model x dataset of ``config`` (an object or a YAML path) and return ``report.html``.
 
+    ``backend``: ``local`` (this process, one device) or ``ray`` (units as Ray tasks on actors
+    that each load a model once; ``address`` is the cluster's, None starts or joins a local one).
     ``models`` maps a spec of the config to an already-loaded model (used instead of loading it,
-    e.g. in notebooks and tests). Only the ``local`` backend exists: one process, one device.
+    e.g. in notebooks and tests). Two runs into one output root are refused while one is going.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not available (backends: {', '.join(BACKENDS)})")
+    if address is not None and backend != "ray":
+        raise ValueError("--address is for the ray backend (add --backend ray)")
+    if backend == "ray":
+        from crosslens.ray_runner import require_ray
+
+        require_ray()
     source = "<config>"
     if not isinstance(config, ExperimentConfig):
         source = str(config)
@@ -155,79 +220,48 @@ def run_experiment(
     jobs = _load_datasets(config, source)
     root = config.output
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        root / EXPERIMENT_FILE,
-        json.dumps(
-            {
-                "command": shlex.join(sys.argv),
-                "crosslens_version": __version__,
-                "config": config.model_dump(mode="json"),
-            },
-            indent=2,
-        )
-        + "\n",
-    )
-    batch_size = config.resolved_batch_size()
     total = len(config.models) * sum(sum(job.work(config).values()) for job in jobs)
-    with _display(progress, total) as (step, advance, console):
-        for spec in config.models:
-            step(f"loading {spec}")
-            lm = (models or {}).get(spec) or load_model(spec, device=config.device, dtype=config.dtype)
-            check_depth(config, spec, lm.anatomy.n_layers, source)
-            layers = config.lens_layers(lm.anatomy.n_layers)
-            for job in jobs:
-                ds, dcfg = job.data, config.datasets[job.index]
-                out = root / model_slug(spec) / ds.name
-                name = f"{model_slug(spec)} · {ds.name}"
-                opts = EvalOptions(
-                    template=dcfg.template, batch_size=batch_size, chunk_size=config.chunk_size
-                )
-                step(f"{name} · eval")
-                summary = evaluate(lm, ds, out, ds.languages, opts=opts, seed=config.seed, progress=advance)
-                if config.lens.enabled:
-                    step(f"{name} · lens")
-                    run_lens(
-                        lm,
-                        ds,
-                        out,
-                        ds.languages,
-                        layers=layers,
-                        opts=opts,
-                        seed=config.seed,
-                        progress=advance,
-                    )
-                if config.pca.enabled:
-                    step(f"{name} · pca")
-                    run_pca(
-                        lm,
-                        ds,
-                        out,
-                        layers=[layer for layer in layers if layer > 0],
-                        n_items=config.pca.n_items,
-                        template=dcfg.template,
-                        batch_size=batch_size,
-                        seed=config.seed,
-                    )
-                    advance(job.work(config)["pca"])
-                if config.steering_enabled:
-                    step(f"{name} · steering")
-                    s = config.steering
-                    run_steering(
-                        lm,
-                        ds,
-                        out,
-                        ds.languages,
-                        s.layers_for(spec),
-                        s.gammas,
-                        n_vectors=s.n_vectors,
-                        seed=config.seed,
-                        opts=opts,
-                        progress=advance,
-                    )
-                if progress:
-                    console.print(f"{name}: {table1_line(summary)}", highlight=False)
-            del lm
-            gc.collect()
+    with Store(root).lock(EXPERIMENT), _display(progress, total) as (step, advance, console):
+        _write_experiment(config, root, backend)
+
+        def say(line: str) -> None:
+            if progress:
+                console.print(line, highlight=False)
+
+        if backend == "ray":
+            from crosslens.ray_runner import run_on_ray
+
+            run_on_ray(config, jobs, source, address, step, advance, say, models)
+        else:
+            _run_local(config, jobs, source, step, advance, say, models)
         step("report")
-        report = write_report(root)
-    return report
+        return write_report(root)
+
+
+def _run_local(
+    config: ExperimentConfig,
+    jobs: list[_Job],
+    source: str,
+    step: Callable[[str], None],
+    advance: Callable[[int], None],
+    say: Callable[[str], None],
+    models: Mapping[str, LoadedModel] | None,
+) -> None:
+    """Every model in turn, loaded once; every dataset through every stage in order."""
+    for spec in config.models:
+        step(f"loading {spec}")
+        lm = (models or {}).get(spec) or load_model(spec, device=config.device, dtype=config.dtype)
+        check_depth(config, spec, lm.anatomy.n_layers, source)
+        for job in jobs:
+            name = f"{model_slug(spec)} · {job.data.name}"
+            summaries = {}
+            for key, stage in job_stages(config, lm, spec, job, config.output).items():
+                step(f"{name} · {key}")
+                summaries[key] = run_stage(stage, advance)
+            if config.pca.enabled:
+                step(f"{name} · pca")
+                job_pca(config, lm, spec, job, config.output)
+                advance(job.work(config)["pca"])
+            say(f"{name}: {table1_line(summaries['eval'])}")
+        del lm
+        gc.collect()

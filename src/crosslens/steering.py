@@ -15,7 +15,7 @@ import contextlib
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,12 @@ from crosslens import __version__, metrics
 from crosslens.activations import collect_activations
 from crosslens.anatomy import Anatomy, _block_output
 from crosslens.data import ParallelDataset
-from crosslens.evaluate import EvalOptions, fingerprint, label_fields, plan_units
+from crosslens.evaluate import EvalOptions, fingerprint, label_fields
 from crosslens.models import LoadedModel
 from crosslens.passes import continuation_pass, length_batches, prompt_pass
-from crosslens.prompts import get_template, render
-from crosslens.scoring import label_plan
+from crosslens.prompts import Template, get_template, render
+from crosslens.scoring import LabelPlan, label_plan
+from crosslens.stages import Stage, Unit, plan_units, run_stage
 from crosslens.store import Store
 
 __all__ = [
@@ -41,9 +42,12 @@ __all__ = [
     "build_vectors",
     "add_at_positions",
     "steer_grid",
+    "SteerStage",
+    "steer_stage",
     "run_steering",
     "summarize_steering",
     "STEER",
+    "VECTORS_FILE",
 ]
 
 STEER = "steer"
@@ -240,6 +244,136 @@ def steer_grid(
     return result
 
 
+VECTORS_FILE = "steering_vectors.safetensors"
+
+
+@dataclass(kw_only=True)
+class SteerStage(Stage):
+    """Steering records of one dataset: every held-out item under every (layer, gamma) setting."""
+
+    lm: LoadedModel
+    ds: ParallelDataset
+    languages: list[str]  # the pivot first
+    layers: list[int]
+    settings: list[tuple[int, float]]
+    vector_items: list[str]
+    template: Template
+    plan: LabelPlan
+    opts: EvalOptions
+    _vectors: SteeringVectors | None = field(default=None, init=False, repr=False)
+
+    def prepare(self) -> None:
+        """Build the vectors once (or reuse the saved ones made from the same items)."""
+        self.vectors()
+
+    def vectors(self) -> SteeringVectors:
+        if self._vectors is None:
+            path = self.store.root / VECTORS_FILE
+            if path.is_file() and SteeringVectors.load(path).meta.get("item_ids") == self.vector_items:
+                self._vectors = SteeringVectors.load(path)
+            else:
+                self._vectors = build_vectors(
+                    self.lm,
+                    self.ds,
+                    self.languages,
+                    self.layers,
+                    self.vector_items,
+                    self.opts.template,
+                    self.opts.batch_size,
+                )
+                self._vectors.save(path)
+        return self._vectors
+
+    def rows(self, unit: Unit) -> pd.DataFrame:
+        ds, layers, settings = self.ds, self.layers, self.settings
+        items = [ds.item(unit.language, i) for i in unit.item_ids]
+        pids = [self.lm.tokenizer(render(it, self.template)).input_ids for it in items]
+        lids = [self.plan.for_n(len(it.choices)) for it in items]
+        steered = unit.language != ds.pivot
+        sv = self.vectors()
+        vecs = {layer: sv.get(unit.language, layer) for layer in layers}
+        unsteered = (layers[0], 0.0)
+        grid = steer_grid(
+            self.lm, pids, lids, vecs, settings if steered else [unsteered], self.opts.batch_size
+        )
+        rows = []
+        for layer, g in settings:
+            lps = grid[(layer, g)] if steered else grid[unsteered]
+            rows += [
+                {
+                    "dataset": ds.name,
+                    "language": it.language,
+                    "item_id": it.item_id,
+                    "layer": layer,
+                    "gamma": g,
+                    "steered": steered,
+                    "gold": it.gold,
+                    **label_fields(lp, it.gold),
+                }
+                for it, lp in zip(items, lps)
+            ]
+        return pd.DataFrame(rows)
+
+    def summarize(self) -> dict[str, Any]:
+        return summarize_steering(self.store, self.ds.pivot)
+
+
+def steer_stage(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    languages: Sequence[str],
+    layers: Sequence[int],
+    gammas: Sequence[float],
+    n_vectors: int = 50,
+    seed: int = 0,
+    opts: EvalOptions = EvalOptions(),
+) -> SteerStage:
+    """Steering of ``lm`` on ``ds`` into ``out``, planned but not run (vectors are built in ``begin``)."""
+    if not gammas:
+        raise ValueError("--gammas is empty: give at least one multiplier")
+    if ds.pivot is None:
+        raise ValueError(f"dataset '{ds.name}' has no English pivot to steer toward")
+    layers = lm.anatomy.check_layers(layers)
+    if 0 in layers:
+        raise ValueError("steering layers start at 1 (layer 0 is the embeddings output)")
+    gammas = sorted({float(g) for g in gammas} | {0.0})  # gamma = 0 is the unsteered baseline
+    template = get_template(opts.template or ds.template)
+    plan = label_plan(lm.tokenizer)
+    vec_items = sample_vector_items(ds.item_ids(), n_vectors, seed)
+    langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
+    fp = fingerprint(lm, ds, template, plan, opts) | {
+        "layers": layers,
+        "gammas": gammas,
+        "n_vectors": n_vectors,
+        "seed": seed,
+    }
+    meta = {
+        "model": lm.describe(),
+        "languages": langs,
+        "vector_items": vec_items,
+        "crosslens_version": __version__,
+        "command": " ".join(sys.argv),
+        "pivot_rows": "evaluated unsteered (v_en->en = 0), repeated per setting",
+    }
+    return SteerStage(
+        table=STEER,
+        store=Store(out),
+        fingerprint=fp,
+        meta=meta,
+        units=plan_units(ds, langs, opts.chunk_size, exclude=vec_items),
+        lm=lm,
+        ds=ds,
+        languages=langs,
+        layers=layers,
+        settings=[(layer, g) for layer in layers for g in gammas],
+        vector_items=vec_items,
+        template=template,
+        plan=plan,
+        opts=opts,
+    )
+
+
 def run_steering(
     lm: LoadedModel,
     ds: ParallelDataset,
@@ -253,76 +387,7 @@ def run_steering(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Build vectors from ``n_vectors`` sampled items, evaluate the rest under every (layer, gamma)."""
-    if not gammas:
-        raise ValueError("--gammas is empty: give at least one multiplier")
-    if ds.pivot is None:
-        raise ValueError(f"dataset '{ds.name}' has no English pivot to steer toward")
-    layers = lm.anatomy.check_layers(layers)
-    if 0 in layers:
-        raise ValueError("steering layers start at 1 (layer 0 is the embeddings output)")
-    gammas = sorted({float(g) for g in gammas} | {0.0})  # gamma = 0 is the unsteered baseline
-    store = Store(out)
-    template = get_template(opts.template or ds.template)
-    plan = label_plan(lm.tokenizer)
-    vec_items = sample_vector_items(ds.item_ids(), n_vectors, seed)
-    langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
-    fp = fingerprint(lm, ds, template, plan, opts) | {
-        "layers": layers,
-        "gammas": gammas,
-        "n_vectors": n_vectors,
-        "seed": seed,
-    }
-    settings = [(layer, g) for layer in layers for g in gammas]
-    with store.lock(STEER):
-        store.begin(
-            STEER,
-            fp,
-            {
-                "model": lm.describe(),
-                "languages": langs,
-                "vector_items": vec_items,
-                "crosslens_version": __version__,
-                "command": " ".join(sys.argv),
-                "pivot_rows": "evaluated unsteered (v_en->en = 0), repeated per setting",
-            },
-        )
-        vec_path = store.root / "steering_vectors.safetensors"
-        if vec_path.is_file() and SteeringVectors.load(vec_path).meta.get("item_ids") == vec_items:
-            sv = SteeringVectors.load(vec_path)
-        else:
-            sv = build_vectors(lm, ds, langs, layers, vec_items, opts.template, opts.batch_size)
-            sv.save(vec_path)
-        done = store.done_units(STEER)
-        for unit in plan_units(ds, langs, opts.chunk_size, exclude=vec_items):
-            if unit.name not in done:
-                items = [ds.item(unit.language, i) for i in unit.item_ids]
-                pids = [lm.tokenizer(render(it, template)).input_ids for it in items]
-                lids = [plan.for_n(len(it.choices)) for it in items]
-                steered = unit.language != ds.pivot
-                vecs = {layer: sv.get(unit.language, layer) for layer in layers}
-                grid = steer_grid(
-                    lm, pids, lids, vecs, settings if steered else [(layers[0], 0.0)], opts.batch_size
-                )
-                rows = []
-                for layer, g in settings:
-                    lps = grid[(layer, g)] if steered else grid[(layers[0], 0.0)]
-                    rows += [
-                        {
-                            "dataset": ds.name,
-                            "language": it.language,
-                            "item_id": it.item_id,
-                            "layer": layer,
-                            "gamma": g,
-                            "steered": steered,
-                            "gold": it.gold,
-                            **label_fields(lp, it.gold),
-                        }
-                        for it, lp in zip(items, lps)
-                    ]
-                store.write_unit(STEER, unit.name, pd.DataFrame(rows))
-            if progress:
-                progress(len(unit.item_ids))
-    return summarize_steering(store, ds.pivot)
+    return run_stage(steer_stage(lm, ds, out, languages, layers, gammas, n_vectors, seed, opts), progress)
 
 
 def summarize_steering(store: Store, pivot: str) -> dict[str, Any]:

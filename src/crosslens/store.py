@@ -92,18 +92,26 @@ class Store:
         A folder that already holds rows of this stage made with another fingerprint is refused
         with the differing keys named, instead of mixing results.
         """
-        run = self.read_run()
-        old = run.get("stages", {}).get(stage, {}).get("fingerprint")
-        if old is not None and old != fingerprint and self.has_rows(stage):
-            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            details = "; ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
-            raise RunMismatchError(
-                f"{self.root} already holds '{stage}' results made with different settings ({details}); "
-                "use another --out folder or delete it"
-            )
-        run.setdefault("stages", {})[stage] = {"fingerprint": fingerprint, **meta}
-        self.remove_stale_temporaries(stage)
-        atomic_write_text(self.run_path, json.dumps(run, indent=2, default=str) + "\n")
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Stages of one folder may begin at once (Ray workers, two commands): serialise the
+        # read-modify-write of run.json so no stage's fingerprint is lost.
+        with open(self.root / ".run.json.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                run = self.read_run()
+                old = run.get("stages", {}).get(stage, {}).get("fingerprint")
+                if old is not None and old != fingerprint and self.has_rows(stage):
+                    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+                    details = "; ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
+                    raise RunMismatchError(
+                        f"{self.root} already holds '{stage}' results made with different settings "
+                        f"({details}); use another --out folder or delete it"
+                    )
+                run.setdefault("stages", {})[stage] = {"fingerprint": fingerprint, **meta}
+                self.remove_stale_temporaries(stage)
+                atomic_write_text(self.run_path, json.dumps(run, indent=2, default=str) + "\n")
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.root / name
@@ -160,13 +168,18 @@ class Store:
 
     # -- exclusivity --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, stage: str) -> Iterator[None]:
-        """Hold an exclusive lock on ``stage`` of this folder for the duration of a run."""
+    def lock(self, stage: str, shared: bool = False) -> Iterator[None]:
+        """Hold a lock on ``stage`` of this folder for the duration of a run.
+
+        Exclusive by default (one run of a stage at a time); ``shared`` is for the many workers of
+        one distributed run writing units of a stage whose fingerprint their run has recorded: they
+        exclude a second exclusive run, not each other.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f".{stage}.lock"
         with open(path, "a+") as fh:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
@@ -174,10 +187,11 @@ class Store:
                     f"{self.root} is busy: a '{stage}' run ({holder}) is writing there; wait for it or use "
                     "another --out"
                 ) from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()}")
-            fh.flush()
+            if not shared:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+                fh.flush()
             try:
                 yield
             finally:

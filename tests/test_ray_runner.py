@@ -1,0 +1,170 @@
+"""The Ray backend: the same records and summaries as the local one, a killed worker recovered.
+
+A local Ray runtime (``ray.init(num_cpus=2)``) runs the tiny model saved as a local folder, so the
+workers load it from disk as they would a real model on a cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from crosslens.config import parse_config
+from crosslens.ray_runner import RayBackendError
+from crosslens.runner import EXPERIMENT, run_experiment
+from crosslens.store import Store, StoreBusyError
+from test_runner import _config, _files, _summaries
+
+ray = pytest.importorskip("ray")
+
+TABLES = ("records", "lens", "steer")
+
+
+@pytest.fixture(scope="module")
+def ray_runtime() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Ray gives a one-CPU worker one thread; the local reference runs the same way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _ray_config(out: Path, model: Path) -> dict:
+    return _config(out, str(model), limit=12, chunk_size=2) | {
+        "ray": {"workers_per_model": 2, "max_retries": 2}
+    }
+
+
+def _tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """Every table of a result folder in a canonical row order; no row may appear twice."""
+    out = {}
+    for table in TABLES:
+        df = Store(folder).read(table)
+        keys = [c for c in ("language", "item_id", "layer", "gamma", "form", "choice") if c in df]
+        assert len(df) > 0 and not df.duplicated(subset=keys).any(), f"{table}: empty or duplicated rows"
+        out[table] = df.sort_values(keys).reset_index(drop=True)
+    return out
+
+
+def _assert_same_results(a: Path, b: Path) -> None:
+    ta, tb = _tables(a), _tables(b)
+    for table in TABLES:
+        pd.testing.assert_frame_equal(ta[table], tb[table], check_exact=False, atol=1e-6)
+    assert _same_json(_summaries(a), _summaries(b))
+
+
+def _same_json(a: object, b: object) -> bool:
+    """Equal JSON, floats to 1e-6 (workers and the test process may round differently)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        return all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        return all(_same_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-6, nan_ok=True)
+        return True
+    assert a == b
+    return True
+
+
+def _folder(root: Path, model: Path) -> Path:
+    return root / model.name / "crosslens-mini"
+
+
+@pytest.fixture(scope="module")
+def local_reference(saved_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("local")
+    run_experiment(parse_config(_ray_config(root, saved_model)), progress=False)
+    return _folder(root, saved_model)
+
+
+def test_ray_backend_writes_what_the_local_backend_writes(
+    ray_runtime: None, saved_model: Path, local_reference: Path, tmp_path: Path
+) -> None:
+    config = parse_config(_ray_config(tmp_path, saved_model))
+    report = run_experiment(config, backend="ray", progress=False)
+    assert report.is_file() and report.read_text().count("<img ") == 5
+    _assert_same_results(local_reference, _folder(tmp_path, saved_model))
+
+    # Re-running resumes: nothing is recomputed, the summaries come out the same.
+    files = _files(tmp_path)
+    run_experiment(config, backend="ray", progress=False)
+    assert _files(tmp_path) == files
+    _assert_same_results(local_reference, _folder(tmp_path, saved_model))
+
+
+def _worker_pids(busy_only: bool = False) -> set[int]:
+    """Processes of ModelWorker actors (Ray titles them ``ray::ModelWorker[.method]``)."""
+    pids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::ModelWorker") and (not busy_only or "run_unit" in title):
+            pids.add(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes in /proc")
+def test_a_worker_killed_mid_unit_is_replaced_and_its_unit_retried(
+    ray_runtime: None, saved_model: Path, local_reference: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    records = _folder(tmp_path, saved_model) / "records"
+    killed: list[int] = []
+    seen: set[int] = set()
+
+    def kill_one_busy_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            seen.update(_worker_pids())
+            if records.is_dir() and any(records.glob("[!.]*.parquet")):
+                for pid in _worker_pids(busy_only=True):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_one_busy_worker, daemon=True)
+    killer.start()
+    run_experiment(parse_config(_ray_config(tmp_path, saved_model)), backend="ray", progress=False)
+    killer.join(timeout=5)
+    assert killed, "no worker was caught running a unit"
+    assert killed[0] in seen
+    _assert_same_results(local_reference, _folder(tmp_path, saved_model))
+
+
+def test_a_second_run_into_a_busy_output_root_is_refused(saved_model: Path, tmp_path: Path) -> None:
+    config = parse_config(_ray_config(tmp_path, saved_model))
+    with Store(tmp_path).lock(EXPERIMENT):  # a run in progress (this process stands in for it)
+        with pytest.raises(StoreBusyError, match="busy"):
+            run_experiment(config, progress=False)
+        with pytest.raises(StoreBusyError, match="busy"):
+            run_experiment(config, backend="ray", progress=False)
+    assert not (tmp_path / saved_model.name).exists(), "the refused run must write nothing"
+
+
+def test_missing_ray_is_one_clear_error(
+    saved_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(RayBackendError, match=r"pip install 'crosslens\[ray\]'"):
+        run_experiment(parse_config(_ray_config(tmp_path, saved_model)), backend="ray", progress=False)
