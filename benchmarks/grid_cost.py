@@ -3,12 +3,13 @@
 1. Calibrate: run every stage of the demo config (Gemma 3 270M, crosslens-mini, --items items) on
    this machine, time it (wall and CPU), and count the FLOPs the stages did from the token counts
    in the records they wrote. FLOPs of one (item, language), P = parameters without the token
-   embedding, D x V = the unembedding, T = prompt tokens, A / A_en = answer tokens of all native /
-   English choices, L = lens layers, G = steering settings:
+   embedding, D x V = the unembedding, T = prompt tokens, A / A_en = answer tokens of all n native /
+   English choices, L = lens layers, G = steering settings. A choice's last token is never fed and
+   its first is predicted from the last prompt position, projected once for all choices:
 
-       eval   2P(T + A)        + 2DV(1 + A)
-       lens   2P(T + A + A_en) + 2DV * L * (1 + A + A_en)
-       steer  2P(T - 1)        + G (2P + 2DV)          (non-English languages only)
+       eval   2P(T + A - n)            + 2DV (1 + A - n)
+       lens   2P(T + A + A_en - 2n)    + 2DV L (1 + A + A_en - 2n)
+       steer  2P(T - 1)                + G (2P + 2DV)          (non-English languages only)
 
    The calibration reports the sustained FLOP/s of the whole pipeline, a fraction of the GEMM peak.
 2. Count: the same formulas over the paper's grid, with token counts measured on real items
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import common
+import torch
 
 from crosslens.anatomy import paper_layers
 from crosslens.config import load_config
@@ -61,16 +63,27 @@ PROXIES = {
 H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA H100 SXM datasheet (dense, no sparsity)
 
 
-def eval_flops(P: float, D: int, V: int, T: float, A: float) -> float:
-    return 2 * P * (T + A) + 2 * D * V * (1 + A)
+def eval_flops(P: float, D: int, V: int, T: float, A: float, n: int) -> float:
+    return 2 * P * (T + A - n) + 2 * D * V * (1 + A - n)
 
 
-def lens_flops(P: float, D: int, V: int, T: float, A: float, A_en: float, L: int) -> float:
-    return 2 * P * (T + A + A_en) + 2 * D * V * L * (1 + A + A_en)
+def lens_flops(P: float, D: int, V: int, T: float, A: float, A_en: float, L: int, n: int) -> float:
+    return 2 * P * (T + A + A_en - 2 * n) + 2 * D * V * L * (1 + A + A_en - 2 * n)
 
 
 def steer_flops(P: float, D: int, V: int, T: float, G: int) -> float:
     return 2 * P * (T - 1) + G * (2 * P + 2 * D * V)
+
+
+def gemm_peak(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul FLOP/s (best of ``repeats``), the yardstick of the calibration."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def calibrate(items: int, workdir: Path) -> dict[str, float]:
@@ -103,8 +116,10 @@ def calibrate(items: int, workdir: Path) -> dict[str, float]:
     G = len(config.steering.layers) * len(set(config.steering.gammas) | {0})
     steered = store.read("steer")[["language", "item_id"]].drop_duplicates()
     steered = steered[steered["language"] != "en"].merge(rec, on=["language", "item_id"])
-    flops = sum(eval_flops(P, D, V, r.prompt_tokens, r.A) for r in rec.itertuples())
-    flops += sum(lens_flops(P, D, V, r.prompt_tokens, r.A, en[r.item_id], L) for r in rec.itertuples())
+    flops = sum(eval_flops(P, D, V, r.prompt_tokens, r.A, r.n_choices) for r in rec.itertuples())
+    flops += sum(
+        lens_flops(P, D, V, r.prompt_tokens, r.A, en[r.item_id], L, r.n_choices) for r in rec.itertuples()
+    )
     flops += sum(steer_flops(P, D, V, r.prompt_tokens, G) for r in steered.itertuples())
     return {"wall": wall, "cpu": cpu, "flops": flops, "rows": len(rec)}
 
@@ -140,7 +155,7 @@ def grid_flops(tokens: dict[str, tuple[float, float, int]]) -> dict[str, float]:
         for d in config.datasets:
             T, A, _ = tokens[d.name]
             n_lang, n = len(d.languages), ITEMS[d.name]
-            total += n * n_lang * (eval_flops(P, D, V, T, A) + lens_flops(P, D, V, T, A, A, L))
+            total += n * n_lang * (eval_flops(P, D, V, T, A, 4) + lens_flops(P, D, V, T, A, A, L, 4))
             total += (n - config.steering.n_vectors) * (n_lang - 1) * steer_flops(P, D, V, T, G)
         per_model[spec] = total
     return per_model
@@ -166,7 +181,7 @@ def main() -> None:
     per_model = grid_flops(tokens)
     total = sum(per_model.values())
 
-    rate = cal["flops"] / cal["wall"]
+    rate, peak = cal["flops"] / cal["wall"], gemm_peak()
     body = common.table(
         ["calibration (demo stages, Gemma 3 270M)", "value"],
         [
@@ -174,6 +189,8 @@ def main() -> None:
             ["FLOPs counted", f"{cal['flops'] / 1e12:.2f} T"],
             ["wall / CPU time", f"{cal['wall']:.1f} s / {cal['cpu']:.1f} s"],
             ["sustained rate (wall)", f"{rate / 1e9:.1f} GFLOP/s"],
+            ["float32 GEMM peak (2048², best of 5)", f"{peak / 1e9:.1f} GFLOP/s"],
+            ["pipeline / GEMM peak", f"{100 * rate / peak:.0f} %"],
         ],
     )
     body += "\n\n" + common.table(

@@ -35,7 +35,6 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         raise AssertionError(f"a model was loaded: {spec}")
 
     monkeypatch.setattr(crosslens.models, "load_model", refuse)
-    monkeypatch.setattr("crosslens.runner.load_model", refuse)
     return calls
 
 
@@ -118,6 +117,17 @@ BAD = [
         "steering override for an unknown model",
         lambda c: c["steering"].update(layers_by_model={"m/x": [1]}),
         "steering.layers_by_model: 'm/x' is not one of the models",
+    ),
+    (
+        "max_memory without device auto",
+        lambda c: c.update(max_memory={0: "20GiB"}),
+        "max_memory: is only used with device: auto",
+    ),
+    ("unknown ray key", lambda c: c.update(ray={"workers": 2}), "ray.workers: unknown key"),
+    (
+        "no ray workers",
+        lambda c: c.update(ray={"workers_per_model": 0}),
+        "ray.workers_per_model: Input should be",
     ),
 ]
 

@@ -84,6 +84,24 @@ def test_second_run_on_same_folder_is_refused_while_first_holds_it(tmp_path):
             evaluate(tiny_model("llama"), toy_dataset(), tmp_path)
 
 
+def test_shared_unit_locks_exclude_an_exclusive_run_not_each_other(tmp_path):
+    store = Store(tmp_path)
+    with store.lock("records", shared=True), store.lock("records", shared=True):  # two workers
+        with pytest.raises(StoreBusyError, match="another 'records' run"):
+            evaluate(tiny_model("llama"), toy_dataset(), tmp_path)
+
+
+def test_stages_beginning_at_once_keep_every_fingerprint(tmp_path):
+    """run.json is read-modify-written under its own lock: concurrent begins lose nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store(tmp_path)
+    stages = [f"stage{i}" for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda s: store.begin(s, {"stage": s}, {}), stages * 4))
+    assert sorted(store.read_run()["stages"]) == sorted(stages)
+
+
 def test_cli_eval_and_metrics(tmp_path, tiny_llama_dir, toy_jsonl_dir, capsys):
     args = [
         "eval",

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 __all__ = [
     "ConfigError",
@@ -141,6 +150,7 @@ class ExperimentConfig(_Section):
     lens: LensConfig = LensConfig()
     seed: int = 0
     device: str = "cpu"
+    max_memory: dict[str | int, str] | None = None  # device: auto only, e.g. {0: 70GiB, cpu: 200GiB}
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int | Literal["auto"] = "auto"
     output: Path = Path("runs")
@@ -154,12 +164,25 @@ class ExperimentConfig(_Section):
             return v
         raise ValueError(f"must be a positive integer or 'auto', got {v!r}")
 
+    @field_validator("max_memory")
+    @classmethod
+    def _memory_needs_auto(cls, v: dict | None, info: ValidationInfo) -> dict | None:
+        if v and info.data.get("device") != "auto":
+            raise ValueError("is only used with device: auto (which splits a model across devices)")
+        return v
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
         if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", v):
             raise ValueError(f"{v!r} is not a device (use cpu, cuda, cuda:N, mps or auto)")
         return v
+
+    def load(self, spec: str) -> Any:
+        """Load one model of the experiment with its device, dtype and memory settings."""
+        from crosslens.models import load_model
+
+        return load_model(spec, device=self.device, dtype=self.dtype, max_memory=self.max_memory)
 
     def lens_layers(self, n_layers: int) -> list[int]:
         """The layers the lens and PCA read for a model with ``n_layers`` blocks."""

@@ -228,7 +228,7 @@ def load_model(
     device: str = "cpu",
     dtype: str | torch.dtype = "float32",
     trust_remote_code: bool = False,
-    max_memory: dict[str, str] | None = None,
+    max_memory: dict[int | str, str] | None = None,
 ) -> LoadedModel:
     """Load ``spec`` for inference (eval mode, no grad needed) and read its anatomy.
 

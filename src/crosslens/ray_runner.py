@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from crosslens.config import ExperimentConfig, check_depth
 from crosslens.metrics import table1_line
-from crosslens.models import LoadedModel, load_model
+from crosslens.models import LoadedModel
 from crosslens.stages import Stage
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class ModelWorker:
         preloaded: LoadedModel | None = None,
     ):
         self.config, self.spec, self.jobs = config, spec, jobs
-        self.lm = preloaded or load_model(spec, device=config.device, dtype=config.dtype)
+        self.lm = preloaded or config.load(spec)
         check_depth(config, spec, self.lm.anatomy.n_layers, source)
         self._stages: dict[int, dict[str, Stage]] = {}
 

@@ -40,7 +40,7 @@ from crosslens.data import ParallelDataset, load_dataset
 from crosslens.evaluate import EvalOptions, eval_stage
 from crosslens.lens import lens_stage
 from crosslens.metrics import table1_line
-from crosslens.models import LoadedModel, load_model
+from crosslens.models import LoadedModel
 from crosslens.pca import run_pca
 from crosslens.report import EXPERIMENT_FILE, write_report
 from crosslens.stages import Stage, run_stage
@@ -250,7 +250,7 @@ def _run_local(
     """Every model in turn, loaded once; every dataset through every stage in order."""
     for spec in config.models:
         step(f"loading {spec}")
-        lm = (models or {}).get(spec) or load_model(spec, device=config.device, dtype=config.dtype)
+        lm = (models or {}).get(spec) or config.load(spec)
         check_depth(config, spec, lm.anatomy.n_layers, source)
         for job in jobs:
             name = f"{model_slug(spec)} · {job.data.name}"

@@ -184,8 +184,8 @@ class Store:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
                 raise StoreBusyError(
-                    f"{self.root} is busy: a '{stage}' run ({holder}) is writing there; wait for it or use "
-                    "another --out"
+                    f"{self.root} is busy: another '{stage}' run ({holder}) is writing there; "
+                    "wait for it or use another --out"
                 ) from None
             if not shared:
                 fh.seek(0)
