@@ -206,3 +206,15 @@ def test_paper_config_is_valid() -> None:
     assert config.steering.layers_for("google/gemma-2-2b") == [6, 10]
     assert config.steering.layers_for("Qwen/Qwen2.5-3B") == [12]
     assert len(config.datasets[1].languages) == 15 and "EN_US" in config.datasets[1].languages
+
+
+def test_address_needs_the_ray_backend(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crosslens.cli import main
+
+    path = _write(tmp_path, _base(model_dir, tmp_path / "out"))
+    assert main(["run", str(path), "--address", "head:6379"]) == 2
+    err = capsys.readouterr().err
+    assert "--address is for the ray backend" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

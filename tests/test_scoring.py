@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crosslens.passes import length_batches
+from crosslens.passes import length_batches, prefix_groups
 from crosslens.prompts import get_template, render
-from crosslens.scoring import encode_continuation, label_plan, rank_choices, score_prompts
+from crosslens.scoring import SHARED_PREFIX_MIN, encode_continuation, label_plan, rank_choices, score_prompts
 from helpers import plain_continuation_logprobs, plain_label_logprobs, toy_dataset
 
 
@@ -118,3 +118,47 @@ def test_length_batches_groups_similar_lengths():
     batches = length_batches([5, 1, 4, 2, 3], batch_size=2)
     assert batches == [[1, 3], [4, 2], [0]]
     assert length_batches([10, 10, 10], batch_size=8, max_tokens=20) == [[0, 1], [2]]
+
+
+def test_prefix_groups_share_only_long_whole_prefixes():
+    passage = list(range(100, 140))  # 40 shared tokens
+    prompts = [
+        passage + [1, 2, 3],  # 0 \
+        [7, 8, 9],  # 1 alone
+        passage + [1, 2, 4, 5],  # 2  > one group sharing the 39 tokens all four have
+        passage[:20] + [6],  # 3 alone: shares only 20 tokens
+        passage + [1, 9],  # 4 /
+        passage,  # 5 joins: its own last token (the 40th) stays its own
+    ]
+    groups = prefix_groups(prompts, min_shared=32)
+    assert sorted(sorted(m) for _, m in groups) == [[0, 2, 4, 5], [1], [3]]
+    for k, members in groups:
+        if len(members) == 1:
+            assert k == 0
+            continue
+        assert k >= 32
+        assert all(prompts[m][:k] == prompts[members[0]][:k] and len(prompts[m]) > k for m in members)
+    assert prefix_groups(prompts, min_shared=32) == groups  # deterministic
+
+
+def test_shared_prefixes_give_the_labels_of_separate_prompts(tiny):
+    """Two or three questions about one passage: labels at every layer as if scored one by one."""
+    passage = " ".join(["The river crossed the old valley near the town of Amber."] * 4)
+    questions = ["Where is the town?", "What crossed it?", "Is it old?", "Who lives there?", "Why?"]
+    prompts = [f"P: {passage}\nQ: {q}\nA: yes\nB: no\nAnswer:" for q in questions]
+    prompts += ["Q: Short and alone?\nA: yes\nB: no\nAnswer:"]
+    pids = [tiny.tokenizer(p).input_ids for p in prompts]
+    labels = [label_plan(tiny.tokenizer).for_n(2)] * len(prompts)
+    groups = prefix_groups(pids, SHARED_PREFIX_MIN)
+    assert any(len(m) == len(questions) for _, m in groups), "the passage prompts must share"
+    layers = [0, 1, tiny.anatomy.n_layers]
+    shared = dict(score_prompts(tiny, pids, layers, labels, batch_size=3))
+    alone = dict(score_prompts(tiny, pids, layers, labels, batch_size=1, padding_side="right"))
+    for i, prompt in enumerate(prompts):
+        for layer in layers:
+            np.testing.assert_allclose(
+                shared[i].label_logprobs[layer], alone[i].label_logprobs[layer], atol=1e-4
+            )
+        np.testing.assert_allclose(
+            shared[i].label_logprobs[layers[-1]], plain_label_logprobs(tiny, prompt, labels[i]), atol=1e-4
+        )

@@ -26,7 +26,7 @@ import torch
 from crosslens.anatomy import capture_residuals
 from crosslens.models import LoadedModel
 
-__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "length_batches"]
+__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "length_batches", "prefix_groups"]
 
 
 def _pad_id(lm: LoadedModel) -> int:
@@ -52,6 +52,39 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
         else:
             batches.append([i])
     return batches
+
+
+def prefix_groups(prompts: Sequence[Sequence[int]], min_shared: int) -> list[tuple[int, list[int]]]:
+    """Group prompts that begin with the same ``min_shared`` or more tokens: ``(prefix length, members)``.
+
+    Several questions about one passage (Belebele asks two about most of its passages) share
+    everything up to the question; encoding that prefix once and each question after it saves the
+    repeated tokens. Prompts sorted by their tokens sit next to those they share most with; a group
+    grows only while a newcomer shares the group's whole prefix, and the prefix always leaves each
+    member at least one token of its own (whose state is read). Prompts sharing less than
+    ``min_shared`` tokens with every other come back alone, with prefix length 0. Deterministic.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: (list(prompts[i]), i))
+    groups: list[tuple[int, list[int]]] = []
+    for i in order:
+        if groups:
+            shared, members = groups[-1]
+            common = _common_prefix(prompts[members[-1]], prompts[i])
+            k = min(common, len(prompts[i]) - 1, *(len(prompts[m]) - 1 for m in members))
+            if k >= min_shared and (len(members) == 1 or k >= shared):
+                groups[-1] = (k if len(members) == 1 else shared, [*members, i])
+                continue
+        groups.append((0, [i]))
+    return groups
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @dataclass

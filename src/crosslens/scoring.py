@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from crosslens.models import LoadedModel
-from crosslens.passes import continuation_pass, length_batches, prompt_pass
+from crosslens.passes import continuation_pass, length_batches, prefix_groups, prompt_pass
 from crosslens.prompts import labels as label_letters
 
 __all__ = ["LabelPlan", "label_plan", "encode_continuation", "ItemScores", "score_prompts", "rank_choices"]
@@ -107,6 +107,9 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+SHARED_PREFIX_MIN = 32  # tokens: shorter shared prefixes save less than repeating their cache costs
+
+
 def score_prompts(
     lm: LoadedModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -117,21 +120,27 @@ def score_prompts(
     padding_side: str = "left",
     max_elements: int = 2**26,
 ) -> Iterator[tuple[int, ItemScores]]:
-    """Yield ``(index, ItemScores)`` for every prompt, in length-sorted batch order.
+    """Yield ``(index, ItemScores)`` for every prompt, in batch order.
 
     ``label_ids[i]``: label tokens read at prompt i's last token; ``continuations[i]``: token lists
-    appended after prompt i. On out-of-memory a batch is split in half and retried (finished
-    batches are already yielded, so no work is lost); the batch size actually used is not part of
-    the results beyond float rounding.
+    appended after prompt i. Labels-only scoring (no continuations, left padding) encodes a prefix
+    shared by several prompts once (:func:`~crosslens.passes.prefix_groups`: a passage with several
+    questions) and each prompt's own tokens after it. On out-of-memory a batch is split in half and
+    retried (finished batches are already yielded, so no work is lost); neither the batch size nor
+    the sharing is part of the results beyond float rounding.
     """
     layers = lm.anatomy.check_layers(layers)
-    pending = length_batches([len(p) for p in prompt_ids], batch_size)[::-1]
+    share = continuations is None and padding_side == "left"
+    pending = _plan(prompt_ids, batch_size, share)[::-1]
     while pending:
-        batch = pending.pop()
+        kind, batch = pending.pop()
         try:
-            results = _score_batch(
-                lm, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements
-            )
+            if kind == "shared":
+                results = _score_shared(lm, batch, prompt_ids, layers, label_ids, max_elements)
+            else:
+                results = _score_batch(
+                    lm, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements
+                )
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             if not _is_oom(exc) or len(batch) == 1:
                 raise
@@ -141,9 +150,57 @@ def score_prompts(
             log.warning(
                 "out of memory with batch %d; retrying as %d + %d", len(batch), half, len(batch) - half
             )
-            pending += [batch[half:], batch[:half]]
+            pending += [(kind, batch[half:]), (kind, batch[:half])]
             continue
         yield from results
+
+
+def _plan(prompt_ids: Sequence[Sequence[int]], batch_size: int, share: bool) -> list[tuple[str, list]]:
+    """Batches of lone prompts (similar lengths together) and of prefix groups (``batch_size`` prompts)."""
+    groups = (
+        prefix_groups(prompt_ids, SHARED_PREFIX_MIN) if share else [(0, [i]) for i in range(len(prompt_ids))]
+    )
+    alone = [members[0] for k, members in groups if k == 0]
+    work: list[tuple[str, list]] = [
+        ("alone", [alone[j] for j in b])
+        for b in length_batches([len(prompt_ids[i]) for i in alone], batch_size)
+    ]
+    batch: list[tuple[int, list[int]]] = []
+    for group in sorted((g for g in groups if g[0] > 0), key=lambda g: (g[0], g[1])):
+        if batch and sum(len(m) for _, m in batch) + len(group[1]) > batch_size:
+            work.append(("shared", batch))
+            batch = []
+        batch.append(group)
+    if batch:
+        work.append(("shared", batch))
+    return work
+
+
+def _score_shared(
+    lm: LoadedModel,
+    groups: list[tuple[int, list[int]]],
+    prompt_ids: Sequence[Sequence[int]],
+    layers: list[int],
+    label_ids: Sequence[Sequence[int]] | None,
+    max_elements: int,
+) -> list[tuple[int, ItemScores]]:
+    """Labels of prompts that share a prefix: the prefixes once, then every prompt's own tokens."""
+    pp = prompt_pass(lm, [prompt_ids[members[0]][:k] for k, members in groups], [], "left", use_cache=True)
+    members = [i for _, ms in groups for i in ms]
+    owner = [g for g, (_, ms) in enumerate(groups) for _ in ms]
+    states = continuation_pass(lm, pp, owner, [prompt_ids[i][k:] for k, ms in groups for i in ms], layers)
+    labels = [list(label_ids[i]) if label_ids is not None else [] for i in members]
+    width = max(1, *map(len, labels))
+    targets = torch.tensor([lab + [0] * (width - len(lab)) for lab in labels], dtype=torch.long)
+    last = torch.cat([torch.stack([s[-1] for s in states[layer]]) for layer in layers])
+    logp = lm.anatomy.token_logprobs(last, layers[-1], targets.repeat(len(layers), 1), max_elements)
+    logp = logp.cpu().numpy()
+    scores = [ItemScores() for _ in members]
+    for k, layer in enumerate(layers):
+        for row, lab in enumerate(labels):
+            if label_ids is not None:
+                scores[row].label_logprobs[layer] = logp[k * len(members) + row, : len(lab)]
+    return list(zip(members, scores))
 
 
 def _score_batch(
