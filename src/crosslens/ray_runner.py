@@ -14,8 +14,8 @@ Units write their own Parquet shards atomically into the shared output root, hen
 * the driver holds the output root's experiment lock for the whole run, so a second run into the
   same root (local or Ray) is refused with a message naming the holder.
 
-The driver reads the data and writes the summaries and the report; workers need the output root
-(a shared file system across machines) and the model (Hub access, or a cache every node sees).
+The driver plans the units and writes the report; workers need the output root (a shared file
+system across machines), the data and the model (Hub access, or a cache every node sees).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from crosslens.models import LoadedModel
 from crosslens.stages import Stage
 
 if TYPE_CHECKING:
-    from crosslens.runner import _Job
+    from crosslens.runner import Job
 
 __all__ = ["ModelWorker", "RayBackendError", "require_ray", "run_on_ray"]
 
@@ -45,14 +45,13 @@ class ModelWorker:
     """A Ray actor: one model, loaded once, running units of every dataset of the experiment."""
 
     def __init__(
-        self,
-        config: ExperimentConfig,
-        spec: str,
-        jobs: list[_Job],
-        source: str,
-        preloaded: LoadedModel | None = None,
+        self, config: ExperimentConfig, spec: str, source: str, preloaded: LoadedModel | None = None
     ):
-        self.config, self.spec, self.jobs = config, spec, jobs
+        from crosslens.runner import load_jobs
+
+        # Each worker reads the data itself (as the driver did: the same files, the same items), so
+        # nothing it needs to restart lives in the driver's object store.
+        self.config, self.spec, self.jobs = config, spec, load_jobs(config, source)
         self.lm = preloaded or config.load(spec)
         check_depth(config, spec, self.lm.anatomy.n_layers, source)
         self._stages: dict[int, dict[str, Stage]] = {}
@@ -118,7 +117,7 @@ def require_ray() -> Any:
 
 def run_on_ray(
     config: ExperimentConfig,
-    jobs: list[_Job],
+    jobs: list[Job],
     source: str,
     address: str | None,
     step: Callable[[str], None],
@@ -145,15 +144,13 @@ def run_on_ray(
     keys = (
         ["eval"] + (["lens"] if config.lens.enabled else []) + (["steer"] if config.steering_enabled else [])
     )
-    jobs_ref = ray.put(jobs)  # one copy for all workers; held until the end, so restarts find it
     actors: dict[str, list[Any]] = {}
     queues: dict[str, deque[_Call]] = {}
     try:
         for spec in config.models:
             preloaded = (models or {}).get(spec)
             actors[spec] = [
-                worker_cls.remote(config, spec, jobs_ref, source, preloaded)
-                for _ in range(rc.workers_per_model)
+                worker_cls.remote(config, spec, source, preloaded) for _ in range(rc.workers_per_model)
             ]
             queues[spec] = deque()
             for job in jobs:
@@ -170,7 +167,7 @@ def run_on_ray(
 def _queue_job(
     config: ExperimentConfig,
     spec: str,
-    job: _Job,
+    job: Job,
     keys: list[str],
     queue: deque[_Call],
     advance: Callable[[int], None],

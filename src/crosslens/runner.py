@@ -47,7 +47,16 @@ from crosslens.stages import Stage, run_stage
 from crosslens.steering import steer_stage
 from crosslens.store import Store, atomic_write_text
 
-__all__ = ["run_experiment", "job_stages", "job_pca", "model_slug", "demo_config_path", "BACKENDS"]
+__all__ = [
+    "run_experiment",
+    "Job",
+    "load_jobs",
+    "job_stages",
+    "job_pca",
+    "model_slug",
+    "demo_config_path",
+    "BACKENDS",
+]
 
 BACKENDS = ("local", "ray")
 EXPERIMENT = "experiment"  # the lock one run holds on its output root
@@ -72,7 +81,7 @@ def demo_config_path() -> Path:
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
     """One dataset of the experiment, loaded, with the work each stage will report."""
 
     index: int
@@ -90,7 +99,7 @@ class _Job:
         return work
 
 
-def _load_datasets(config: ExperimentConfig, source: str) -> list[_Job]:
+def load_jobs(config: ExperimentConfig, source: str) -> list[Job]:
     """Load every dataset (English pivot always evaluated) and check it suits the stages asked for."""
     jobs = []
     for i, d in enumerate(config.datasets):
@@ -111,7 +120,7 @@ def _load_datasets(config: ExperimentConfig, source: str) -> list[_Job]:
                 f"{source}: steering.n_vectors: {config.steering.n_vectors} leaves no items to "
                 f"evaluate: {d.name} has {len(ds)} aligned items"
             )
-        jobs.append(_Job(i, ds))
+        jobs.append(Job(i, ds))
     return jobs
 
 
@@ -134,7 +143,7 @@ def _display(
 
 
 def job_stages(
-    config: ExperimentConfig, lm: LoadedModel, spec: str, job: _Job, root: Path
+    config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, root: Path
 ) -> dict[str, Stage]:
     """The unit-shaped stages of one model x dataset, in the order they run (PCA is not unit-shaped)."""
     ds, dcfg = job.data, config.datasets[job.index]
@@ -154,7 +163,7 @@ def job_stages(
     return stages
 
 
-def job_pca(config: ExperimentConfig, lm: LoadedModel, spec: str, job: _Job, root: Path) -> dict[str, Any]:
+def job_pca(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, root: Path) -> dict[str, Any]:
     """PCA of one model x dataset (one piece of work: a few items' activations, then projections)."""
     layers = config.lens_layers(lm.anatomy.n_layers)
     return run_pca(
@@ -217,7 +226,7 @@ def run_experiment(
             f"{source}: models: two specs share an output folder name "
             f"({', '.join(model_slug(s) for s in config.models)}); rename one folder"
         )
-    jobs = _load_datasets(config, source)
+    jobs = load_jobs(config, source)
     root = config.output
     root.mkdir(parents=True, exist_ok=True)
     total = len(config.models) * sum(sum(job.work(config).values()) for job in jobs)
@@ -240,7 +249,7 @@ def run_experiment(
 
 def _run_local(
     config: ExperimentConfig,
-    jobs: list[_Job],
+    jobs: list[Job],
     source: str,
     step: Callable[[str], None],
     advance: Callable[[int], None],
