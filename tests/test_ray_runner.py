@@ -94,10 +94,16 @@ def local_reference(saved_model: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_ray_backend_writes_what_the_local_backend_writes(
-    ray_runtime: None, saved_model: Path, local_reference: Path, tmp_path: Path
+    ray_runtime: None,
+    saved_model: Path,
+    local_reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = parse_config(_ray_config(tmp_path, saved_model))
+    monkeypatch.chdir(tmp_path)  # a relative output root means the same folder to every worker
+    config = parse_config(_ray_config(Path("."), saved_model))
     report = run_experiment(config, backend="ray", progress=False)
+    report = tmp_path / report
     assert report.is_file() and report.read_text().count("<img ") == 5
     _assert_same_results(local_reference, _folder(tmp_path, saved_model))
 

@@ -45,10 +45,24 @@ class ModelWorker:
     """A Ray actor: one model, loaded once, running units of every dataset of the experiment."""
 
     def __init__(
-        self, config: ExperimentConfig, spec: str, source: str, preloaded: LoadedModel | None = None
+        self,
+        config: ExperimentConfig,
+        spec: str,
+        source: str,
+        cwd: str,
+        preloaded: LoadedModel | None = None,
     ):
         from crosslens.runner import load_jobs
 
+        # Relative paths of the config (output, data_dir, model folders) mean what they mean for
+        # the command that started the run, on every node.
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            raise RayBackendError(
+                f"a Ray worker on {os.uname().nodename} cannot enter the run's working directory {cwd} "
+                f"({exc.strerror}): every node must mount the output root and data at the same paths"
+            ) from None
         # Each worker reads the data itself (as the driver did: the same files, the same items), so
         # nothing it needs to restart lives in the driver's object store.
         self.config, self.spec, self.jobs = config, spec, load_jobs(config, source)
@@ -150,7 +164,8 @@ def run_on_ray(
         for spec in config.models:
             preloaded = (models or {}).get(spec)
             actors[spec] = [
-                worker_cls.remote(config, spec, source, preloaded) for _ in range(rc.workers_per_model)
+                worker_cls.remote(config, spec, source, os.getcwd(), preloaded)
+                for _ in range(rc.workers_per_model)
             ]
             queues[spec] = deque()
             for job in jobs:
