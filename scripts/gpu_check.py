@@ -26,7 +26,11 @@ from crosslens.steering import steer_grid, steered_full_forward
 
 
 def lens_fidelity(lm, prompts: list[str]) -> float:
-    """max |lens_logits(h_L, L) - model logits| over the last positions of ``prompts``."""
+    """max |lens_logits(h_L, L) - model logits| / (1 + |model logits|) over the last positions.
+
+    Relative, because in bfloat16 the model's own logits are rounded to 8 significant bits (a logit
+    of 20 moves by up to 0.06) while the lens computes its head in float32.
+    """
     from crosslens.anatomy import capture_residuals
 
     L = lm.anatomy.n_layers
@@ -35,7 +39,8 @@ def lens_fidelity(lm, prompts: list[str]) -> float:
         ids = lm.tokenizer(p, return_tensors="pt").input_ids.to(lm.input_device)
         with torch.inference_mode(), capture_residuals(lm.anatomy, [L]) as st:
             logits = lm.model(ids).logits[0, -1].float()
-        worst = max(worst, (lm.anatomy.lens_logits(st[L][0, -1], L) - logits).abs().max().item())
+        err = (lm.anatomy.lens_logits(st[L][0, -1], L) - logits).abs() / (1 + logits.abs())
+        worst = max(worst, err.max().item())
     return worst
 
 
@@ -60,13 +65,18 @@ def main() -> int:
     failed = False
     template = get_template(ds.template)
     prompts = [render(ds.item("de", i), template) for i in ds.item_ids()[:8]]
-    for dtype, tol in (("float32", 1e-3), ("bfloat16", 5e-2)):
+    reference: list[np.ndarray] = []  # float32 full-forward steering results
+    # float32: both comparisons must agree to 1e-3. bfloat16: the lens to 2^-6 relative (two bf16
+    # rounding steps: the model rounds its normed state and its logits; a wrong norm or softcap is
+    # off by far more), and the cached steering path may differ from the full forward by no more
+    # than twice what bfloat16 itself moves the full forward away from float32.
+    for dtype, tol in (("float32", 1e-3), ("bfloat16", 2**-6)):
         lm = load_model(args.model, device=args.device, dtype=dtype)
         err = lens_fidelity(lm, prompts)
         ok = err <= tol
         failed |= not ok
         lines.append(
-            f"- lens fidelity {dtype}: max |lens - logits| = {err:.2e} (tolerance {tol:g})"
+            f"- lens fidelity {dtype}: max |lens - logits| / (1 + |logits|) = {err:.2e} (tolerance {tol:.2g})"
             f" {'OK' if ok else 'FAIL'}"
         )
         pids = [lm.tokenizer(p).input_ids for p in prompts]
@@ -76,10 +86,16 @@ def main() -> int:
         grid = steer_grid(lm, pids, lids, vec, [(6, 2.0)], batch_size=8)[(6, 2.0)]
         full = steered_full_forward(lm, pids, 6, (2.0 * vec[6]).expand(len(pids), -1), lids)
         diff = max(float(np.abs(a - b).max()) for a, b in zip(grid, full))
-        ok = diff <= tol
+        if not reference:
+            reference, bound, note = full, 1e-3, "tolerance 1e-3"
+        else:
+            noise = max(float(np.abs(a - b).max()) for a, b in zip(full, reference))
+            bound, note = max(1e-3, 2 * noise), f"bfloat16 vs float32 full forward: {noise:.2e}"
+        ok = diff <= bound
         failed |= not ok
         lines.append(
-            f"- steering one-token path vs full forward {dtype}: max diff {diff:.2e} {'OK' if ok else 'FAIL'}"
+            f"- steering one-token path vs full forward {dtype}: max diff {diff:.2e} ({note})"
+            f" {'OK' if ok else 'FAIL'}"
         )
         out = Path(tempfile.mkdtemp())
         try:
