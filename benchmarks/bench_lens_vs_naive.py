@@ -11,13 +11,19 @@ answer tokens (``native`` / ``en``) and the label log-probabilities at ``Answer:
   answer positions are gathered (the last layer reads the model's own logits). It uses the model's
   modules directly (``get_decoder().norm``, ``get_output_embeddings()``), not crosslens' anatomy;
 * naive, read positions only: the same forwards, projecting only the positions that are read —
-  it separates what the KV-cache reuse buys from what skipping unread projections buys.
+  it separates what the KV-cache reuse buys from what skipping unread projections buys;
+* nnsight (when it is installed; keep it out of the project's venv, see README.md): the logit lens
+  as nnsight's tutorial writes it — one ``model.trace`` per (prompt, answer) that sends every
+  position of every lens layer through the model's own ``norm`` and ``lm_head`` and saves the
+  log-softmax.
 
 Target: all readings agree within 1e-4; crosslens ≥ 5× faster than the naive loop.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 from pathlib import Path
 
 import common
@@ -74,6 +80,47 @@ def naive_lens(lm, ds, languages: list[str], layers: list[int], all_positions: b
     return out
 
 
+def nnsight_lens(lm, ds, languages: list[str], layers: list[int]) -> dict[Key, float]:
+    import warnings
+
+    from nnsight import LanguageModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LanguageModel still works; its successor needs a repo id
+        model = LanguageModel(lm.model, tokenizer=lm.tokenizer)
+    tok, decoder = lm.tokenizer, model.model
+    softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+    template = get_template(ds.template)
+    plan = label_plan(tok)
+    out: dict[Key, float] = {}
+    for lang in languages:
+        for item_id in ds.item_ids():
+            it = ds.item(lang, item_id)
+            prompt = render(it, template)
+            pids = tok(prompt).input_ids
+            n = len(it.choices)
+            for j, text in enumerate((*it.choices, *ds.english_choices(item_id))):
+                cont = encode_continuation(tok, prompt, pids, text)[0]
+                form, choice = ("native", j) if j < n else ("en", j - n)
+                ids = torch.tensor([pids + cont])
+                saved = {}
+                with model.trace({"input_ids": ids, "attention_mask": torch.ones_like(ids)}):
+                    for layer in layers:
+                        h = decoder.layers[0].input if layer == 0 else decoder.layers[layer - 1].output
+                        logits = model.lm_head(decoder.norm(h))
+                        if softcap:
+                            logits = torch.tanh(logits / softcap) * softcap
+                        saved[layer] = logits.float().log_softmax(-1).save()
+                read = torch.arange(len(pids) - 1, len(pids) - 1 + len(cont))
+                for layer in layers:
+                    logp = saved[layer][0]
+                    out[(lang, item_id, layer, form, choice)] = float(logp[read, cont].mean())
+                    if j == 0:
+                        for k, x in enumerate(logp[read[0], plan.for_n(n)].tolist()):
+                            out[(lang, item_id, layer, "label", k)] = x
+    return out
+
+
 def main() -> None:
     ap = common.parser(__doc__, 2, "crosslens-mini items per language (first N)")
     ap.add_argument(
@@ -109,6 +156,8 @@ def main() -> None:
             "naive": lambda: naive_lens(lm, ds, args.languages, layers, all_positions=True),
             "naive, read positions only": lambda: naive_lens(lm, ds, args.languages, layers, False),
         }
+        if importlib.util.find_spec("nnsight") is not None:
+            runs["nnsight"] = lambda: nnsight_lens(lm, ds, args.languages, layers)
         small = ds.subset(ds.item_ids()[:1])
         run_lens(lm, small, Path(workdir) / "warmup", args.languages, layers, EvalOptions())
         naive_lens(lm, small, args.languages[:1], layers, all_positions=False)
@@ -160,6 +209,12 @@ def main() -> None:
         "batch size (crosslens)": args.batch_size,
         "crosslens": "run_lens(...) end to end into a fresh folder per repetition",
         "naive": "one model(..., output_hidden_states=True) per (prompt, answer), batch 1",
+        "nnsight": (
+            f"nnsight {importlib.metadata.version('nnsight')}: one model.trace per (prompt, answer), "
+            "every position of every layer through norm + lm_head"
+            if "nnsight" in runs
+            else "not installed"
+        ),
     }
     common.append_results("Logit lens vs naive full forwards", settings, body)
 
