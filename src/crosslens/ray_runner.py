@@ -80,9 +80,6 @@ class ModelWorker:
             )
         return self._stages[job][key]
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def plan(self, job: int, key: str) -> list[tuple[str, int, bool]]:
         """Record the stage's fingerprint (building steering vectors once); list (unit, items, to do)."""
         stage = self._stage(job, key)
