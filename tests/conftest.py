@@ -7,6 +7,7 @@ Gemma's SentencePiece), so label tokenisation quirks (" A" vs "▁A") are exerci
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     lm.model.save_pretrained(path)
     lm.tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run several times faster on one thread (no oversubscription on a busy machine),
+    and a one-CPU Ray worker runs on one thread too: a module's local references run the same way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

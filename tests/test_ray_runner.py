@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from crosslens.config import parse_config
 from crosslens.ray_runner import RayBackendError
@@ -34,13 +33,7 @@ def ray_runtime() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Ray gives a one-CPU worker one thread; the local reference runs the same way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ray_config(out: Path, model: Path) -> dict:

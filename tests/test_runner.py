@@ -8,11 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import crosslens.runner
@@ -23,13 +21,7 @@ from crosslens.runner import model_slug, run_experiment
 SUMMARIES = ("summary.json", "lens_summary.json", "pca_summary.json", "steer_summary.json")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models run several times faster on one thread (no oversubscription on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(out: Path, model: str, limit: int = 12, chunk_size: int = 6) -> dict:
