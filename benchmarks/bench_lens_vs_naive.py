@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import common
@@ -40,43 +41,58 @@ from crosslens.store import Store
 Key = tuple[str, str, int, str, int]  # language, item id, layer, form, choice
 
 
-def naive_lens(lm, ds, languages: list[str], layers: list[int], all_positions: bool) -> dict[Key, float]:
-    model, tok = lm.model, lm.tokenizer
-    norm, head = model.get_decoder().norm, model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    n_layers = model.config.num_hidden_layers
-    template = get_template(ds.template)
-    plan = label_plan(tok)
-    out: dict[Key, float] = {}
+def answers(
+    tok, ds, languages: list[str]
+) -> Iterator[tuple[tuple[str, str, str, int], list[int], list[int], list[int] | None]]:
+    """Every (prompt, answer) the lens reads: its key, the joint token ids, the answer's tokens and,
+    for an item's first answer only, the label ids (read at the last prompt position)."""
+    template, plan = get_template(ds.template), label_plan(tok)
     for lang in languages:
         for item_id in ds.item_ids():
             it = ds.item(lang, item_id)
             prompt = render(it, template)
             pids = tok(prompt).input_ids
             n = len(it.choices)
-            texts = (*it.choices, *ds.english_choices(item_id))
-            for j, text in enumerate(texts):
+            for j, text in enumerate((*it.choices, *ds.english_choices(item_id))):
                 cont = encode_continuation(tok, prompt, pids, text)[0]
                 form, choice = ("native", j) if j < n else ("en", j - n)
-                # Position p predicts token p + 1: the answer is read at len(pids) - 1 ... end - 1.
-                read = torch.arange(len(pids) - 1, len(pids) - 1 + len(cont))
-                with torch.inference_mode():
-                    res = model(input_ids=torch.tensor([pids + cont]), output_hidden_states=True)
-                    for layer in layers:
-                        if layer == n_layers:
-                            logits = res.logits[0]
-                        else:
-                            h = res.hidden_states[layer][0]
-                            logits = head(norm(h if all_positions else h[read]))
-                            if softcap:
-                                logits = torch.tanh(logits / softcap) * softcap
-                        logp = logits.float().log_softmax(-1)
-                        rows = read if (all_positions or layer == n_layers) else torch.arange(len(read))
-                        out[(lang, item_id, layer, form, choice)] = float(logp[rows, cont].mean())
-                        if j == 0:  # labels: the last prompt position, identical in every forward
-                            lab = logp[rows[0], plan.for_n(n)]
-                            for k, x in enumerate(lab.tolist()):
-                                out[(lang, item_id, layer, "label", k)] = x
+                yield (lang, item_id, form, choice), pids, cont, plan.for_n(n) if j == 0 else None
+
+
+def record(out: dict[Key, float], key, layer: int, logp, rows, cont: list[int], labels) -> None:
+    """Store one layer's reading of an answer (and the labels, once per item)."""
+    lang, item_id, form, choice = key
+    out[(lang, item_id, layer, form, choice)] = float(logp[rows, cont].mean())
+    if labels is not None:  # labels: the last prompt position, identical in every forward
+        for k, x in enumerate(logp[rows[0], labels].tolist()):
+            out[(lang, item_id, layer, "label", k)] = x
+
+
+def read_positions(pids: list[int], cont: list[int]) -> torch.Tensor:
+    """Position p predicts token p + 1: the answer is read at len(pids) - 1 ... end - 1."""
+    return torch.arange(len(pids) - 1, len(pids) - 1 + len(cont))
+
+
+def naive_lens(lm, ds, languages: list[str], layers: list[int], all_positions: bool) -> dict[Key, float]:
+    model = lm.model
+    norm, head = model.get_decoder().norm, model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    n_layers = model.config.num_hidden_layers
+    out: dict[Key, float] = {}
+    for key, pids, cont, labels in answers(lm.tokenizer, ds, languages):
+        read = read_positions(pids, cont)
+        with torch.inference_mode():
+            res = model(input_ids=torch.tensor([pids + cont]), output_hidden_states=True)
+            for layer in layers:
+                if layer == n_layers:
+                    logits = res.logits[0]
+                else:
+                    h = res.hidden_states[layer][0]
+                    logits = head(norm(h if all_positions else h[read]))
+                    if softcap:
+                        logits = torch.tanh(logits / softcap) * softcap
+                rows = read if (all_positions or layer == n_layers) else torch.arange(len(read))
+                record(out, key, layer, logits.float().log_softmax(-1), rows, cont, labels)
     return out
 
 
@@ -88,36 +104,21 @@ def nnsight_lens(lm, ds, languages: list[str], layers: list[int]) -> dict[Key, f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # LanguageModel still works; its successor needs a repo id
         model = LanguageModel(lm.model, tokenizer=lm.tokenizer)
-    tok, decoder = lm.tokenizer, model.model
+    decoder = model.model
     softcap = getattr(lm.model.config, "final_logit_softcapping", None)
-    template = get_template(ds.template)
-    plan = label_plan(tok)
     out: dict[Key, float] = {}
-    for lang in languages:
-        for item_id in ds.item_ids():
-            it = ds.item(lang, item_id)
-            prompt = render(it, template)
-            pids = tok(prompt).input_ids
-            n = len(it.choices)
-            for j, text in enumerate((*it.choices, *ds.english_choices(item_id))):
-                cont = encode_continuation(tok, prompt, pids, text)[0]
-                form, choice = ("native", j) if j < n else ("en", j - n)
-                ids = torch.tensor([pids + cont])
-                saved = {}
-                with model.trace({"input_ids": ids, "attention_mask": torch.ones_like(ids)}):
-                    for layer in layers:
-                        h = decoder.layers[0].input if layer == 0 else decoder.layers[layer - 1].output
-                        logits = model.lm_head(decoder.norm(h))
-                        if softcap:
-                            logits = torch.tanh(logits / softcap) * softcap
-                        saved[layer] = logits.float().log_softmax(-1).save()
-                read = torch.arange(len(pids) - 1, len(pids) - 1 + len(cont))
-                for layer in layers:
-                    logp = saved[layer][0]
-                    out[(lang, item_id, layer, form, choice)] = float(logp[read, cont].mean())
-                    if j == 0:
-                        for k, x in enumerate(logp[read[0], plan.for_n(n)].tolist()):
-                            out[(lang, item_id, layer, "label", k)] = x
+    for key, pids, cont, labels in answers(lm.tokenizer, ds, languages):
+        ids = torch.tensor([pids + cont])
+        saved = {}
+        with model.trace({"input_ids": ids, "attention_mask": torch.ones_like(ids)}):
+            for layer in layers:
+                h = decoder.layers[0].input if layer == 0 else decoder.layers[layer - 1].output
+                logits = model.lm_head(decoder.norm(h))
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                saved[layer] = logits.float().log_softmax(-1).save()
+        for layer in layers:
+            record(out, key, layer, saved[layer][0], read_positions(pids, cont), cont, labels)
     return out
 
 
