@@ -35,9 +35,9 @@ import torch
 from crosslens.anatomy import paper_layers
 from crosslens.config import load_config
 from crosslens.data import load_dataset
-from crosslens.models import load_model
+from crosslens.models import ModelSpec, load_model
 from crosslens.prompts import get_template, render
-from crosslens.runner import model_slug, run_experiment
+from crosslens.runner import run_experiment
 from crosslens.store import Store
 
 SHARED = Path(common.BELEBELE_DIR).parent
@@ -108,7 +108,7 @@ def calibrate(items: int, workdir: Path) -> dict[str, float]:
 
     P = common.non_embedding_params(lm.model)
     D, V = lm.anatomy.d_model, lm.anatomy.head.weight.shape[0]
-    store = Store(workdir / model_slug(config.models[0]) / config.datasets[0].name)
+    store = Store(workdir / ModelSpec.parse(config.models[0]).slug / config.datasets[0].name)
     rec = store.read("records")
     rec["A"] = rec["cloze_tokens"].map(sum)
     en = rec[rec["language"] == "en"].set_index("item_id")["A"]

@@ -16,7 +16,8 @@ import yaml
 import crosslens.runner
 from conftest import tiny_model
 from crosslens.config import parse_config
-from crosslens.runner import model_slug, run_experiment
+from crosslens.models import ModelSpec
+from crosslens.runner import run_experiment
 
 SUMMARIES = ("summary.json", "lens_summary.json", "pca_summary.json", "steer_summary.json")
 
@@ -104,10 +105,13 @@ def test_english_is_always_evaluated(tmp_path: Path) -> None:
 
 
 def test_model_slugs() -> None:
-    assert model_slug("google/gemma-2-2b") == "google--gemma-2-2b"
-    assert model_slug("gemma-3-270m") == "gemma-3-270m"
-    assert model_slug("gguf:/x/y/model-q4.gguf") == "model-q4"
-    assert model_slug("/tmp/some/folder/") == "folder"
+    def slug(spec: str) -> str:
+        return ModelSpec.parse(spec).slug
+
+    assert slug("google/gemma-2-2b") == "google--gemma-2-2b"
+    assert slug("gemma-3-270m") == "gemma-3-270m"
+    assert slug("gguf:/x/y/model-q4.gguf") == "model-q4"
+    assert slug("/tmp/some/folder/") == "folder"
 
 
 def test_kill_and_resume_gives_the_uninterrupted_results(saved_model: Path, tmp_path: Path) -> None:

@@ -107,7 +107,8 @@ def test_vectors_are_mean_english_minus_language_and_round_trip(tmp_path):
     assert torch.count_nonzero(sv.get("en", 2)) == 0
     sv.save(tmp_path / "v.safetensors")
     back = SteeringVectors.load(tmp_path / "v.safetensors")
-    assert back.meta["item_ids"] == ids and back.meta["n"] == 3
+    assert back.fingerprint["vector_items"] == ids and back.fingerprint["model"] == lm.spec
+    assert set(back.digests) == {"en", "de", "zh"}
     assert torch.equal(back.get("zh", 2), sv.get("zh", 2))
 
 

@@ -15,6 +15,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 _EXPORTS = {
     "load_model": "crosslens.models",
+    "ModelSpec": "crosslens.models",
     "LoadedModel": "crosslens.models",
     "Anatomy": "crosslens.anatomy",
     "paper_layers": "crosslens.anatomy",
@@ -29,6 +30,10 @@ _EXPORTS = {
     "run_steering": "crosslens.steering",
     "SteeringVectors": "crosslens.steering",
     "Store": "crosslens.store",
+    "STAGES": "crosslens.stages",
+    "run_experiment": "crosslens.runner",
+    "load_config": "crosslens.config",
+    "write_report": "crosslens.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

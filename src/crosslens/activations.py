@@ -44,18 +44,24 @@ class Activations:
     languages: list[str]
     item_ids: list[str]
     states: dict[int, np.ndarray]  # layer -> (len(languages) * len(item_ids), d), language-major
+    fingerprint: dict | None = None  # what they were computed with (model, prompts, data), if known
 
     def of(self, layer: int, language: str) -> np.ndarray:
         k = self.languages.index(language)
         n = len(self.item_ids)
         return self.states[layer][k * n : (k + 1) * n]
 
-    def save(self, path: str | Path, extra: dict | None = None) -> None:
+    def only(self, layers: Sequence[int]) -> Activations:
+        """The same activations restricted to ``layers``."""
+        return Activations(list(layers), self.languages, self.item_ids, {x: self.states[x] for x in layers})
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically, with the fingerprint in the file's metadata."""
         meta = {
             "layers": json.dumps(self.layers),
             "languages": json.dumps(self.languages),
             "item_ids": json.dumps(self.item_ids),
-            **{k: json.dumps(v) for k, v in (extra or {}).items()},
+            "fingerprint": json.dumps(self.fingerprint),
         }
         tensors = {
             f"layer_{layer}": torch.from_numpy(np.ascontiguousarray(s)) for layer, s in self.states.items()
@@ -79,6 +85,7 @@ class Activations:
             json.loads(meta["languages"]),
             json.loads(meta["item_ids"]),
             {layer: tensors[f"layer_{layer}"].numpy() for layer in layers},
+            json.loads(meta.get("fingerprint", "null")),
         )
 
 

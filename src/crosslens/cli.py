@@ -50,6 +50,11 @@ TemplateOpt = Annotated[
 ]
 Split = Annotated[str | None, typer.Option(help="dataset split where it has several")]
 Padding = Annotated[str, typer.Option(help="padding side for batched prompts: left or right")]
+PivotFile = Annotated[
+    Path | None, typer.Option(help="English items for a dataset that ships none (xcopa, okapi-arc, jsonl)")
+]
+Pivot = Annotated[str | None, typer.Option(help="the English language code, if not the dataset's own")]
+Strict = Annotated[bool, typer.Option(help="fail on the first data problem instead of dropping the item")]
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -68,6 +73,14 @@ def _batch_size(value: str, device: str) -> int:
     if size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1, got {size}")
     return size
+
+
+def _run(stage, what: str) -> dict:
+    """Run a planned stage with a progress bar over its items (what is already done counts at once)."""
+    from crosslens.stages import run_stage
+
+    with _progress(sum(len(u.item_ids) for u in stage.units), what) as advance:
+        return run_stage(stage, advance)
 
 
 @contextlib.contextmanager
@@ -102,10 +115,20 @@ def _dataset(
     limit: int | None,
     split: str | None,
     strict: bool,
+    pivot_file: Path | None = None,
+    pivot: str | None = None,
 ):
     from crosslens.data import load_dataset
 
-    ds = load_dataset(name, _csv(languages), data_dir=data_dir, strict=strict, split=split)
+    ds = load_dataset(
+        name,
+        _csv(languages),
+        data_dir=data_dir,
+        strict=strict,
+        split=split,
+        pivot_file=pivot_file,
+        pivot=pivot,
+    )
     for lang, n in ds.dropped.items():
         if n:
             console.print(f"[yellow]{name}/{lang}: dropped {n} items missing in other languages")
@@ -201,13 +224,15 @@ def eval_cmd(
     split: Split = None,
     padding_side: Padding = "left",
     no_cloze: Annotated[bool, typer.Option("--no-cloze", help="skip full-answer (cloze) scoring")] = False,
-    strict: Annotated[bool, typer.Option(help="fail on the first data problem")] = False,
+    strict: Strict = False,
+    pivot_file: PivotFile = None,
+    pivot: Pivot = None,
     seed: int = 0,
 ) -> None:
     """Zero-shot letter-choice (and cloze) evaluation with consistency and transfer (paper Table 1)."""
-    from crosslens.evaluate import EvalOptions, evaluate
+    from crosslens.evaluate import EvalOptions, eval_stage
 
-    ds = _dataset(dataset, languages, data_dir, limit, split, strict)
+    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     lm = _load(model, device, dtype)
     opts = EvalOptions(
         template=template,
@@ -215,9 +240,7 @@ def eval_cmd(
         padding_side=padding_side,
         cloze=not no_cloze,
     )
-    with _progress(len(ds.item_ids()) * len(ds.languages), "eval") as advance:
-        summary = evaluate(lm, ds, out, opts=opts, seed=seed, progress=advance)
-    _print_eval(summary)
+    _print_eval(_run(eval_stage(lm, ds, out, opts=opts, seed=seed), "eval"))
 
 
 @app.command()
@@ -232,7 +255,10 @@ def metrics(
     stage = store.read_run().get("stages", {}).get("records")
     if not stage:
         raise typer.BadParameter(f"{out} has no evaluation run (no records stage in run.json)")
-    summary = summarize_records(store, stage["dataset"], stage["languages"], stage["pivot"], seed=seed)
+    items = stage.get("selection", {}).get("items")  # what summary.json was computed on
+    summary = summarize_records(
+        store, stage["dataset"], stage["languages"], stage["pivot"], seed=seed, items=items
+    )
     _print_eval(summary)
 
 
@@ -251,20 +277,24 @@ def lens(
     dtype: Dtype = "float32",
     template: TemplateOpt = None,
     split: Split = None,
-    strict: bool = False,
+    padding_side: Padding = "left",
+    strict: Strict = False,
+    pivot_file: PivotFile = None,
+    pivot: Pivot = None,
     seed: int = 0,
 ) -> None:
     """Logit lens: native vs English answer probabilities per layer, latent accuracy, Table 2."""
     from crosslens.anatomy import paper_layers
     from crosslens.evaluate import EvalOptions
-    from crosslens.lens import run_lens
+    from crosslens.lens import lens_stage
 
-    ds = _dataset(dataset, languages, data_dir, limit, split, strict)
+    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     lm = _load(model, device, dtype)
     chosen = [int(x) for x in _csv(layers)] if layers else paper_layers(lm.anatomy.n_layers, every)
-    opts = EvalOptions(template=template, batch_size=_batch_size(batch_size, device))
-    with _progress(len(ds.item_ids()) * len(ds.languages), "lens") as advance:
-        summary = run_lens(lm, ds, out, layers=chosen, opts=opts, seed=seed, progress=advance)
+    opts = EvalOptions(
+        template=template, batch_size=_batch_size(batch_size, device), padding_side=padding_side
+    )
+    summary = _run(lens_stage(lm, ds, out, layers=chosen, opts=opts, seed=seed), "lens")
     table = Table(title="log p(native)/p(English) and latent accuracy (mean over non-pivot languages)")
     for col in ("layer", "log ratio", "acc native", "acc en", "acc label"):
         table.add_column(col, justify="right")
@@ -285,6 +315,7 @@ def pca(
     out: Out,
     data_dir: DataDir = None,
     languages: Languages = None,
+    limit: Limit = None,
     n_items: Annotated[int, typer.Option(help="parallel items to project (the paper uses 50)")] = 50,
     layers: Annotated[str | None, typer.Option(help="comma-separated layers")] = None,
     every: int = 4,
@@ -293,25 +324,21 @@ def pca(
     dtype: Dtype = "float32",
     template: TemplateOpt = None,
     split: Split = None,
+    strict: Strict = False,
+    pivot_file: PivotFile = None,
+    pivot: Pivot = None,
     seed: int = 0,
 ) -> None:
     """Activations at the last prompt token, 2-D PCA per layer (Fig. 3) and an alignment number."""
     from crosslens.anatomy import paper_layers
-    from crosslens.pca import run_pca
+    from crosslens.pca import pca_stage
 
-    ds = _dataset(dataset, languages, data_dir, None, split, False)
+    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     lm = _load(model, device, dtype)
     chosen = [int(x) for x in _csv(layers)] if layers else paper_layers(lm.anatomy.n_layers, every)
-    summary = run_pca(
-        lm,
-        ds,
-        out,
-        layers=chosen,
-        n_items=n_items,
-        template=template,
-        batch_size=_batch_size(batch_size, device),
-        seed=seed,
-    )
+    chosen = [layer for layer in chosen if layer > 0] if not layers else chosen
+    stage = pca_stage(lm, ds, out, chosen, n_items, template, _batch_size(batch_size, device), seed)
+    summary = _run(stage, "pca")
     table = Table(title="cross-language alignment of last-token states (cosine)")
     for col in ("layer", "parallel", "non-parallel", "gap"):
         table.add_column(col, justify="right")
@@ -341,31 +368,22 @@ def steer(
     dtype: Dtype = "float32",
     template: TemplateOpt = None,
     split: Split = None,
-    strict: bool = False,
+    strict: Strict = False,
+    pivot_file: PivotFile = None,
+    pivot: Pivot = None,
     seed: int = 0,
 ) -> None:
     """Cross-lingual activation steering sweep over layers and gammas (Figs. 4, 5, 7-11)."""
     from crosslens.evaluate import EvalOptions
-    from crosslens.steering import run_steering
+    from crosslens.steering import steer_stage
 
-    ds = _dataset(dataset, languages, data_dir, limit, split, strict)
+    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     gamma_list = [float(g) for g in _csv(gammas) or []]
     lm = _load(model, device, dtype)
     opts = EvalOptions(template=template, batch_size=_batch_size(batch_size, device))
-    total = (len(ds.item_ids()) - n_vectors) * (len(ds.languages) + (ds.pivot not in ds.languages))
-    with _progress(max(total, 0), "steer") as advance:
-        summary = run_steering(
-            lm,
-            ds,
-            out,
-            ds.languages,
-            [int(x) for x in _csv(layers) or []],
-            gamma_list,
-            n_vectors=n_vectors,
-            seed=seed,
-            opts=opts,
-            progress=advance,
-        )
+    layer_list = [int(x) for x in _csv(layers) or []]
+    stage = steer_stage(lm, ds, out, ds.languages, layer_list, gamma_list, n_vectors, seed, opts)
+    summary = _run(stage, "steer")
     table = Table(title="steering: change against gamma = 0, mean over steered languages")
     for col in ("layer", "gamma", "accuracy", "Δ acc", "Δ cons. w/ en", "Δ tr+ from en"):
         table.add_column(col, justify="right")

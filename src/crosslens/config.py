@@ -66,6 +66,9 @@ class DatasetConfig(_Section):
     split: str | None = None
     limit: Annotated[int, Field(ge=1)] | None = None
     template: str | None = None
+    pivot: str | None = None  # the English code, where the dataset's own is not the one wanted (jsonl)
+    pivot_file: Path | None = None  # English items for datasets that ship none (xcopa, okapi-arc, jsonl)
+    strict: bool = False  # fail on the first data problem instead of dropping the item
 
 
 class EveryLayers(_Section):
@@ -155,6 +158,8 @@ class ExperimentConfig(_Section):
     batch_size: int | Literal["auto"] = "auto"
     output: Path = Path("runs")
     chunk_size: Annotated[int, Field(ge=1)] = 32
+    cloze: bool = True  # also score the full answer texts (the --no-cloze of the CLI turns it off)
+    padding_side: Literal["left", "right"] = "left"
     ray: RayConfig = RayConfig()
 
     @field_validator("batch_size", mode="before")
@@ -191,6 +196,18 @@ class ExperimentConfig(_Section):
         if isinstance(self.layers, EveryLayers):
             return paper_layers(n_layers, self.layers.every)
         return sorted(set(self.layers))
+
+    def eval_options(self, dataset: int) -> Any:
+        """The scoring options of ``datasets[dataset]`` (what the CLI builds from its flags)."""
+        from crosslens.evaluate import EvalOptions
+
+        return EvalOptions(
+            template=self.datasets[dataset].template,
+            batch_size=self.resolved_batch_size(),
+            padding_side=self.padding_side,
+            chunk_size=self.chunk_size,
+            cloze=self.cloze,
+        )
 
     def resolved_batch_size(self) -> int:
         """``auto``: 64 prompts per pass on an accelerator, 16 on CPU (as the CLI does)."""
@@ -302,6 +319,8 @@ def _check_datasets(config: ExperimentConfig, source: str) -> None:
             )
         if ds.data_dir is not None and not ds.data_dir.expanduser().exists():
             raise ConfigError(f"{where}.data_dir: {ds.data_dir}: no such file or folder")
+        if ds.pivot_file is not None and not ds.pivot_file.expanduser().is_file():
+            raise ConfigError(f"{where}.pivot_file: {ds.pivot_file}: no such file")
 
 
 # -- model depth without weights ----------------------------------------------------------------------
@@ -339,35 +358,31 @@ def model_depth(spec: str, where: str = "model") -> int | None:
 
     ``where`` prefixes error messages (the config file and option).
     """
-    from crosslens.models import ALIASES, ModelLoadError
+    from crosslens.models import ALIASES, ModelLoadError, ModelSpec
 
     try:
-        if spec in ALIASES:
+        parsed = ModelSpec.parse(spec)
+        if parsed.kind == "alias":
             return _gguf_depth(ALIASES[spec]())
-        if spec.startswith("gguf:"):
-            path = Path(spec[5:]).expanduser()
+        if parsed.kind == "gguf":
+            path = Path(parsed.location)
             if not path.is_file():
                 raise ConfigError(f"{where}: GGUF file not found: {path}")
             return _gguf_depth(path)
-        folder = Path(spec).expanduser()
-        if spec.startswith((".", "/", "~")) or folder.exists():
+        if parsed.kind == "local":
+            folder = Path(parsed.location)
             if not (folder / "config.json").is_file():
                 raise ConfigError(f"{where}: {spec} is not a model folder (no config.json)")
             return _depth_from_config(json.loads((folder / "config.json").read_text()))
+        if parsed.kind == "name":
+            raise parsed.unknown()
     except ModelLoadError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if "/" not in spec:
-        close = difflib.get_close_matches(spec, list(ALIASES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"{where}: unknown model spec {spec!r}{hint}: use an alias ({', '.join(ALIASES)}), "
-            "gguf:PATH, a local folder or a Hub id org/name"
-        )
-    name, _, revision = spec.partition("@")
+    name, revision = parsed.location, parsed.revision
     try:
         from transformers import AutoConfig
 
-        return _depth_from_config(AutoConfig.from_pretrained(name, revision=revision or None).to_dict())
+        return _depth_from_config(AutoConfig.from_pretrained(name, revision=revision).to_dict())
     except Exception as exc:  # offline, gated or missing: the depth is checked again once the model loads
         logger.warning(
             "%s: cannot read the depth of %s before loading it (%s); its layers are checked when it loads",

@@ -10,13 +10,15 @@ every language. Misalignment is never silent: dropped items are counted and logg
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import logging
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,6 +73,16 @@ class Item:
         if isinstance(self.gold, bool) or not isinstance(self.gold, int) or not 0 <= self.gold < n:
             raise DataError(f"answer index {self.gold!r} (0-based) is out of range for {n} choices")
 
+    @cached_property
+    def digest(self) -> str:
+        """A content hash of everything a result can depend on: id, language, texts and the answer.
+
+        Results reused from disk are checked against it, so changed data under the same dataset name
+        and item id is never mistaken for the data the results were computed on.
+        """
+        fields = [self.item_id, self.language, self.context, self.question, list(self.choices), self.gold]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()[:16]
+
 
 @dataclass
 class ParallelDataset:
@@ -82,6 +94,7 @@ class ParallelDataset:
     items: dict[str, list[Item]]
     dropped: dict[str, int]
     template: str
+    source: str = ""  # where the items were read from (a folder, bundled resources, the Hub)
     _index: dict[str, dict[str, Item]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -276,10 +289,11 @@ def _load(
         raise DataError(
             "pivot_file is only supported for datasets without English data (xcopa, okapi-arc, jsonl)"
         )
-    sources = _sources(spec, data_dir, split)
+    sources, where = _sources(spec, data_dir, split)
     pivot = pivot or (info.pivot if pivot_file is None else info.pivot or "en")
     if pivot_file is not None and spec.pivot_reader is not None:
         sources[pivot] = partial(spec.pivot_reader, Path(pivot_file), pivot, info.name)
+        where += f" + pivot_file {Path(pivot_file).expanduser().resolve()}"
 
     available = sorted(sources)
     if languages is None:
@@ -305,11 +319,14 @@ def _load(
     by_id = {lang: {it.item_id: it for it in t.items} for lang, t in tables.items()}
     items = {lang: [by_id[lang][i] for i in ids] for lang in load}
     dropped = {lang: len(tables[lang].items) - len(ids) for lang in load}
-    return ParallelDataset(info.name, requested, pivot, items, dropped, info.template)
+    if split is not None:
+        where += f" (split {split})"
+    return ParallelDataset(info.name, requested, pivot, items, dropped, info.template, where)
 
 
-def _sources(spec: _Spec, data_dir: str | Path | None, split: str | None) -> Sources:
-    """Where the data comes from: data_dir, then $CROSSLENS_DATA/<folder>, bundled resources, the Hub."""
+def _sources(spec: _Spec, data_dir: str | Path | None, split: str | None) -> tuple[Sources, str]:
+    """Where the data comes from (data_dir, $CROSSLENS_DATA/<folder>, bundled resources, the Hub),
+    and that place in words for fingerprints (an absolute folder, ``bundled:...`` or ``hub``)."""
     from crosslens import loaders
 
     name = spec.info.name
@@ -317,16 +334,16 @@ def _sources(spec: _Spec, data_dir: str | Path | None, split: str | None) -> Sou
         root = Path(data_dir).expanduser()
         if not root.exists():
             raise DataError(f"{root}: no such file or folder")
-        return spec.local(root, split, name)
+        return spec.local(root, split, name), str(root.resolve())
     env = os.environ.get("CROSSLENS_DATA")
     for folder in spec.folders if env else ():
         root = Path(env).expanduser() / folder
         if root.exists():
-            return spec.local(root, split, name)
+            return spec.local(root, split, name), str(root.resolve())
     if spec.bundled is not None:
-        return spec.local(loaders.resource_dir(spec.bundled), split, name)
+        return spec.local(loaders.resource_dir(spec.bundled), split, name), f"bundled:{spec.bundled}"
     if spec.hub is not None:
-        return spec.hub(split, name)
+        return spec.hub(split, name), f"hub:{spec.info.source.rsplit('Hub ', 1)[-1]}"
     where = f" and $CROSSLENS_DATA/{spec.folders[0]} does not exist" if spec.folders else ""
     raise DataError(f"no data_dir given{where}; pass data_dir= (this dataset has no Hub loader)")
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,10 @@ from crosslens.prompts import Template, get_template, render, template_hash
 from crosslens.scoring import LabelPlan, encode_continuation, label_plan, rank_choices, score_prompts
 from crosslens.stages import Stage, Unit, plan_units, run_stage
 from crosslens.store import Store
+
+if TYPE_CHECKING:
+    from crosslens.config import ExperimentConfig
+    from crosslens.runner import Job
 
 __all__ = [
     "EvalOptions",
@@ -60,20 +64,28 @@ def label_fields(logprobs: Sequence[float], gold: int) -> dict[str, Any]:
     }
 
 
-def fingerprint(
-    lm: LoadedModel, ds: ParallelDataset, template: Template, plan: LabelPlan, opts: EvalOptions
-) -> dict:
+def data_fingerprint(lm: LoadedModel, ds: ParallelDataset, template: Template) -> dict[str, Any]:
+    """What every result computed from prompts depends on: the model and how its prompts are made.
+
+    Batch size, chunk size, padding side and the device change float rounding only and are not
+    part of it; the items' own content is checked per item (:attr:`Item.digest`).
+    """
     return {
         "model": lm.spec,
         "revision": lm.revision,
         "dtype": str(lm.dtype).removeprefix("torch."),
         "dataset": ds.name,
+        "data_source": ds.source,
         "template": template.name,
         "template_hash": template_hash(template),
-        "label_form": plan.form,
-        "chunk_size": opts.chunk_size,
-        "cloze": opts.cloze,
     }
+
+
+def fingerprint(
+    lm: LoadedModel, ds: ParallelDataset, template: Template, plan: LabelPlan, opts: EvalOptions
+) -> dict[str, Any]:
+    """The evaluation's fingerprint: the prompts, the answer-letter tokens and whether cloze is scored."""
+    return data_fingerprint(lm, ds, template) | {"label_form": plan.form, "cloze": opts.cloze}
 
 
 def _unit_rows(
@@ -127,7 +139,6 @@ class EvalStage(Stage):
     """Evaluation records (label scores and cloze scores at the final layer) of one dataset."""
 
     lm: LoadedModel
-    ds: ParallelDataset
     template: Template
     plan: LabelPlan
     opts: EvalOptions
@@ -139,7 +150,9 @@ class EvalStage(Stage):
         return _unit_rows(self.lm, items, self.template, self.plan, self.opts)
 
     def summarize(self) -> dict[str, Any]:
-        return summarize_records(self.store, self.ds.name, self.languages, self.ds.pivot, seed=self.seed)
+        return summarize_records(
+            self.store, self.ds.name, self.languages, self.ds.pivot, seed=self.seed, records=self.read()
+        )
 
 
 def eval_stage(
@@ -164,24 +177,33 @@ def eval_stage(
         "cloze_separator": "' ' + choice text, tokenised jointly with the prompt",
         "batch_size": opts.batch_size,
         "padding_side": opts.padding_side,
+        "chunk_size": opts.chunk_size,
         "crosslens_version": __version__,
         "seed": seed,
         "command": " ".join(sys.argv),
         "excluded_items": len(set(exclude)),
+        "n_items": len(ds) - len(set(exclude) & set(ds.item_ids())),
     }
     return EvalStage(
+        ds=ds,
         table=RECORDS,
         store=Store(out),
         fingerprint=fingerprint(lm, ds, template, plan, opts),
         meta=meta,
         units=plan_units(ds, languages, opts.chunk_size, exclude),
         lm=lm,
-        ds=ds,
         template=template,
         plan=plan,
         opts=opts,
         languages=languages,
         seed=seed,
+    )
+
+
+def job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, out: Path) -> EvalStage:
+    """The evaluation of one model x dataset of an experiment (registry builder)."""
+    return eval_stage(
+        lm, job.data, out, job.data.languages, opts=config.eval_options(job.index), seed=config.seed
     )
 
 
@@ -204,13 +226,25 @@ def evaluate(
 
 
 def summarize_records(
-    store: Store, dataset: str, languages: Sequence[str] | None, pivot: str | None, seed: int = 0
+    store: Store,
+    dataset: str,
+    languages: Sequence[str] | None,
+    pivot: str | None,
+    seed: int = 0,
+    records: pd.DataFrame | None = None,
+    items: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Recompute ``summary.json`` from the records alone (also what ``crosslens metrics`` does)."""
-    df = store.read(RECORDS)
+    """Recompute ``summary.json`` from the records alone (also what ``crosslens metrics`` does).
+
+    ``records``: the rows to summarise (default: the folder's, restricted to ``items`` when given,
+    as recorded in run.json's selection).
+    """
+    df = store.read(RECORDS) if records is None else records
     if df.empty:
         raise ValueError(f"{store.root} has no evaluation records")
     df = df[df["dataset"] == dataset]
+    if items is not None:
+        df = df[df["item_id"].isin(items)]
     if languages:
         df = df[df["language"].isin(languages)]
     if pivot not in set(df["language"]):

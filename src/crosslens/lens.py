@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,12 +28,16 @@ from scipy.special import logsumexp
 from crosslens import __version__, metrics
 from crosslens.anatomy import paper_layers
 from crosslens.data import ParallelDataset
-from crosslens.evaluate import RECORDS, EvalOptions, fingerprint, label_fields
+from crosslens.evaluate import RECORDS, EvalOptions, data_fingerprint, label_fields
 from crosslens.models import LoadedModel
 from crosslens.prompts import Template, get_template, render
 from crosslens.scoring import LabelPlan, encode_continuation, label_plan, score_prompts
 from crosslens.stages import Stage, Unit, plan_units, run_stage
 from crosslens.store import Store
+
+if TYPE_CHECKING:
+    from crosslens.config import ExperimentConfig
+    from crosslens.runner import Job
 
 __all__ = ["LENS", "LensStage", "lens_stage", "run_lens", "summarize_lens", "lens_rank_records"]
 
@@ -46,15 +50,18 @@ class LensStage(Stage):
     """Lens records of one dataset: native, English and label scores read at every lens layer."""
 
     lm: LoadedModel
-    ds: ParallelDataset
-    layers: list[int]
     template: Template
     plan: LabelPlan
     opts: EvalOptions
     languages: list[str]
 
+    def digest(self, language: str, item_id: str) -> str:
+        """A lens row reads the item's English answers too: both items' content counts."""
+        own = self.ds.item(language, item_id).digest
+        return f"{own}+{self.ds.item(self.ds.pivot, item_id).digest}" if language != self.ds.pivot else own
+
     def rows(self, unit: Unit) -> pd.DataFrame:
-        tok, ds, opts = self.lm.tokenizer, self.ds, self.opts
+        tok, ds, opts, layers = self.lm.tokenizer, self.ds, self.opts, list(unit.settings)
         items = [ds.item(unit.language, i) for i in unit.item_ids]
         prompts = [render(it, self.template) for it in items]
         pids = [tok(p).input_ids for p in prompts]
@@ -65,12 +72,12 @@ class LensStage(Stage):
         labels = [self.plan.for_n(len(it.choices)) for it in items]
         rows: list[dict[str, Any]] = []
         for i, sc in score_prompts(
-            self.lm, pids, self.layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements
+            self.lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements
         ):
             it = items[i]
             n = len(it.choices)
             base = {"dataset": ds.name, "language": it.language, "item_id": it.item_id, "gold": it.gold}
-            for layer in self.layers:
+            for layer in layers:
                 texts = sc.text_logprobs[layer]
                 for form, chunk in (("native", texts[:n]), ("en", texts[n:])):
                     rows += [
@@ -91,7 +98,7 @@ class LensStage(Stage):
         return pd.DataFrame(rows)
 
     def summarize(self) -> dict[str, Any]:
-        return summarize_lens(self.store, self.ds.pivot, self.languages)
+        return summarize_lens(self.store, self.ds.pivot, self.languages, lens=self.read())
 
 
 def lens_stage(
@@ -123,19 +130,26 @@ def lens_stage(
         "skipped_no_pivot": len(missing_pivot),
     }
     return LensStage(
+        ds=ds,
         table=LENS,
         store=Store(out),
-        fingerprint=fingerprint(lm, ds, template, plan, opts) | {"layers": layers},
+        fingerprint=data_fingerprint(lm, ds, template) | {"label_form": plan.form, "lens": "logit"},
         meta=meta,
-        units=plan_units(ds, languages, opts.chunk_size, exclude=missing_pivot),
+        units=plan_units(ds, languages, opts.chunk_size, exclude=missing_pivot, settings=layers),
+        setting_columns=("layer",),
         lm=lm,
-        ds=ds,
-        layers=layers,
         template=template,
         plan=plan,
         opts=opts,
         languages=languages,
     )
+
+
+def job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, out: Path) -> LensStage:
+    """The lens of one model x dataset of an experiment (registry builder)."""
+    layers = config.lens_layers(lm.anatomy.n_layers)
+    ds = job.data
+    return lens_stage(lm, ds, out, ds.languages, layers, config.eval_options(job.index), config.seed)
 
 
 def run_lens(
@@ -174,9 +188,17 @@ def lens_rank_records(lens: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | None = None) -> dict[str, Any]:
-    """Latent accuracy, log ratios, latent consistency/transfer and Table 2; writes lens_summary.json."""
-    lens = store.read(LENS)
+def summarize_lens(
+    store: Store,
+    pivot: str | None,
+    languages: Sequence[str] | None = None,
+    lens: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Latent accuracy, log ratios, latent consistency/transfer and Table 2; writes lens_summary.json.
+
+    ``lens``: the rows to summarise (default: every row of the folder's lens table).
+    """
+    lens = store.read(LENS) if lens is None else lens
     if lens.empty:
         raise ValueError(f"{store.root} has no lens records")
     if languages:
@@ -225,7 +247,9 @@ def summarize_lens(store: Store, pivot: str | None, languages: Sequence[str] | N
             for lang in non_pivot
         },
     }
-    summary["table2"] = _table2(store, str(lens["dataset"].iat[0]), summary["mean_log_ratio"], pivot)
+    summary["table2"] = _table2(
+        store, str(lens["dataset"].iat[0]), summary["mean_log_ratio"], pivot, set(lens["item_id"])
+    )
     store.write_json("lens_summary.json", metrics.to_jsonable(summary))
     return summary
 
@@ -241,16 +265,18 @@ def _across(values: pd.Series) -> dict[str, Any]:
 
 
 def _table2(
-    store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot: str | None
+    store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot: str | None, items: set[str]
 ) -> dict[str, Any] | None:
     """Correlate per-language mean log ratio with the evaluation's accuracy, consistency and →tr+.
 
-    Reuses ``summary.json`` / ``records/`` of the same folder; absent records give ``None``.
+    Reads the ``records/`` of the same folder for the lens's own items; absent records give ``None``.
     """
     if not store.has_rows(RECORDS):
         return None
     records = store.read(RECORDS)
-    records = records[records["dataset"] == dataset]
+    records = records[(records["dataset"] == dataset) & records["item_id"].isin(items)]
+    if records.empty:
+        return None
     if pivot not in set(records["language"]):
         pivot = None
     s = metrics.summarize(records, pivot=pivot, n_boot=0)

@@ -21,19 +21,28 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from crosslens.anatomy import Anatomy, family_for
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "ALIASES", "cache_root", "resolve_dtype"]
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelSpec",
+    "load_model",
+    "ALIASES",
+    "cache_root",
+    "resolve_dtype",
+]
 
 
 class ModelLoadError(RuntimeError):
@@ -187,40 +196,83 @@ def convert_gguf(path: Path) -> Path:
     return target
 
 
-def _is_pathlike(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec).expanduser().exists())
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def _resolve(spec: str) -> tuple[str, str, dict[str, str]]:
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model spec names, decided in one place (loading, config checks and folder names agree).
+
+    ``kind`` is ``alias`` (a built-in name), ``gguf`` (``gguf:PATH``), ``local`` (a folder: a path
+    that exists, or one written as a path with ``.``, ``/`` or ``~``), ``hub`` (``org/name``,
+    optionally ``@revision``) or ``name`` (anything else: only the name of a model passed in
+    already loaded, as notebooks and tests do; loading it is an error, see :meth:`unknown`). An
+    existing folder wins over a Hub id of the same spelling, as in transformers.
+    """
+
+    text: str
+    kind: Literal["alias", "gguf", "local", "hub", "name"]
+    location: str  # alias name, GGUF file, folder, or Hub id without the revision
+    revision: str | None = None  # Hub revision after '@'
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """Classify ``text`` (a ``gguf:`` without a path is one :class:`ModelLoadError` line)."""
+        if text in ALIASES:
+            return cls(text, "alias", text)
+        if text.startswith("gguf:"):
+            if not text[5:]:
+                raise ModelLoadError("model spec 'gguf:' names no file (use gguf:PATH)")
+            return cls(text, "gguf", str(Path(text[5:]).expanduser()))
+        path = Path(text).expanduser()
+        if text.startswith((".", "/", "~")) or path.exists():
+            return cls(text, "local", str(path))
+        name, _, revision = text.partition("@")
+        if HUB_ID.fullmatch(name) and (revision or "@" not in text):
+            return cls(text, "hub", name, revision or None)
+        return cls(text, "name", text)
+
+    def unknown(self) -> ModelLoadError:
+        """The error for a spec that names nothing loadable, with the closest alias as a hint."""
+        close = difflib.get_close_matches(self.text, list(ALIASES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return ModelLoadError(
+            f"unknown model spec '{self.text}'{hint}: use an alias ({', '.join(ALIASES)}), gguf:PATH, "
+            "a local folder or a Hub id org/name[@revision]"
+        )
+
+    @property
+    def slug(self) -> str:
+        """Folder name for results: a Hub id keeps its org (``google--gemma-2-2b``), a path its name."""
+        if self.kind == "gguf":
+            name = Path(self.location).stem
+        elif self.kind == "local":
+            name = Path(self.location).resolve().name
+        else:
+            name = self.text.replace("/", "--")
+        return re.sub(r"[^A-Za-z0-9_.@-]+", "-", name).strip("-.") or "model"
+
+
+def _resolve(spec: ModelSpec) -> tuple[str, str, dict[str, str]]:
     """spec -> (what to pass to from_pretrained, revision/hash, provenance fields)."""
-    if spec in ALIASES:
-        gguf_path = ALIASES[spec]()
+    if spec.kind in ("alias", "gguf"):
+        gguf_path = ALIASES[spec.location]() if spec.kind == "alias" else Path(spec.location)
         folder = convert_gguf(gguf_path)
         meta = json.loads((folder / "crosslens.json").read_text())
         return str(folder), f"sha256:{meta['sha256']}", {"gguf": str(gguf_path), "cache": str(folder)}
-    if spec.startswith("gguf:"):
-        gguf_path = Path(spec[5:]).expanduser()
-        folder = convert_gguf(gguf_path)
-        meta = json.loads((folder / "crosslens.json").read_text())
-        return str(folder), f"sha256:{meta['sha256']}", {"gguf": str(gguf_path), "cache": str(folder)}
-    if _is_pathlike(spec):
-        folder = Path(spec).expanduser()
+    if spec.kind == "local":
+        folder = Path(spec.location)
         if not folder.is_dir():
-            raise ModelLoadError(f"model path does not exist or is not a folder: {spec}")
+            raise ModelLoadError(f"model path does not exist or is not a folder: {spec.text}")
         if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"model folder has no config.json: {spec}")
+            raise ModelLoadError(f"model folder has no config.json: {spec.text}")
         digest = hashlib.sha256((folder / "config.json").read_bytes())
         for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
             digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
         return str(folder), f"local:{digest.hexdigest()[:16]}", {}
-    if "/" in spec:
-        return spec, "", {}  # Hub id; the revision is read from the loaded config
-    close = difflib.get_close_matches(spec, list(ALIASES), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ModelLoadError(
-        f"unknown model spec '{spec}'{hint}: use an alias ({', '.join(ALIASES)}), gguf:PATH, "
-        "a local folder or a Hub id org/name"
-    )
+    if spec.kind == "name":
+        raise spec.unknown()
+    return spec.location, "", {}  # Hub id; the revision is read from the loaded config
 
 
 def load_model(
@@ -239,10 +291,9 @@ def load_model(
 
     start = time.perf_counter()
     torch_dtype = resolve_dtype(dtype)
-    source, revision, provenance = _resolve(spec)
-    hub_revision = None
-    if "@" in source and not Path(source).exists():
-        source, hub_revision = source.split("@", 1)
+    parsed = ModelSpec.parse(spec)
+    source, revision, provenance = _resolve(parsed)
+    hub_revision = parsed.revision
     try:
         config = AutoConfig.from_pretrained(
             source, revision=hub_revision, trust_remote_code=trust_remote_code

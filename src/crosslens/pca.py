@@ -12,9 +12,10 @@ from __future__ import annotations
 import random
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,17 @@ from sklearn.decomposition import PCA
 from crosslens import __version__
 from crosslens.activations import Activations, collect_activations
 from crosslens.data import ParallelDataset
+from crosslens.evaluate import data_fingerprint
 from crosslens.models import LoadedModel
-from crosslens.prompts import get_template
-from crosslens.store import Store
+from crosslens.prompts import Template, get_template
+from crosslens.stages import Done, Stage, Unit, run_stage
+from crosslens.store import RunMismatchError, Store, describe_mismatch
 
-__all__ = ["project", "alignment", "is_latin", "script_of", "run_pca"]
+if TYPE_CHECKING:
+    from crosslens.config import ExperimentConfig
+    from crosslens.runner import Job
+
+__all__ = ["project", "alignment", "is_latin", "script_of", "PcaStage", "pca_stage", "pca_items", "run_pca"]
 
 
 def is_latin(text: str) -> bool:
@@ -87,6 +94,163 @@ def alignment(acts: Activations) -> dict[int, dict[str, Any]]:
     return out
 
 
+ACTIVATIONS_FILE = "activations.safetensors"
+PCA_TABLE = "pca"
+
+
+@dataclass(kw_only=True)
+class PcaStage(Stage):
+    """PCA as a stage: one unit (all languages jointly) whose settings are the layers.
+
+    The projection is joint over every language and item, so the languages and the sampled items
+    are part of the fingerprint (another set is another analysis, refused); more layers extend it.
+    Activations are an artefact of the stage, reused only when their own fingerprint matches.
+    """
+
+    lm: LoadedModel
+    template: Template
+    languages: list[str]
+    layers: list[int]
+    chosen: list[str]
+    seed: int
+    batch_size: int
+    _acts: Activations | None = field(default=None, init=False, repr=False)
+
+    @property
+    def activations_path(self) -> Path:
+        return self.store.root / ACTIVATIONS_FILE
+
+    def digest(self, language: str, item_id: str) -> str:
+        """The projection reads the item in every language: all of them count."""
+        return "+".join(self.ds.item(lang, item_id).digest for lang in self.languages)
+
+    def activations_fingerprint(self) -> dict[str, Any]:
+        return self.fingerprint | {"item_digests": [self.digest("*", i) for i in self.chosen]}
+
+    def _saved(self) -> Activations | None:
+        """The activations on disk, refused (one line) unless made for exactly this stage's inputs."""
+        path = self.activations_path
+        if not path.is_file():
+            return None
+        acts = Activations.load(path)
+        if acts.fingerprint != self.activations_fingerprint():
+            old = acts.fingerprint or {}
+            raise RunMismatchError(
+                f"{path} holds activations made with different settings "
+                f"({describe_mismatch(old, self.activations_fingerprint()) or 'no fingerprint'}); "
+                "use another --out folder or delete it"
+            )
+        return acts
+
+    def check(self) -> Done:
+        done = super().check()
+        self._saved()
+        return done
+
+    def activations(self, layers: Sequence[int]) -> Activations:
+        """Activations at ``layers``: the saved ones, plus any missing layer collected and saved."""
+        acts = self._acts or self._saved()
+        missing = [layer for layer in layers if acts is None or layer not in acts.states]
+        if missing:
+            new = collect_activations(
+                self.lm, self.ds, self.languages, missing, self.chosen, self.template, self.batch_size
+            )
+            states = {**(acts.states if acts else {}), **new.states}
+            acts = Activations(
+                sorted(states), self.languages, self.chosen, states, self.activations_fingerprint()
+            )
+            acts.save(self.activations_path)
+        self._acts = acts
+        return acts
+
+    def rows(self, unit: Unit) -> pd.DataFrame:
+        acts = self.activations(list(unit.settings))
+        proj = project(acts.only(list(unit.settings)), self.seed)
+        scripts = {
+            lang: script_of(lang, self.ds.item(lang, self.chosen[0]).question) for lang in self.languages
+        }
+        proj["script"] = proj["language"].map(scripts)
+        return proj
+
+    def summarize(self) -> dict[str, Any]:
+        from crosslens.figures import pca_figure
+
+        proj = self.read()
+        figure = pca_figure(proj, self.store.root / "fig3_pca.png", title=f"{self.lm.spec} — {self.ds.name}")
+        summary = {
+            "layers": self.layers,
+            "languages": self.languages,
+            "n_items": len(self.chosen),
+            "alignment": alignment(self.activations(self.layers).only(self.layers)),
+            "figure": str(figure),
+        }
+        self.store.write_json("pca_summary.json", summary)
+        return summary
+
+
+def pca_items(ds: ParallelDataset, n_items: int, seed: int) -> list[str]:
+    """The seeded sample of parallel items PCA projects (all of them when there are fewer)."""
+    ids = ds.item_ids()
+    return sorted(random.Random(seed).sample(ids, n_items)) if n_items < len(ids) else ids
+
+
+def pca_stage(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    layers: Sequence[int],
+    n_items: int = 50,
+    template: str | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> PcaStage:
+    """PCA of ``lm`` on ``ds`` into ``out``, planned but not run."""
+    if n_items < 2:
+        raise ValueError(f"--n-items must be >= 2 (a projection needs two points), got {n_items}")
+    layers = lm.anatomy.check_layers(layers)
+    if 0 in layers:
+        raise ValueError("PCA layers start at 1 (layer 0 is the embeddings output)")
+    tmpl = get_template(template or ds.template)
+    chosen = pca_items(ds, n_items, seed)
+    if len(chosen) < 2:
+        raise ValueError(f"PCA needs at least 2 aligned items; {ds.name} has {len(chosen)}")
+    languages = list(ds.languages)
+    fp = data_fingerprint(lm, ds, tmpl) | {"languages": languages, "items": chosen, "seed": seed}
+    meta = {
+        "model": lm.describe(),
+        "languages": languages,
+        "layers": layers,
+        "n_items": len(chosen),
+        "command": " ".join(sys.argv),
+        "crosslens_version": __version__,
+    }
+    return PcaStage(
+        ds=ds,
+        table=PCA_TABLE,
+        store=Store(out),
+        fingerprint=fp,
+        meta=meta,
+        units=[Unit(ds.name, "*", 0, tuple(chosen), tuple(layers))],
+        setting_columns=("layer",),
+        lm=lm,
+        template=tmpl,
+        languages=languages,
+        layers=layers,
+        chosen=chosen,
+        seed=seed,
+        batch_size=batch_size,
+    )
+
+
+def job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, out: Path) -> PcaStage:
+    """PCA of one model x dataset of an experiment (registry builder): the lens layers above 0."""
+    layers = [layer for layer in config.lens_layers(lm.anatomy.n_layers) if layer > 0]
+    opts = config.eval_options(job.index)
+    return pca_stage(
+        lm, job.data, out, layers, config.pca.n_items, opts.template, opts.batch_size, config.seed
+    )
+
+
 def run_pca(
     lm: LoadedModel,
     ds: ParallelDataset,
@@ -96,50 +260,10 @@ def run_pca(
     template: str | None = None,
     batch_size: int = 8,
     seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Collect activations of ``n_items`` seeded parallel items, project, measure alignment, draw.
 
-    Writes ``activations.safetensors``, ``pca.parquet``, ``pca_summary.json`` and ``fig3_pca.png``.
-    The activations are reused when the file already holds the same items and layers.
+    Writes ``activations.safetensors``, the ``pca/`` table, ``pca_summary.json`` and ``fig3_pca.png``.
     """
-    from crosslens.figures import pca_figure
-
-    store = Store(out)
-    store.begin(
-        "pca",
-        {
-            "model": lm.spec,
-            "revision": lm.revision,
-            "dataset": ds.name,
-            "n_items": n_items,
-            "seed": seed,
-            "layers": list(layers),
-        },
-        {"languages": ds.languages, "command": " ".join(sys.argv), "crosslens_version": __version__},
-    )
-    ids = ds.item_ids()
-    chosen = sorted(random.Random(seed).sample(ids, n_items)) if n_items < len(ids) else ids
-    layers = lm.anatomy.check_layers(layers)
-    path = store.root / "activations.safetensors"
-    acts = Activations.load(path) if path.is_file() else None
-    if acts is None or acts.item_ids != chosen or acts.layers != layers or acts.languages != ds.languages:
-        acts = collect_activations(
-            lm, ds, ds.languages, layers, chosen, get_template(template or ds.template), batch_size
-        )
-        acts.save(path, {"model": lm.spec, "revision": lm.revision, "dataset": ds.name})
-    proj = project(acts, seed)
-    proj["script"] = proj["language"].map(
-        {lang: script_of(lang, ds.item(lang, chosen[0]).question) for lang in ds.languages}
-    )
-    store.root.mkdir(parents=True, exist_ok=True)
-    proj.to_parquet(store.root / "pca.parquet", index=False)
-    figure = pca_figure(proj, store.root / "fig3_pca.png", title=f"{lm.spec} — {ds.name}")
-    summary = {
-        "layers": layers,
-        "languages": ds.languages,
-        "n_items": len(chosen),
-        "alignment": alignment(acts),
-        "figure": str(figure),
-    }
-    store.write_json("pca_summary.json", summary)
-    return summary
+    return run_stage(pca_stage(lm, ds, out, layers, n_items, template, batch_size, seed), progress)

@@ -1,7 +1,7 @@
 """The Ray backend of ``crosslens run``: the experiment's units as tasks on a Ray cluster.
 
 Work is cut exactly as by the local backend (:mod:`crosslens.stages`): per model x dataset, the
-evaluation, lens and steering units (a language x a fixed chunk of item ids) and one PCA task.
+units of every enabled stage of the registry (a language x a fixed chunk of item ids; PCA is one).
 Each model gets ``ray.workers_per_model`` actors (:class:`ModelWorker`) that load it once, with the
 CPU / GPU request of ``ray.num_cpus`` / ``ray.num_gpus``; the driver hands each free actor of a model
 the next unit of that model, so every unit of a model runs where the model already is.
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from crosslens.config import ExperimentConfig, check_depth
 from crosslens.metrics import table1_line
-from crosslens.models import LoadedModel
-from crosslens.stages import Stage
+from crosslens.models import LoadedModel, ModelSpec
+from crosslens.stages import STAGES, Stage
 
 if TYPE_CHECKING:
     from crosslens.runner import Job
@@ -81,24 +81,18 @@ class ModelWorker:
         return self._stages[job][key]
 
     def plan(self, job: int, key: str) -> list[tuple[str, int, bool]]:
-        """Record the stage's fingerprint (building steering vectors once); list (unit, items, to do)."""
+        """Check the folder and record the stage's fingerprint (building steering vectors or
+        activations once); list (unit, items, to do)."""
         stage = self._stage(job, key)
         with stage.store.lock(stage.table):
-            stage.begin()
-        todo = {u.name for u in stage.pending()}
-        return [(u.name, len(u.item_ids), u.name in todo) for u in stage.units]
+            done = stage.begin()
+        return [(u.name, len(u.item_ids), bool(stage.todo(u, done))) for u in stage.units]
 
     def run_unit(self, job: int, key: str, name: str) -> None:
         stage = self._stage(job, key)
         with stage.store.lock(stage.table, shared=True):
-            # A retried unit may already be on disk: its first worker died after the rename.
-            if name not in stage.store.done_units(stage.table):
-                stage.write(stage.unit(name))
-
-    def run_pca(self, job: int) -> None:
-        from crosslens.runner import job_pca
-
-        job_pca(self.config, self.lm, self.spec, self.jobs[job], self.config.output)
+            # Only what is missing now: a retried unit's first worker may have died after a rename.
+            stage.write(stage.unit(name))
 
     def summarize(self, job: int, keys: list[str]) -> dict[str, Any]:
         """Summaries from the tables alone, in stage order (the lens's Table 2 reads the records)."""
@@ -152,9 +146,7 @@ def run_on_ray(
         max_restarts=rc.max_retries,
         max_task_retries=rc.max_retries,
     )
-    keys = (
-        ["eval"] + (["lens"] if config.lens.enabled else []) + (["steer"] if config.steering_enabled else [])
-    )
+    keys = [d.key for d in STAGES if d.enabled(config)]
     actors: dict[str, list[Any]] = {}
     queues: dict[str, deque[_Call]] = {}
     try:
@@ -186,10 +178,8 @@ def _queue_job(
     say: Callable[[str], None],
 ) -> None:
     """Queue the plans (then units) of one model x dataset; its summary once nothing is left."""
-    from crosslens.runner import model_slug
-
-    name = f"{model_slug(spec)} · {job.data.name}"
-    left = {"n": len(keys) + (1 if config.pca.enabled else 0)}
+    name = f"{ModelSpec.parse(spec).slug} · {job.data.name}"
+    left = {"n": len(keys)}
 
     def finished(_: Any = None) -> None:
         left["n"] -= 1
@@ -224,13 +214,6 @@ def _queue_job(
 
     for key in keys:
         queue.append(_Call("plan", (job.index, key), f"{name} · {key} (plan)", planned(key)))
-    if config.pca.enabled:
-
-        def pca_done(_: Any) -> None:
-            advance(job.work(config)["pca"])
-            finished()
-
-        queue.append(_Call("run_pca", (job.index,), f"{name} · pca", pca_done))
 
 
 def _dispatch(

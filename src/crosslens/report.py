@@ -25,7 +25,8 @@ import pandas as pd
 import yaml
 
 from crosslens import __version__, figures
-from crosslens.store import atomic_write_text
+from crosslens.stages import STAGES
+from crosslens.store import Store, atomic_write_text
 
 __all__ = [
     "Table",
@@ -37,7 +38,7 @@ __all__ = [
     "SUMMARY_FILES",
 ]
 
-SUMMARY_FILES = ("summary.json", "lens_summary.json", "pca_summary.json", "steer_summary.json")
+SUMMARY_FILES = tuple(d.summary for d in STAGES)
 EXPERIMENT_FILE = "experiment.json"
 FIGURE_FILES = {
     "fig1": "fig1_transfer.png",
@@ -145,10 +146,23 @@ class ResultFolder:
     model: str
     dataset: str
     run: dict[str, Any]
-    summary: dict[str, Any] | None
-    lens: dict[str, Any] | None
-    pca: dict[str, Any] | None
-    steer: dict[str, Any] | None
+    summaries: dict[str, dict[str, Any] | None]  # stage key -> its summary (None: did not run here)
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        return self.summaries.get("eval")
+
+    @property
+    def lens(self) -> dict[str, Any] | None:
+        return self.summaries.get("lens")
+
+    @property
+    def pca(self) -> dict[str, Any] | None:
+        return self.summaries.get("pca")
+
+    @property
+    def steer(self) -> dict[str, Any] | None:
+        return self.summaries.get("steer")
 
     @classmethod
     def read(cls, path: Path, root: Path) -> ResultFolder:
@@ -164,22 +178,13 @@ class ResultFolder:
             (s["model"]["spec"] for s in stages.values() if isinstance(s.get("model"), dict)),
             parts[-2] if len(parts) >= 2 else path.name,
         )
-        summary = load("summary.json")
+        summaries = {d.key: load(d.summary) for d in STAGES}
+        summary = summaries["eval"]
         dataset = next(
             (s["fingerprint"]["dataset"] for s in stages.values() if "dataset" in s.get("fingerprint", {})),
             (summary or {}).get("dataset") or (parts[-1] if parts else path.name),
         )
-        return cls(
-            path,
-            rel,
-            model,
-            dataset,
-            run,
-            summary,
-            load("lens_summary.json"),
-            load("pca_summary.json"),
-            load("steer_summary.json"),
-        )
+        return cls(path, rel, model, dataset, run, summaries)
 
     @property
     def anchor(self) -> str:
@@ -361,7 +366,7 @@ def _meta_table(r: ResultFolder) -> Table:
     model = first.get("model") or {}
     fp = first.get("fingerprint", {})
     labels = rec.get("label_tokens") or {}
-    lens_fp, steer_fp = lens.get("fingerprint", {}), steer.get("fingerprint", {})
+
     rows = [
         ("model", model.get("spec", r.model)),
         ("revision", model.get("revision", fp.get("revision"))),
@@ -396,21 +401,25 @@ def _meta_table(r: ResultFolder) -> Table:
         (
             "batching",
             f"batch size {rec.get('batch_size', '–')}, padding {rec.get('padding_side', '–')}, "
-            f"chunk size {fp.get('chunk_size', '–')}"
+            f"chunk size {rec.get('chunk_size', '–')}"
             if rec
             else None,
         ),
-        ("evaluated items", f"all; {rec.get('excluded_items', 0)} excluded" if rec else None),
-        ("lens layers", ", ".join(map(str, lens_fp["layers"])) if "layers" in lens_fp else None),
+        (
+            "evaluated items",
+            f"{rec.get('n_items', '?')}; {rec.get('excluded_items', 0)} excluded" if rec else None,
+        ),
+        ("data source", fp.get("data_source")),
+        ("lens layers", ", ".join(map(str, lens["layers"])) if "layers" in lens else None),
         (
             "PCA",
             f"{r.pca['n_items']} items, layers {', '.join(map(str, r.pca['layers']))}" if r.pca else None,
         ),
         (
             "steering",
-            f"layers {steer_fp.get('layers')}, γ {steer_fp.get('gammas')}, vectors from "
-            f"{steer_fp.get('n_vectors')} held-out items (seed {steer_fp.get('seed')})"
-            if steer_fp
+            f"layers {steer.get('layers')}, γ {steer.get('gammas')}, vectors from "
+            f"{steer.get('n_vectors')} held-out items (seed {steer.get('seed')})"
+            if steer
             else None,
         ),
         (
@@ -449,8 +458,9 @@ def draw_figures(r: ResultFolder) -> dict[str, Path]:
             r.lens, r.path / FIGURE_FILES["fig2"], title, chance=_chance(r.path)
         )
     scripts: dict[str, str] = {}
-    if (r.path / "pca.parquet").is_file():
-        proj = pd.read_parquet(r.path / "pca.parquet")
+    if r.pca:
+        proj = Store(r.path).read("pca")
+        proj = proj[proj["layer"].isin(r.pca["layers"])]
         out["fig3"] = figures.pca_figure(proj, r.path / FIGURE_FILES["fig3"], title)
         if "script" in proj:
             scripts = proj.drop_duplicates("language").set_index("language")["script"].to_dict()
@@ -573,15 +583,7 @@ def write_report(root: str | Path) -> Path:
         if cmds:
             h.append("<h3>Command lines</h3><pre>" + e("\n".join(cmds)) + "</pre>")
             md += ["Command lines:", "", "```", *cmds, "```", ""]
-        order = [
-            ("meta", None),
-            ("languages", "fig1"),
-            ("lens", "fig2"),
-            ("pca", "fig3"),
-            ("steer", "fig4"),
-            (None, "fig5"),
-        ]
-        for tkey, fkey in order:
+        for tkey, fkey in (pair for d in STAGES for pair in d.report):
             if tkey in ftables:
                 h.append(ftables[tkey].html())
                 md.append(ftables[tkey].markdown())

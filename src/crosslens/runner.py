@@ -1,28 +1,27 @@
 """Run a whole experiment from a config: every model x dataset through every stage, then the report.
 
-For each model (loaded once) and dataset, into ``<output>/<model-slug>/<dataset>/``:
-evaluation (all items) -> logit lens -> steering (its vector items held out inside
-:func:`~crosslens.steering.steer_stage`) -> PCA -> figures and the report of the whole output root.
-The ``ray`` backend (:mod:`crosslens.ray_runner`) runs the same stages' units on a Ray cluster.
+For each model (loaded once) and dataset, into ``<output>/<model-slug>/<dataset>/``: every stage
+of :data:`~crosslens.stages.STAGES` the config enables, in registry order (evaluation, lens, PCA,
+steering with its vector items held out), then the report of the whole output root. The ``ray``
+backend (:mod:`crosslens.ray_runner`) runs the same stages' units on a Ray cluster.
 
-Resuming is the stages' own: each skips the units already on disk, PCA reuses its activations
-and steering its vectors, so re-running a finished experiment recomputes only the summaries (from
-the same rows, hence identical) and a run killed at any moment continues where it stopped. All
-stages report into one progress bar.
+Before any stage of a model x dataset writes anything, every stage checks the folder (shards,
+activations, vectors) against its fingerprint and the data, so a mismatch is refused with nothing
+written. Resuming is the stages' own: each computes only what is missing, so re-running a
+finished experiment recomputes only the summaries (from the same rows, hence identical) and a run
+killed at any moment continues where it stopped. All stages report into one progress bar.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -37,14 +36,10 @@ from rich.progress import (
 from crosslens import __version__
 from crosslens.config import ConfigError, ExperimentConfig, check_depth, load_config
 from crosslens.data import ParallelDataset, load_dataset
-from crosslens.evaluate import EvalOptions, eval_stage
-from crosslens.lens import lens_stage
 from crosslens.metrics import table1_line
-from crosslens.models import LoadedModel
-from crosslens.pca import run_pca
+from crosslens.models import LoadedModel, ModelSpec
 from crosslens.report import EXPERIMENT_FILE, write_report
-from crosslens.stages import Stage, run_stage
-from crosslens.steering import steer_stage
+from crosslens.stages import STAGES, Stage, run_stage
 from crosslens.store import Store, atomic_write_text
 
 __all__ = [
@@ -52,25 +47,13 @@ __all__ = [
     "Job",
     "load_jobs",
     "job_stages",
-    "job_pca",
-    "model_slug",
+    "job_folder",
     "demo_config_path",
     "BACKENDS",
 ]
 
 BACKENDS = ("local", "ray")
 EXPERIMENT = "experiment"  # the lock one run holds on its output root
-
-
-def model_slug(spec: str) -> str:
-    """Folder name for a model spec: a Hub id keeps its org (``google--gemma-2-2b``), a path its name."""
-    if spec.startswith("gguf:"):
-        name = Path(spec[5:]).stem
-    elif spec.startswith((".", "/", "~")) or Path(spec).expanduser().is_dir():
-        name = Path(spec).expanduser().resolve().name
-    else:
-        name = spec.replace("/", "--")
-    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", name).strip("-.") or "model"
 
 
 def demo_config_path() -> Path:
@@ -88,22 +71,23 @@ class Job:
     data: ParallelDataset
 
     def work(self, config: ExperimentConfig) -> dict[str, int]:
-        n, n_lang = len(self.data), len(self.data.languages)
-        work = {"eval": n * n_lang}
-        if config.lens.enabled:
-            work["lens"] = n * n_lang
-        if config.pca.enabled:
-            work["pca"] = min(config.pca.n_items, n) * n_lang
-        if config.steering_enabled:
-            work["steer"] = (n - config.steering.n_vectors) * n_lang
-        return work
+        """Items each enabled stage will go through (for one model), by stage key."""
+        return {d.key: d.work(config, self) for d in STAGES if d.enabled(config)}
 
 
 def load_jobs(config: ExperimentConfig, source: str) -> list[Job]:
     """Load every dataset (English pivot always evaluated) and check it suits the stages asked for."""
     jobs = []
     for i, d in enumerate(config.datasets):
-        ds = load_dataset(d.name, d.languages, data_dir=d.data_dir, split=d.split).limit(d.limit)
+        ds = load_dataset(
+            d.name,
+            d.languages,
+            data_dir=d.data_dir,
+            split=d.split,
+            strict=d.strict,
+            pivot_file=d.pivot_file,
+            pivot=d.pivot,
+        ).limit(d.limit)
         where = f"{source}: datasets[{i}]"
         if ds.pivot is not None and ds.pivot not in ds.languages:
             # Every cross-lingual view is anchored on English, so it is evaluated like any language.
@@ -142,40 +126,24 @@ def _display(
         yield (lambda what: bar.update(task, description=what)), (lambda n: bar.advance(task, n)), bar.console
 
 
+def job_folder(root: Path, spec: str, job: Job) -> Path:
+    """``<root>/<model-slug>/<dataset>``: where one model x dataset writes."""
+    return root / ModelSpec.parse(spec).slug / job.data.name
+
+
 def job_stages(
     config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, root: Path
 ) -> dict[str, Stage]:
-    """The unit-shaped stages of one model x dataset, in the order they run (PCA is not unit-shaped)."""
-    ds, dcfg = job.data, config.datasets[job.index]
-    out = root / model_slug(spec) / ds.name
-    layers = config.lens_layers(lm.anatomy.n_layers)
-    opts = EvalOptions(
-        template=dcfg.template, batch_size=config.resolved_batch_size(), chunk_size=config.chunk_size
-    )
-    stages: dict[str, Stage] = {"eval": eval_stage(lm, ds, out, ds.languages, opts=opts, seed=config.seed)}
-    if config.lens.enabled:
-        stages["lens"] = lens_stage(lm, ds, out, ds.languages, layers=layers, opts=opts, seed=config.seed)
-    if config.steering_enabled:
-        s = config.steering
-        stages["steer"] = steer_stage(
-            lm, ds, out, ds.languages, s.layers_for(spec), s.gammas, s.n_vectors, config.seed, opts
-        )
+    """The enabled stages of one model x dataset, planned and checked against the folder.
+
+    Every stage is checked (shards, activations, vectors; nothing is written) before any runs, so
+    a folder holding something this run must not reuse is refused before the first write.
+    """
+    out = job_folder(root, spec, job)
+    stages = {d.key: d.build(config, lm, spec, job, out) for d in STAGES if d.enabled(config)}
+    for stage in stages.values():
+        stage.check()
     return stages
-
-
-def job_pca(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, root: Path) -> dict[str, Any]:
-    """PCA of one model x dataset (one piece of work: a few items' activations, then projections)."""
-    layers = config.lens_layers(lm.anatomy.n_layers)
-    return run_pca(
-        lm,
-        job.data,
-        root / model_slug(spec) / job.data.name,
-        layers=[layer for layer in layers if layer > 0],
-        n_items=config.pca.n_items,
-        template=config.datasets[job.index].template,
-        batch_size=config.resolved_batch_size(),
-        seed=config.seed,
-    )
 
 
 def _write_experiment(config: ExperimentConfig, root: Path, backend: str) -> None:
@@ -220,11 +188,10 @@ def run_experiment(
     if not isinstance(config, ExperimentConfig):
         source = str(config)
         config = load_config(config)
-    slugs = {model_slug(spec): spec for spec in config.models}
-    if len(slugs) != len(config.models):
+    slugs = [ModelSpec.parse(spec).slug for spec in config.models]
+    if len(set(slugs)) != len(slugs):
         raise ConfigError(
-            f"{source}: models: two specs share an output folder name "
-            f"({', '.join(model_slug(s) for s in config.models)}); rename one folder"
+            f"{source}: models: two specs share an output folder name ({', '.join(slugs)}); rename one folder"
         )
     jobs = load_jobs(config, source)
     root = config.output
@@ -262,15 +229,11 @@ def _run_local(
         lm = (models or {}).get(spec) or config.load(spec)
         check_depth(config, spec, lm.anatomy.n_layers, source)
         for job in jobs:
-            name = f"{model_slug(spec)} · {job.data.name}"
+            name = f"{ModelSpec.parse(spec).slug} · {job.data.name}"
             summaries = {}
             for key, stage in job_stages(config, lm, spec, job, config.output).items():
                 step(f"{name} · {key}")
                 summaries[key] = run_stage(stage, advance)
-            if config.pca.enabled:
-                step(f"{name} · pca")
-                job_pca(config, lm, spec, job, config.output)
-                advance(job.work(config)["pca"])
             say(f"{name}: {table1_line(summaries['eval'])}")
         del lm
         gc.collect()

@@ -12,12 +12,15 @@ settings costs about one prompt pass plus G one-token passes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,13 +31,17 @@ from crosslens import __version__, metrics
 from crosslens.activations import collect_activations
 from crosslens.anatomy import Anatomy, _block_output
 from crosslens.data import ParallelDataset
-from crosslens.evaluate import EvalOptions, fingerprint, label_fields
+from crosslens.evaluate import EvalOptions, data_fingerprint, label_fields
 from crosslens.models import LoadedModel
 from crosslens.passes import continuation_pass, length_batches, prompt_pass
 from crosslens.prompts import Template, get_template, render
 from crosslens.scoring import LabelPlan, label_plan
-from crosslens.stages import Stage, Unit, plan_units, run_stage
-from crosslens.store import Store
+from crosslens.stages import Done, Stage, Unit, plan_units, run_stage
+from crosslens.store import RunMismatchError, Store, describe_mismatch
+
+if TYPE_CHECKING:
+    from crosslens.config import ExperimentConfig
+    from crosslens.runner import Job
 
 __all__ = [
     "SteeringVectors",
@@ -62,19 +69,32 @@ def sample_vector_items(item_ids: Sequence[str], n: int, seed: int) -> list[str]
     return sorted(random.Random(seed).sample(list(item_ids), n))
 
 
+def items_digest(ds: ParallelDataset, language: str, item_ids: Sequence[str]) -> str:
+    """One content digest of ``item_ids`` in ``language`` (what a vector's mean is taken over)."""
+    text = "\n".join(ds.item(language, i).digest for i in item_ids)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass
 class SteeringVectors:
-    """v[language][layer] (float32, d_model) with the provenance needed to reuse them safely."""
+    """v[language][layer] (float32, d_model) with the provenance needed to reuse them safely.
+
+    ``fingerprint`` names the model, data source, prompt template and vector items; ``digests``
+    maps each language to the content digest of its vector items (v_m reads language m and the
+    pivot). Both are stored inside the safetensors file.
+    """
 
     vectors: dict[str, dict[int, torch.Tensor]]
-    meta: dict[str, Any]
+    fingerprint: dict[str, Any]
+    digests: dict[str, str]
 
     def get(self, language: str, layer: int) -> torch.Tensor:
         return self.vectors[language][layer]
 
-    def save(self, path: str | Path) -> None:
-        import json
+    def has(self, language: str, layer: int) -> bool:
+        return layer in self.vectors.get(language, {})
 
+    def save(self, path: str | Path) -> None:
         tensors = {
             f"{lang}/layer_{layer}": v.contiguous()
             for lang, per in self.vectors.items()
@@ -83,22 +103,39 @@ class SteeringVectors:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in self.meta.items()})
+        meta = {"fingerprint": json.dumps(self.fingerprint), "digests": json.dumps(self.digests)}
+        save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVectors:
-        import json
-
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:
-            meta = {k: json.loads(v) for k, v in fh.metadata().items()}
+            meta = fh.metadata() or {}
+        if "fingerprint" not in meta or "digests" not in meta:
+            raise RunMismatchError(
+                f"{path} has no fingerprint (written by an older crosslens); delete it or use another --out"
+            )
         vectors: dict[str, dict[int, torch.Tensor]] = {}
         for name, v in load_file(str(path)).items():
             lang, layer = name.rsplit("/layer_", 1)
             vectors.setdefault(lang, {})[int(layer)] = v
-        return cls(vectors, meta)
+        return cls(vectors, json.loads(meta["fingerprint"]), json.loads(meta["digests"]))
+
+    def check(self, path: Path, fingerprint: dict[str, Any], digests: dict[str, str]) -> None:
+        """Refuse vectors made for another model, prompt, data or item sample (one line)."""
+        if self.fingerprint != fingerprint:
+            raise RunMismatchError(
+                f"{path} holds steering vectors made with different settings "
+                f"({describe_mismatch(self.fingerprint, fingerprint)}); use another --out folder or delete it"
+            )
+        changed = sorted(m for m in self.digests if m in digests and self.digests[m] != digests[m])
+        if changed:
+            raise RunMismatchError(
+                f"{path} holds steering vectors built from different data for {', '.join(changed)} "
+                "(the vector items changed); use another --out folder or delete it"
+            )
 
 
 def build_vectors(
@@ -123,18 +160,17 @@ def build_vectors(
         }
         for m in langs
     }
-    meta = {
-        "model": lm.spec,
-        "revision": lm.revision,
-        "dataset": ds.name,
-        "layers": acts.layers,
-        "languages": langs,
-        "pivot": ds.pivot,
-        "n": len(item_ids),
-        "item_ids": list(item_ids),
-        "template": template.name,
-    }
-    return SteeringVectors(vectors, meta)
+    return SteeringVectors(
+        vectors,
+        vectors_fingerprint(lm, ds, template, item_ids),
+        {m: items_digest(ds, m, item_ids) for m in langs},
+    )
+
+
+def vectors_fingerprint(
+    lm: LoadedModel, ds: ParallelDataset, template: Template, item_ids: Sequence[str]
+) -> dict[str, Any]:
+    return data_fingerprint(lm, ds, template) | {"pivot": ds.pivot, "vector_items": list(item_ids)}
 
 
 @contextlib.contextmanager
@@ -252,47 +288,84 @@ class SteerStage(Stage):
     """Steering records of one dataset: every held-out item under every (layer, gamma) setting."""
 
     lm: LoadedModel
-    ds: ParallelDataset
     languages: list[str]  # the pivot first
     layers: list[int]
-    settings: list[tuple[int, float]]
     vector_items: list[str]
     template: Template
     plan: LabelPlan
     opts: EvalOptions
     _vectors: SteeringVectors | None = field(default=None, init=False, repr=False)
 
+    @property
+    def vectors_path(self) -> Path:
+        return self.store.root / VECTORS_FILE
+
+    @cached_property
+    def vector_digests(self) -> dict[str, str]:
+        return {m: items_digest(self.ds, m, self.vector_items) for m in self.languages}
+
+    def digest(self, language: str, item_id: str) -> str:
+        """A steered row depends on its item and on v_m, i.e. the vector items in m and the pivot."""
+        d = self.vector_digests
+        return f"{self.ds.item(language, item_id).digest}+{d[language]}+{d[self.ds.pivot]}"
+
+    def vectors_fingerprint(self) -> dict[str, Any]:
+        return vectors_fingerprint(self.lm, self.ds, self.template, self.vector_items)
+
+    def check(self) -> Done:
+        done = super().check()
+        if self.vectors_path.is_file():
+            SteeringVectors.load(self.vectors_path).check(
+                self.vectors_path, self.vectors_fingerprint(), self.vector_digests
+            )
+        return done
+
     def prepare(self) -> None:
-        """Build the vectors once (or reuse the saved ones made from the same items)."""
+        """Build the vectors once; on a rerun reuse the saved ones and build only missing ones."""
         self.vectors()
 
     def vectors(self) -> SteeringVectors:
-        if self._vectors is None:
-            path = self.store.root / VECTORS_FILE
-            if path.is_file() and SteeringVectors.load(path).meta.get("item_ids") == self.vector_items:
-                self._vectors = SteeringVectors.load(path)
-            else:
-                self._vectors = build_vectors(
-                    self.lm,
-                    self.ds,
-                    self.languages,
-                    self.layers,
-                    self.vector_items,
-                    self.opts.template,
-                    self.opts.batch_size,
-                )
-                self._vectors.save(path)
-        return self._vectors
+        """The saved vectors (checked), extended by any (language, layer) this run needs and lacks."""
+        if self._vectors is not None:
+            return self._vectors
+        path, digests = self.vectors_path, self.vector_digests
+        sv = None
+        if path.is_file():
+            sv = SteeringVectors.load(path)
+            sv.check(path, self.vectors_fingerprint(), digests)
+        langs = [m for m in self.languages if sv is None or any(not sv.has(m, x) for x in self.layers)]
+        if langs:
+            layers = [x for x in self.layers if sv is None or any(not sv.has(m, x) for m in langs)]
+            new = build_vectors(
+                self.lm,
+                self.ds,
+                [m for m in langs if m != self.ds.pivot],
+                layers,
+                self.vector_items,
+                self.opts.template,
+                self.opts.batch_size,
+            )
+            if sv is None:
+                sv = new
+            else:  # never replace a vector already on disk: rows may already have used it
+                for m, per in new.vectors.items():
+                    for layer, v in per.items():
+                        if not sv.has(m, layer):
+                            sv.vectors.setdefault(m, {})[layer] = v
+                sv.digests |= new.digests
+            sv.save(path)
+        self._vectors = sv
+        return sv
 
     def rows(self, unit: Unit) -> pd.DataFrame:
-        ds, layers, settings = self.ds, self.layers, self.settings
+        ds, settings = self.ds, list(unit.settings)
         items = [ds.item(unit.language, i) for i in unit.item_ids]
         pids = [self.lm.tokenizer(render(it, self.template)).input_ids for it in items]
         lids = [self.plan.for_n(len(it.choices)) for it in items]
         steered = unit.language != ds.pivot
         sv = self.vectors()
-        vecs = {layer: sv.get(unit.language, layer) for layer in layers}
-        unsteered = (layers[0], 0.0)
+        vecs = {layer: sv.get(unit.language, layer) for layer in {layer for layer, _ in settings}}
+        unsteered = (settings[0][0], 0.0)
         grid = steer_grid(
             self.lm, pids, lids, vecs, settings if steered else [unsteered], self.opts.batch_size
         )
@@ -315,7 +388,7 @@ class SteerStage(Stage):
         return pd.DataFrame(rows)
 
     def summarize(self) -> dict[str, Any]:
-        return summarize_steering(self.store, self.ds.pivot)
+        return summarize_steering(self.store, self.ds.pivot, self.read())
 
 
 def steer_stage(
@@ -342,12 +415,7 @@ def steer_stage(
     plan = label_plan(lm.tokenizer)
     vec_items = sample_vector_items(ds.item_ids(), n_vectors, seed)
     langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
-    fp = fingerprint(lm, ds, template, plan, opts) | {
-        "layers": layers,
-        "gammas": gammas,
-        "n_vectors": n_vectors,
-        "seed": seed,
-    }
+    fp = data_fingerprint(lm, ds, template) | {"label_form": plan.form, "vector_items": vec_items}
     meta = {
         "model": lm.describe(),
         "languages": langs,
@@ -355,23 +423,38 @@ def steer_stage(
         "crosslens_version": __version__,
         "command": " ".join(sys.argv),
         "pivot_rows": "evaluated unsteered (v_en->en = 0), repeated per setting",
+        "layers": layers,
+        "gammas": gammas,
+        "n_vectors": n_vectors,
+        "seed": seed,
     }
+    settings = [(layer, g) for layer in layers for g in gammas]
     return SteerStage(
+        ds=ds,
         table=STEER,
         store=Store(out),
         fingerprint=fp,
         meta=meta,
-        units=plan_units(ds, langs, opts.chunk_size, exclude=vec_items),
+        units=plan_units(ds, langs, opts.chunk_size, exclude=vec_items, settings=settings),
+        setting_columns=("layer", "gamma"),
         lm=lm,
-        ds=ds,
         languages=langs,
         layers=layers,
-        settings=[(layer, g) for layer in layers for g in gammas],
         vector_items=vec_items,
         template=template,
         plan=plan,
         opts=opts,
     )
+
+
+def job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, out: Path) -> SteerStage:
+    """Steering of one model x dataset of an experiment (registry builder)."""
+    s, ds = config.steering, job.data
+    assert s is not None  # the registry builds this stage only when steering is enabled
+    return steer_stage(
+        lm, ds, out, ds.languages, s.layers_for(spec), s.gammas, s.n_vectors, config.seed,
+        config.eval_options(job.index),
+    )  # fmt: skip
 
 
 def run_steering(
@@ -390,10 +473,13 @@ def run_steering(
     return run_stage(steer_stage(lm, ds, out, languages, layers, gammas, n_vectors, seed, opts), progress)
 
 
-def summarize_steering(store: Store, pivot: str) -> dict[str, Any]:
+def summarize_steering(store: Store, pivot: str, rows: pd.DataFrame | None = None) -> dict[str, Any]:
     """Per (layer, gamma): accuracy, consistency with English and tr+(en, m) per language, their
-    change against gamma = 0, and means with 95 % CIs across the steered languages (Figs. 4, 5, 7-11)."""
-    df = store.read(STEER)
+    change against gamma = 0, and means with 95 % CIs across the steered languages (Figs. 4, 5, 7-11).
+
+    ``rows``: the steering rows to summarise (default: every row of the folder's table).
+    """
+    df = store.read(STEER) if rows is None else rows
     if df.empty:
         raise ValueError(f"{store.root} has no steering records")
     per: dict[tuple[int, float], dict[str, dict[str, float]]] = {}

@@ -5,8 +5,14 @@ Layout of an output folder::
     run.json          provenance + one fingerprint per stage (model, revision, prompt, ...)
     records/          evaluation records  (one row per dataset x language x item)
     lens/             logit-lens records  (one row per language x item x layer x form x choice)
+    pca/              PCA projections     (one row per layer x language x item)
     steer/            steering records    (one row per layer x gamma x language x item)
+    *.safetensors     activations and steering vectors, each with its fingerprint inside
     *.json            summaries, recomputable from the tables
+
+Every shard carries its stage's fingerprint, its language, the content digest of each of its
+items and the settings (layers, gammas) it covers in its own Parquet metadata, so a folder is
+self-describing without run.json and nothing is reused unless it matches exactly.
 
 Work is cut into *units* (a fixed chunk of item ids of one dataset and language). A unit's rows
 are written to a temporary file and renamed into place, so a shard is either complete or absent:
@@ -25,13 +31,25 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-__all__ = ["Store", "RunMismatchError", "StoreBusyError", "unit_name", "atomic_write_text"]
+__all__ = [
+    "Store",
+    "RunMismatchError",
+    "StoreBusyError",
+    "unit_name",
+    "describe_mismatch",
+    "atomic_write_text",
+    "SHARD_META",
+]
+
+SHARD_META = b"crosslens"  # Parquet metadata key of a shard's provenance
 
 
 class RunMismatchError(RuntimeError):
@@ -46,10 +64,25 @@ def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", part)
 
 
-def unit_name(dataset: str, language: str, chunk: int, item_ids: list[str]) -> str:
-    """File name of one unit; it names the exact items, so a different chunking never collides."""
-    digest = hashlib.sha256("\n".join(item_ids).encode()).hexdigest()[:10]
+def unit_name(
+    dataset: str, language: str, chunk: int, item_ids: Sequence[str], settings: Sequence[Any] = ()
+) -> str:
+    """File name of one shard. Its hash covers the exact language code, items and settings, so a
+    different chunking, an extension, or two codes that differ only in punctuation never collide."""
+    key = json.dumps([language, list(item_ids), list(settings)], ensure_ascii=False)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return f"{_safe(dataset)}.{_safe(language)}.{chunk:05d}.{digest}.parquet"
+
+
+def describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``key: old -> new`` for every fingerprint key that differs (long values shortened)."""
+
+    def short(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in diff)
 
 
 _UMASK = os.umask(0)
@@ -87,10 +120,10 @@ class Store:
         return json.loads(self.run_path.read_text()) if self.run_path.is_file() else {}
 
     def begin(self, stage: str, fingerprint: dict[str, Any], meta: dict[str, Any]) -> None:
-        """Record (or check) the fingerprint of ``stage`` before any of its rows are written.
+        """Record the fingerprint and provenance of ``stage`` in run.json (after the stage's checks).
 
-        A folder that already holds rows of this stage made with another fingerprint is refused
-        with the differing keys named, instead of mixing results.
+        run.json is provenance for people and the report; what may be reused is decided by the
+        fingerprints that every shard and artefact carries itself (see :mod:`crosslens.stages`).
         """
         self.root.mkdir(parents=True, exist_ok=True)
         # Stages of one folder may begin at once (Ray workers, two commands): serialise the
@@ -99,14 +132,6 @@ class Store:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 run = self.read_run()
-                old = run.get("stages", {}).get(stage, {}).get("fingerprint")
-                if old is not None and old != fingerprint and self.has_rows(stage):
-                    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-                    details = "; ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
-                    raise RunMismatchError(
-                        f"{self.root} already holds '{stage}' results made with different settings "
-                        f"({details}); use another --out folder or delete it"
-                    )
                 run.setdefault("stages", {})[stage] = {"fingerprint": fingerprint, **meta}
                 self.remove_stale_temporaries(stage)
                 atomic_write_text(self.run_path, json.dumps(run, indent=2, default=str) + "\n")
@@ -133,8 +158,15 @@ class Store:
     def has_rows(self, table: str) -> bool:
         return bool(self.shards(table))
 
-    def done_units(self, table: str) -> set[str]:
-        return {p.name for p in self.shards(table)}
+    def index(self, table: str) -> list[tuple[Path, dict[str, Any] | None]]:
+        """Every shard of ``table`` with the provenance stored in its own Parquet metadata
+        (None for a shard without one, e.g. written by crosslens 0.1)."""
+        out = []
+        for path in self.shards(table):
+            meta = pq.read_schema(path).metadata or {}
+            raw = meta.get(SHARD_META)
+            out.append((path, json.loads(raw) if raw is not None else None))
+        return out
 
     def remove_stale_temporaries(self, table: str) -> None:
         """Delete temporary files a killed writer left behind (call only while holding the lock)."""
@@ -142,14 +174,19 @@ class Store:
         for p in d.glob(".tmp-*") if d.is_dir() else []:
             p.unlink(missing_ok=True)
 
-    def write_unit(self, table: str, name: str, frame: pd.DataFrame) -> Path:
-        """Write one unit's rows atomically (temporary hidden file, fsync, rename)."""
+    def write_unit(self, table: str, name: str, frame: pd.DataFrame, meta: dict[str, Any]) -> Path:
+        """Write one unit's rows atomically (temporary hidden file, fsync, rename), with ``meta``
+        (fingerprint, language, item digests, settings) in the file's own metadata."""
         d = self.table_dir(table)
         d.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=d)
         os.close(fd)
         try:
-            frame.to_parquet(tmp, index=False)
+            data = pa.Table.from_pandas(frame, preserve_index=False)
+            data = data.replace_schema_metadata(
+                {**(data.schema.metadata or {}), SHARD_META: json.dumps(meta, ensure_ascii=False)}
+            )
+            pq.write_table(data, tmp)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o666 & ~_UMASK)
