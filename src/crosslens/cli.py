@@ -75,10 +75,22 @@ def _batch_size(value: str, device: str) -> int:
     return size
 
 
+def _precheck(key: str, out: Path, model: str, dtype: str, ds, template: str | None) -> None:
+    """Refuse a folder made with another model, dtype, data source or prompt before loading the model."""
+    from crosslens.evaluate import prompt_fingerprint
+    from crosslens.prompts import get_template
+    from crosslens.stages import stage_def
+    from crosslens.store import Store
+
+    expected = prompt_fingerprint(model, dtype, ds, get_template(template or ds.template))
+    Store(out).precheck(stage_def(key).table, expected)
+
+
 def _run(stage, what: str) -> dict:
-    """Run a planned stage with a progress bar over its items (what is already done counts at once)."""
+    """Check the folder, then run a planned stage with a progress bar over its items."""
     from crosslens.stages import run_stage
 
+    stage.check()
     with _progress(sum(len(u.item_ids) for u in stage.units), what) as advance:
         return run_stage(stage, advance)
 
@@ -233,6 +245,7 @@ def eval_cmd(
     from crosslens.evaluate import EvalOptions, eval_stage
 
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    _precheck("eval", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
     opts = EvalOptions(
         template=template,
@@ -289,6 +302,7 @@ def lens(
     from crosslens.lens import lens_stage
 
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    _precheck("lens", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
     chosen = [int(x) for x in _csv(layers)] if layers else paper_layers(lm.anatomy.n_layers, every)
     opts = EvalOptions(
@@ -334,6 +348,7 @@ def pca(
     from crosslens.pca import pca_stage
 
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    _precheck("pca", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
     chosen = [int(x) for x in _csv(layers)] if layers else paper_layers(lm.anatomy.n_layers, every)
     chosen = [layer for layer in chosen if layer > 0] if not layers else chosen
@@ -379,6 +394,7 @@ def steer(
 
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     gamma_list = [float(g) for g in _csv(gammas) or []]
+    _precheck("steer", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
     opts = EvalOptions(template=template, batch_size=_batch_size(batch_size, device))
     layer_list = [int(x) for x in _csv(layers) or []]

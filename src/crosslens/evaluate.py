@@ -64,21 +64,27 @@ def label_fields(logprobs: Sequence[float], gold: int) -> dict[str, Any]:
     }
 
 
+def prompt_fingerprint(spec: str, dtype: str, ds: ParallelDataset, template: Template) -> dict[str, Any]:
+    """The part of every fingerprint known before the model loads (checked first, so a folder made
+    with another model, dtype, data source or prompt is refused without waiting for a load)."""
+    return {
+        "model": spec,
+        "dtype": dtype,
+        "dataset": ds.name,
+        "data_source": ds.source,
+        "template": template.name,
+        "template_hash": template_hash(template),
+    }
+
+
 def data_fingerprint(lm: LoadedModel, ds: ParallelDataset, template: Template) -> dict[str, Any]:
     """What every result computed from prompts depends on: the model and how its prompts are made.
 
     Batch size, chunk size, padding side and the device change float rounding only and are not
     part of it; the items' own content is checked per item (:attr:`Item.digest`).
     """
-    return {
-        "model": lm.spec,
-        "revision": lm.revision,
-        "dtype": str(lm.dtype).removeprefix("torch."),
-        "dataset": ds.name,
-        "data_source": ds.source,
-        "template": template.name,
-        "template_hash": template_hash(template),
-    }
+    dtype = str(lm.dtype).removeprefix("torch.")
+    return prompt_fingerprint(lm.spec, dtype, ds, template) | {"revision": lm.revision}
 
 
 def fingerprint(

@@ -36,8 +36,10 @@ from rich.progress import (
 from crosslens import __version__
 from crosslens.config import ConfigError, ExperimentConfig, check_depth, load_config
 from crosslens.data import ParallelDataset, load_dataset
+from crosslens.evaluate import prompt_fingerprint
 from crosslens.metrics import table1_line
 from crosslens.models import LoadedModel, ModelSpec
+from crosslens.prompts import get_template
 from crosslens.report import EXPERIMENT_FILE, write_report
 from crosslens.stages import STAGES, Stage, run_stage
 from crosslens.store import Store, atomic_write_text
@@ -146,6 +148,19 @@ def job_stages(
     return stages
 
 
+def precheck_folders(config: ExperimentConfig, jobs: list[Job]) -> None:
+    """Refuse, before any model loads, result folders made with another model, dtype, data source
+    or prompt (the stages check everything else once planned, still before writing)."""
+    for spec in config.models:
+        for job in jobs:
+            store = Store(job_folder(config.output, spec, job))
+            template = get_template(config.datasets[job.index].template or job.data.template)
+            expected = prompt_fingerprint(spec, config.dtype, job.data, template)
+            for d in STAGES:
+                if d.enabled(config):
+                    store.precheck(d.table, expected)
+
+
 def _write_experiment(config: ExperimentConfig, root: Path, backend: str) -> None:
     atomic_write_text(
         root / EXPERIMENT_FILE,
@@ -194,6 +209,7 @@ def run_experiment(
             f"{source}: models: two specs share an output folder name ({', '.join(slugs)}); rename one folder"
         )
     jobs = load_jobs(config, source)
+    precheck_folders(config, jobs)
     root = config.output
     root.mkdir(parents=True, exist_ok=True)
     total = len(config.models) * sum(sum(job.work(config).values()) for job in jobs)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crosslens.data import ParallelDataset
-from crosslens.store import RunMismatchError, Store, describe_mismatch, unit_name
+from crosslens.store import RunMismatchError, Store, unit_name
 
 if TYPE_CHECKING:
     from crosslens.config import ExperimentConfig
@@ -110,18 +110,8 @@ class Stage:
         """What the folder holds, after checking every shard against this stage (no writes)."""
         done: Done = {}
         for path, meta in self.store.index(self.table):
-            where = f"{self.store.root}: {self.table}/{path.name}"
-            if meta is None:
-                raise RunMismatchError(
-                    f"{where} has no fingerprint (written by an older crosslens); "
-                    "use another --out folder or delete it"
-                )
-            if meta["fingerprint"] != self.fingerprint:
-                raise RunMismatchError(
-                    f"{self.store.root} already holds '{self.table}' results made with different settings "
-                    f"({describe_mismatch(meta['fingerprint'], self.fingerprint)}); "
-                    "use another --out folder or delete it"
-                )
+            if self.store.fingerprint_of(path, meta) != self.fingerprint:
+                raise self.store.mismatch(self.table, meta["fingerprint"], self.fingerprint)
             lang = meta["language"]
             for item, digest in meta["items"].items():
                 done.setdefault((lang, item), (digest, set()))[1].update(meta["settings"])

@@ -168,6 +168,34 @@ class Store:
             out.append((path, json.loads(raw) if raw is not None else None))
         return out
 
+    def precheck(self, table: str, expected: dict[str, Any]) -> None:
+        """Refuse a folder whose ``table`` shards differ from ``expected`` on any of its keys.
+
+        The cheap check before a model loads (``expected`` holds what is known without it); the
+        stage's full check follows once it is planned.
+        """
+        for path, meta in self.index(table):
+            fingerprint = self.fingerprint_of(path, meta)
+            old = {k: fingerprint.get(k) for k in expected}
+            if old != expected:
+                raise self.mismatch(table, old, expected)
+
+    def fingerprint_of(self, path: Path, meta: dict[str, Any] | None) -> dict[str, Any]:
+        """A shard's fingerprint; a shard without one (written by crosslens 0.1) is refused."""
+        if meta is None:
+            raise RunMismatchError(
+                f"{path} has no fingerprint (written by an older crosslens); "
+                "use another --out folder or delete it"
+            )
+        return meta["fingerprint"]
+
+    def mismatch(self, table: str, old: dict[str, Any], new: dict[str, Any]) -> RunMismatchError:
+        """The one-line refusal for results of ``table`` made with other settings."""
+        return RunMismatchError(
+            f"{self.root} already holds '{table}' results made with different settings "
+            f"({describe_mismatch(old, new)}); use another --out folder or delete it"
+        )
+
     def remove_stale_temporaries(self, table: str) -> None:
         """Delete temporary files a killed writer left behind (call only while holding the lock)."""
         d = self.table_dir(table)

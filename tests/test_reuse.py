@@ -1,0 +1,449 @@
+"""What an output folder may reuse: the five silent-mixing cases of 0.1, for every stage they apply to.
+
+Each refusal leaves the folder byte-identical (every visible file: shards, activations, vectors,
+run.json, summaries, figures) and prints one ``error:`` line naming what differs; each extension
+computes only what is missing and leaves the files already there untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import tiny_model
+from crosslens.cli import main
+from crosslens.models import ModelLoadError, ModelSpec
+from crosslens.store import unit_name
+from helpers import QUESTIONS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TABLES = {"eval": "records", "lens": "lens", "pca": "pca", "steer": "steer"}
+OPTIONS = {
+    "eval": [],
+    "lens": ["--layers", "1,2"],
+    "pca": ["--layers", "1,2", "--n-items", "5"],
+    "steer": ["--layers", "1,2", "--gammas", "-1,1", "--n-vectors", "3"],
+}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every visible file below ``folder`` with its bytes (lock files are hidden and change by design)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+def run(stage: str, model: Path, data: Path, out: Path, *extra: str) -> int:
+    args = [stage, "-m", str(model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out)]
+    return main([*args, "--batch-size", "4", *OPTIONS[stage], *extra])
+
+
+def refused(capsys: pytest.CaptureFixture[str], code: int, *words: str) -> str:
+    """Assert a refusal: exit 2, one ``error:`` line naming each of ``words``, no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def write_jsonl(folder: Path, change: dict[tuple[str, int], str] | None = None) -> Path:
+    """The toy set as jsonl files; ``change`` rewrites the question of (language, row) keys."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang, rows in QUESTIONS.items():
+        with open(folder / f"{lang}.jsonl", "w", encoding="utf-8") as fh:
+            for k, (q, c, g) in enumerate(rows):
+                q = (change or {}).get((lang, k), q)
+                fh.write(json.dumps({"id": f"q{k}", "question": q, "choices": c, "answer": g}) + "\n")
+    return folder
+
+
+def shard_table(out: Path, stage: str) -> pd.DataFrame:
+    return pd.read_parquet(out / TABLES[stage])
+
+
+@pytest.fixture(scope="module")
+def other_model(tiny_llama_dir: Path) -> Path:
+    """A second model of the same depth as ``saved_model`` (4 blocks): a different fingerprint only."""
+    return tiny_llama_dir
+
+
+# -- case 1: another model, template or dtype into the same folder ---------------------------------------
+@pytest.mark.parametrize("stage", list(TABLES))
+def test_another_model_template_or_dtype_is_refused(
+    stage: str,
+    saved_model: Path,
+    other_model: Path,
+    toy_jsonl_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    assert run(stage, saved_model, toy_jsonl_dir, out) == 0
+    before = snapshot(out)
+    assert any(k.startswith(TABLES[stage] + "/") for k in before)
+    capsys.readouterr()
+
+    def no_load(*args: object, **kw: object) -> None:
+        raise AssertionError("a refused folder must not wait for a model to load")
+
+    monkeypatch.setattr("crosslens.models.load_model", no_load)
+    refused(capsys, run(stage, other_model, toy_jsonl_dir, out), "model", str(other_model))
+    refused(capsys, run(stage, saved_model, toy_jsonl_dir, out, "--template", "mmmlu"), "template")
+    refused(capsys, run(stage, saved_model, toy_jsonl_dir, out, "--dtype", "bfloat16"), "dtype")
+    assert snapshot(out) == before
+    monkeypatch.undo()
+    assert run(stage, saved_model, toy_jsonl_dir, out) == 0  # the same command resumes: nothing changes
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k.endswith(".parquet")} == {
+        k: v for k, v in before.items() if k.endswith(".parquet")
+    }
+
+
+# -- case 2: steering vectors of another model, and reruns with more languages or layers ----------------
+def test_vectors_of_another_model_are_refused(
+    saved_model: Path, other_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from crosslens.data import load_dataset
+    from crosslens.models import load_model
+    from crosslens.steering import VECTORS_FILE, steer_stage
+
+    out = tmp_path / "out"
+    ds = load_dataset("jsonl", data_dir=toy_jsonl_dir)
+    stage = steer_stage(load_model(str(saved_model)), ds, out, ds.languages, [1, 2], [-1, 1], n_vectors=3)
+    stage.begin()  # what a run killed right after saving the vectors leaves: vectors, no steering rows
+    assert (out / VECTORS_FILE).is_file() and not (out / "steer").exists()
+    before = snapshot(out)
+    capsys.readouterr()
+    line = refused(capsys, run("steer", other_model, toy_jsonl_dir, out), VECTORS_FILE, "model")
+    assert "steering vectors" in line
+    assert snapshot(out) == before
+
+
+def test_steering_extends_to_more_languages_and_layers(
+    saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path
+) -> None:
+    from crosslens.steering import VECTORS_FILE, SteeringVectors
+
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert run("steer", saved_model, toy_jsonl_dir, out, "--languages", "en,de") == 0
+    first = {k: v for k, v in snapshot(out).items() if k.startswith("steer/")}
+    v1 = SteeringVectors.load(out / VECTORS_FILE)
+    wider = ["--languages", "en,de,zh", "--layers", "1,2,3", "--gammas", "-1,1,2"]
+    assert run("steer", saved_model, toy_jsonl_dir, out, *wider) == 0  # 0.1: KeyError 'zh' / KeyError 3
+    after = snapshot(out)
+    assert all(after[k] == v for k, v in first.items())  # old shards untouched
+    v2 = SteeringVectors.load(out / VECTORS_FILE)
+    assert v2.get("de", 1).equal(v1.get("de", 1)) and v2.has("zh", 3) and v2.has("de", 3)
+    assert run("steer", saved_model, toy_jsonl_dir, fresh, *wider) == 0
+    keys = ["language", "item_id", "layer", "gamma"]
+    a = shard_table(out, "steer").sort_values(keys).reset_index(drop=True)
+    b = shard_table(fresh, "steer").sort_values(keys).reset_index(drop=True)
+    assert (
+        not a.duplicated(keys).any() and len(a) == len(b) == 4 * 3 * 12
+    )  # items x languages x (3 layers x 4 gammas)
+    pd.testing.assert_frame_equal(a[keys + ["pred"]], b[keys + ["pred"]])
+    assert (
+        a["label_logprobs"].explode().astype(float) - b["label_logprobs"].explode().astype(float)
+    ).abs().max() < 1e-4
+    s1 = json.loads((out / "steer_summary.json").read_text())
+    s2 = json.loads((fresh / "steer_summary.json").read_text())
+    assert [(s["layer"], s["gamma"]) for s in s1["settings"]] == [
+        (s["layer"], s["gamma"]) for s in s2["settings"]
+    ]
+    # A narrower rerun reads the subset: nothing is written, the summary covers only what was asked.
+    before = {k: v for k, v in snapshot(out).items() if k.startswith("steer/")}
+    assert run("steer", saved_model, toy_jsonl_dir, out, "--languages", "en,de") == 0
+    assert {k: v for k, v in snapshot(out).items() if k.startswith("steer/")} == before
+    narrow = json.loads((out / "steer_summary.json").read_text())
+    assert {(s["layer"], s["gamma"]) for s in narrow["settings"]} == {
+        (x, g) for x in (1, 2) for g in (-1, 0, 1)
+    }
+    assert set(narrow["unsteered_accuracy"]) == {"de"}
+
+
+@pytest.mark.parametrize("stage", ["eval", "lens"])
+def test_more_languages_or_layers_extend(
+    stage: str, saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path
+) -> None:
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert run(stage, saved_model, toy_jsonl_dir, out, "--languages", "en,de") == 0
+    first = {k: v for k, v in snapshot(out).items() if k.startswith(TABLES[stage] + "/")}
+    more = ["--languages", "en,de,zh"] + (["--layers", "1,2,4"] if stage == "lens" else [])
+    assert run(stage, saved_model, toy_jsonl_dir, out, *more) == 0
+    assert all(snapshot(out)[k] == v for k, v in first.items())
+    assert run(stage, saved_model, toy_jsonl_dir, fresh, *more) == 0
+    a, b = shard_table(out, stage), shard_table(fresh, stage)
+    keys = [c for c in ("language", "item_id", "layer", "form", "choice") if c in a]
+    assert len(a) == len(b) and not a.duplicated(keys).any()
+    summary = "summary.json" if stage == "eval" else "lens_summary.json"
+    s = json.loads((out / summary).read_text())
+    assert set(s["languages"]) == {"en", "de", "zh"}
+    if stage == "lens":
+        assert s["layers"] == [1, 2, 4]
+
+
+def test_pca_extends_to_more_layers_and_refuses_other_languages(
+    saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    assert run("pca", saved_model, toy_jsonl_dir, out) == 0
+    first = {k: v for k, v in snapshot(out).items() if k.startswith("pca/")}
+    assert run("pca", saved_model, toy_jsonl_dir, out, "--layers", "1,2,3") == 0
+    assert all(snapshot(out)[k] == v for k, v in first.items())
+    summary = json.loads((out / "pca_summary.json").read_text())
+    assert summary["layers"] == [1, 2, 3] and set(summary["alignment"]) == {"1", "2", "3"}
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, run("pca", saved_model, toy_jsonl_dir, out, "--languages", "en,de"), "languages")
+    assert snapshot(out) == before
+
+
+# -- case 3: changed data under the same dataset name ---------------------------------------------------
+@pytest.mark.parametrize("stage", list(TABLES))
+def test_changed_data_under_the_same_name_is_refused(
+    stage: str, saved_model: Path, tmp_path: Path, capsys
+) -> None:
+    good = write_jsonl(tmp_path / "good")
+    # Same ids and answers, every German question changed: every stage reads some of them.
+    good2 = write_jsonl(tmp_path / "good2", {("de", k): f"Frage {k}?" for k in range(len(QUESTIONS["de"]))})
+    out = tmp_path / "out"
+    assert run(stage, saved_model, good, out) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, run(stage, saved_model, good2, out), "data_source", str(good2))
+    shutil.rmtree(good)
+    good2.rename(good)  # the same --data-dir, new content: only the items' digests can tell
+    refused(capsys, run(stage, saved_model, good, out), "different")
+    assert snapshot(out) == before
+
+
+# -- case 4: a changed item selection ---------------------------------------------------------------------
+@pytest.mark.parametrize("stage", ["eval", "lens"])
+def test_larger_limit_extends_smaller_limit_reads_the_subset(
+    stage: str, saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    summary = "summary.json" if stage == "eval" else "lens_summary.json"
+    assert run(stage, saved_model, toy_jsonl_dir, out, "--limit", "3") == 0
+    first = {k: v for k, v in snapshot(out).items() if k.startswith(TABLES[stage] + "/")}
+    assert run(stage, saved_model, toy_jsonl_dir, out, "--limit", "6") == 0  # 0.1: duplicate records
+    assert all(snapshot(out)[k] == v for k, v in first.items())
+    df = shard_table(out, stage)
+    keys = [c for c in ("language", "item_id", "layer", "form", "choice") if c in df]
+    assert not df.duplicated(keys).any() and df["item_id"].nunique() == 6
+    assert json.loads((out / summary).read_text())["n_items"] == 6
+    shards = {k: v for k, v in snapshot(out).items() if k.startswith(TABLES[stage] + "/")}
+    assert run(stage, saved_model, toy_jsonl_dir, out, "--limit", "2") == 0
+    assert {k: v for k, v in snapshot(out).items() if k.startswith(TABLES[stage] + "/")} == shards
+    assert json.loads((out / summary).read_text())["n_items"] == 2
+    if stage == "eval":  # `crosslens metrics` recomputes the same summary: the recorded selection
+        before = (out / summary).read_text()
+        assert main(["metrics", str(out)]) == 0
+        assert (out / summary).read_text() == before
+
+
+@pytest.mark.parametrize("stage", ["pca", "steer"])
+def test_another_limit_is_refused_where_items_are_sampled(
+    stage: str, saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """PCA and steering draw a seeded sample of the selected items; another selection is another
+    sample (another analysis, other vectors), refused before anything is written."""
+    out = tmp_path / "out"
+    assert run(stage, saved_model, toy_jsonl_dir, out, "--limit", "6") == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, run(stage, saved_model, toy_jsonl_dir, out), "items")
+    assert snapshot(out) == before
+
+
+def test_experiment_with_a_larger_limit_extends_every_stage(saved_model: Path, tmp_path: Path) -> None:
+    from crosslens.runner import run_experiment
+
+    def config(limit: int) -> dict:
+        return {
+            "models": [str(saved_model)],
+            "datasets": [{"name": "crosslens-mini", "languages": ["en", "de"], "limit": limit}],
+            "layers": [1, 2],
+            "pca": {"enabled": False},
+            "batch_size": 8,
+            "chunk_size": 4,
+            "output": str(tmp_path / "runs"),
+        }
+
+    from crosslens.config import parse_config
+
+    run_experiment(parse_config(config(6)), progress=False)
+    folder = tmp_path / "runs" / saved_model.name / "crosslens-mini"
+    first = snapshot(folder)
+    run_experiment(parse_config(config(10)), progress=False)
+    after = snapshot(folder)
+    assert all(after[k] == v for k, v in first.items() if k.endswith(".parquet"))
+    for name in ("summary.json", "lens_summary.json"):
+        assert json.loads((folder / name).read_text())["n_items"] == 10
+    records = pd.read_parquet(folder / "records")
+    assert not records.duplicated(["language", "item_id"]).any() and len(records) == 20
+
+
+# -- case 5: a folder without run.json ---------------------------------------------------------------------
+@pytest.mark.parametrize("stage", list(TABLES))
+def test_a_folder_without_run_json_still_refuses_another_model(
+    stage: str, saved_model: Path, other_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    assert run(stage, saved_model, toy_jsonl_dir, out) == 0
+    (out / "run.json").unlink()
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, run(stage, other_model, toy_jsonl_dir, out), "model")
+    assert snapshot(out) == before
+
+
+# -- kill -9 between the vectors and the first steering unit ---------------------------------------------
+def test_run_killed_between_vectors_and_first_steering_unit_resumes(
+    saved_model: Path, tmp_path: Path
+) -> None:
+    from crosslens.runner import run_experiment
+    from crosslens.steering import VECTORS_FILE
+
+    def config(out: Path) -> Path:
+        path = tmp_path / f"{out.name}.yaml"
+        data = {
+            "models": [str(saved_model)],
+            "datasets": [{"name": "crosslens-mini", "languages": ["en", "de", "zh"], "limit": 10}],
+            "layers": [1, 2],
+            "steering": {"layers": [2, 3], "gammas": [-1, 1], "n_vectors": 3},
+            "pca": {"n_items": 4},
+            "batch_size": 8,
+            "chunk_size": 4,
+            "output": str(out),
+        }
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    killed = config(tmp_path / "killed")
+    script = (
+        "import os, signal, sys\n"
+        "from crosslens import steering\n"
+        "prepare = steering.SteerStage.prepare\n"
+        "def die(self):\n"
+        "    prepare(self)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "steering.SteerStage.prepare = die\n"
+        "from crosslens.runner import run_experiment\n"
+        "run_experiment(sys.argv[1], progress=False)\n"
+    )
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(killed)], env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    folder = Path(saved_model.name) / "crosslens-mini"
+    assert (tmp_path / "killed" / folder / VECTORS_FILE).is_file()
+    assert not (tmp_path / "killed" / folder / "steer").exists()
+
+    run_experiment(killed, progress=False)  # resume
+    whole = config(tmp_path / "whole")
+    run_experiment(whole, progress=False)
+    for name in ("summary.json", "lens_summary.json", "steer_summary.json"):
+        a = json.loads((tmp_path / "killed" / folder / name).read_text())
+        b = json.loads((tmp_path / "whole" / folder / name).read_text())
+        assert a == b, name
+    keys = ["language", "item_id", "layer", "gamma"]
+    a = pd.read_parquet(tmp_path / "killed" / folder / "steer").sort_values(keys).reset_index(drop=True)
+    b = pd.read_parquet(tmp_path / "whole" / folder / "steer").sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+# -- one model spec --------------------------------------------------------------------------------------
+def test_model_spec_is_decided_in_one_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ModelSpec.parse("gemma-3-270m").kind == "alias"
+    gguf = ModelSpec.parse("gguf:~/m/model-q4.gguf")
+    assert gguf.kind == "gguf" and gguf.location == str(Path("~/m/model-q4.gguf").expanduser())
+    assert gguf.slug == "model-q4"
+    hub = ModelSpec.parse("google/gemma-2-2b@abc123")
+    assert (hub.kind, hub.location, hub.revision, hub.slug) == ("hub", "google/gemma-2-2b", "abc123",
+                                                               "google--gemma-2-2b@abc123")  # fmt: skip
+    assert ModelSpec.parse("./not/there").kind == "local"  # written as a path: never a Hub id
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert ModelSpec.parse("org/name").kind == "local"  # an existing folder wins, as in transformers
+    assert ModelSpec.parse("org/other").kind == "hub"
+    assert ModelSpec.parse("gemma-3-27m").kind == "name"
+    assert "did you mean 'gemma-3-270m'" in str(ModelSpec.parse("gemma-3-27m").unknown())
+    with pytest.raises(ModelLoadError, match="gguf:PATH"):
+        ModelSpec.parse("gguf:")
+
+
+def test_shard_names_are_injective_in_the_language_code() -> None:
+    assert unit_name("x", "pt BR", 0, ["a"]) != unit_name("x", "pt-BR", 0, ["a"])
+    assert unit_name("x", "de", 0, ["a"], [1]) != unit_name("x", "de", 0, ["a"], [2])
+
+
+def test_api_cli_and_config_expose_the_same_options() -> None:
+    import typer.main
+
+    import crosslens
+    from crosslens.cli import app
+    from crosslens.config import DatasetConfig, ExperimentConfig
+
+    for name in ("run_experiment", "load_config", "write_report", "ModelSpec", "STAGES"):
+        assert getattr(crosslens, name) is not None
+    commands = {c.name: c for c in typer.main.get_command(app).commands.values()}
+    params = {name: {p.name for p in cmd.params} for name, cmd in commands.items()}
+    assert {"limit", "strict", "pivot_file", "pivot"} <= params["pca"]
+    for cmd in ("eval", "lens", "pca", "steer"):
+        assert {"pivot_file", "pivot", "strict", "limit", "template", "split"} <= params[cmd], cmd
+    assert {"no_cloze", "padding_side"} <= params["eval"]
+    assert {"cloze", "padding_side"} <= set(ExperimentConfig.model_fields)
+    assert {"pivot", "pivot_file", "strict", "limit", "template", "split"} <= set(DatasetConfig.model_fields)
+
+
+def test_tiny_models_share_a_depth() -> None:
+    """The model-mixing tests above rely on two different models with the same number of blocks."""
+    assert tiny_model("gemma3").anatomy.n_layers == tiny_model("llama").anatomy.n_layers == 4
+
+
+def test_experiment_refuses_another_model_in_the_same_folder_before_loading(
+    saved_model: Path, other_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two model folders with the same name map to one result folder: the second run is refused."""
+    from crosslens.config import ExperimentConfig, parse_config
+    from crosslens.runner import run_experiment
+    from crosslens.store import RunMismatchError
+
+    a, b = tmp_path / "a" / "model", tmp_path / "b" / "model"
+    shutil.copytree(saved_model, a)
+    shutil.copytree(other_model, b)
+
+    def config(model: Path) -> ExperimentConfig:
+        data = {
+            "models": [str(model)],
+            "datasets": [{"name": "crosslens-mini", "languages": ["en", "de"], "limit": 4}],
+            "layers": [1, 2],
+            "pca": {"n_items": 3},
+            "output": str(tmp_path / "runs"),
+        }
+        return parse_config(data)
+
+    run_experiment(config(a), progress=False)
+    before = snapshot(tmp_path / "runs" / "model")
+    monkeypatch.setattr(ExperimentConfig, "load", lambda self, spec: pytest.fail("model loaded"))
+    with pytest.raises(RunMismatchError, match="model"):
+        run_experiment(config(b), progress=False)
+    assert snapshot(tmp_path / "runs" / "model") == before
