@@ -172,7 +172,9 @@ def test_subset_and_limit_return_new_objects(small):
     sub = small.subset(["10", "1"])
     assert sub.item_ids() == ["10", "1"] and sub.items["en"][0].item_id == "10" and small.item_ids()[0] == "1"
     assert small.limit(2).item_ids() == ["1", "2"] and small.limit(None).item_ids() == small.item_ids()
-    assert small.limit(0).item_ids() == [] and sub.dropped == small.dropped
+    assert sub.dropped == small.dropped
+    with pytest.raises(DataError, match="--limit must be >= 1"):
+        small.limit(0)  # an empty selection would run stages over nothing
     with pytest.raises(DataError, match="no aligned item 'x'"):
         small.subset(["x"])
     with pytest.raises(DataError, match="repeated"):

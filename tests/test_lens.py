@@ -67,6 +67,8 @@ def test_lens_summary_aggregates_and_table2(tmp_path):
             acc = s["latent_accuracy"][form][layer]
             assert 0 <= acc["mean"] <= 1
             assert set(acc["per_language"]) == {"en", "de", "zh"}
+            # The mean leaves the pivot out (as the log ratio does): de and zh only.
+            assert acc["mean"] == pytest.approx((acc["per_language"]["de"] + acc["per_language"]["zh"]) / 2)
     # English is the pivot: its native and English answers coincide, so its log ratio is exactly 0.
     assert s["log_ratio"][2]["per_language"]["en"] == pytest.approx(0.0, abs=1e-9)
     lens = pd.read_parquet(tmp_path / "lens")
@@ -77,6 +79,9 @@ def test_lens_summary_aggregates_and_table2(tmp_path):
     )
     assert set(s["table2"]) >= {"acc", "cons", "tr_plus_in"}
     assert s["table2"]["languages"] == ["de", "zh"]
+    # Table 2's right-hand side is over the languages the lens ran on, not every evaluated one.
+    narrow = run_lens(lm, toy_dataset(["en", "de"]), tmp_path / "narrow", layers=[2, 4])
+    assert narrow["languages"] == ["de", "en"]
     assert set(s["latent_transfer"]["en"][4]) == {"consistency", "tr_plus", "tr_minus"}
 
 

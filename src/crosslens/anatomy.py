@@ -127,9 +127,22 @@ class Anatomy:
         For ``layer == n_layers`` this reproduces the model's output logits.
         """
         self.check_layers([layer])
+        return self._head(self._normed(h))
+
+    def _normed(self, h: torch.Tensor) -> torch.Tensor:
         w = self.head.weight
-        h = h.to(device=w.device, dtype=w.dtype)
-        logits = nn.functional.linear(self.final_norm(h), w, self.unembed_bias).float()
+        return self.final_norm(h.to(device=w.device, dtype=w.dtype))
+
+    def _head(self, hn: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 logits of normalised states ``hn``: every token, or (float32 throughout) only the
+        tokens ``rows`` (N, k) of each state."""
+        w, bias = self.head.weight, self.unembed_bias
+        if rows is None:
+            logits = nn.functional.linear(hn, w, bias).float()
+        else:
+            logits = torch.einsum("nd,nkd->nk", hn.float(), w[rows].float())
+            if bias is not None:
+                logits = logits + bias[rows].float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -140,15 +153,24 @@ class Anatomy:
         """log softmax(lens_logits(h))[targets] for rows of ``h``, projecting at most ``max_elements``
         logits at a time so a 262k vocabulary never materialises a (positions x vocab) matrix
         beyond the budget. ``h``: (N, d); ``targets``: (N,) or (N, k). Returns float32 (N,) / (N, k).
+        In a lower-precision model the targets' logits are computed in float32 (see docs/lens.md).
         """
         vocab = self.head.weight.shape[0]
         rows = max(1, max_elements // vocab)
         out = []
         squeeze = targets.dim() == 1
         tg = targets.unsqueeze(-1) if squeeze else targets
+        self.check_layers([layer])
+        exact = self.head.weight.dtype != torch.float32
         for start in range(0, h.shape[0], rows):
-            logp = torch.log_softmax(self.lens_logits(h[start : start + rows], layer), dim=-1)
-            out.append(logp.gather(-1, tg[start : start + rows].to(logp.device)))
+            hn = self._normed(h[start : start + rows])
+            t = tg[start : start + rows].to(hn.device)
+            if exact:
+                # In bfloat16 near-equal logits round to exact ties (which argmax gives to choice A):
+                # the targets' own logits are computed in float32, the normaliser from the full projection.
+                out.append(self._head(hn, t) - torch.logsumexp(self._head(hn), dim=-1, keepdim=True))
+            else:
+                out.append(torch.log_softmax(self._head(hn), dim=-1).gather(-1, t))
         res = torch.cat(out) if out else torch.empty(tg.shape, dtype=torch.float32)
         return res.squeeze(-1) if squeeze else res
 

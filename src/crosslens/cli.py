@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.exceptions import Abort, TyperException  # typer raises its own (vendored click) errors
 
 from crosslens import __version__
 
@@ -40,7 +42,7 @@ DataDir = Annotated[
     Path | None, typer.Option(help="folder with the dataset's official files (default: the Hub)")
 ]
 Languages = Annotated[str | None, typer.Option(help="comma-separated language codes (default: all)")]
-Limit = Annotated[int | None, typer.Option(help="first N aligned items only")]
+Limit = Annotated[int | None, typer.Option(min=1, help="first N aligned items only")]
 BatchSize = Annotated[str, typer.Option(help="prompts per forward pass, or 'auto' (halves on out-of-memory)")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (split across GPUs)")]
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
@@ -55,10 +57,62 @@ PivotFile = Annotated[
 ]
 Pivot = Annotated[str | None, typer.Option(help="the English language code, if not the dataset's own")]
 Strict = Annotated[bool, typer.Option(help="fail on the first data problem instead of dropping the item")]
+SkipLong = Annotated[
+    bool, typer.Option(help="leave out items longer than the model's context (default: refuse them)")
+]
 
 
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _numbers(value: str | None, option: str, kind: type = int) -> list:
+    """A comma-separated list of numbers, or one usage error naming the option and the bad entry."""
+    out = []
+    for v in _csv(value) or []:
+        try:
+            out.append(kind(v))
+        except ValueError:
+            raise typer.BadParameter(
+                f"{option}: {v!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+    return out
+
+
+def _model(model: str) -> int | None:
+    """Check a model spec from its config alone (unknown alias, missing folder or file): its depth,
+    or None where it cannot be read offline (a Hub id)."""
+    from crosslens.config import model_depth
+
+    return model_depth(model, f"--model {model}")
+
+
+def _layers(model: str, layers: list[int], option: str, first: int) -> list[int]:
+    """Check requested layers against the model's depth from its config, before its weights load."""
+    depth = _model(model)
+    bad = [x for x in layers if x < first or (depth is not None and x > depth)]
+    if bad:
+        top = "" if depth is None else f"..{depth}"
+        raise typer.BadParameter(f"{option}: layer {bad[0]} does not exist in {model} (layers {first}{top})")
+    return layers
+
+
+def check_output(out: Path) -> Path:
+    from crosslens.store import check_output as check
+
+    return check(out)
+
+
+def _padding(side: str) -> str:
+    if side not in ("left", "right"):
+        raise typer.BadParameter(f"--padding-side must be left or right, got {side!r}")
+    return side
+
+
+def _device(device: str) -> str:
+    from crosslens.models import check_device
+
+    return check_device(device)
 
 
 def _batch_size(value: str, device: str) -> int:
@@ -73,6 +127,17 @@ def _batch_size(value: str, device: str) -> int:
     if size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1, got {size}")
     return size
+
+
+def _fit(lm, ds, template: str | None, skip_long: bool):
+    """The dataset without items past the model's context (refused unless ``skip_long``)."""
+    from crosslens.prompts import get_template
+    from crosslens.scoring import fit_context
+
+    ds, skipped = fit_context(lm, ds, get_template(template or ds.template), skip_long)
+    if skipped:
+        console.print(f"[yellow]skipped {skipped} items longer than {lm.spec}'s context", highlight=False)
+    return ds
 
 
 def _precheck(key: str, out: Path, model: str, dtype: str, ds, template: str | None) -> None:
@@ -141,10 +206,9 @@ def _dataset(
         pivot_file=pivot_file,
         pivot=pivot,
     )
-    for lang, n in ds.dropped.items():
-        if n:
-            console.print(f"[yellow]{name}/{lang}: dropped {n} items missing in other languages")
-    return ds.limit(limit)
+    for line in ds.drop_report():
+        console.print(f"[yellow]{escape(line)}", highlight=False)
+    return ds.require_items().limit(limit)
 
 
 def _print_eval(summary: dict) -> None:
@@ -157,9 +221,10 @@ def _print_eval(summary: dict) -> None:
     table.add_column("cons. w/ pivot", justify="right")
     table.add_column("tr+ from pivot", justify="right")
     cloze = summary.get("cloze_accuracy", {})
+    cons_pivot = summary.get("consistency_with_pivot") or {}
+    trp_pivot = summary.get("tr_plus_from_pivot") or {}
     for lang, acc in summary["accuracy"].items():
-        cons = summary.get("consistency_with_pivot", {}).get(lang)
-        trp = summary.get("tr_plus_from_pivot", {}).get(lang)
+        cons, trp = cons_pivot.get(lang), trp_pivot.get(lang)
         table.add_row(
             lang,
             f"{100 * acc:.1f}",
@@ -168,6 +233,11 @@ def _print_eval(summary: dict) -> None:
             "-" if trp is None else f"{trp:.3f}",
         )
     out_console.print(table)
+    if summary.get("pivot") is None:
+        out_console.print(
+            "no English pivot in this run: the columns anchored on English are empty "
+            "(give English items with --pivot-file, or add the English language)"
+        )
     out_console.print("letters: " + table1_line(summary))
     if summary.get("cloze"):
         out_console.print("cloze:   " + table1_line(summary["cloze"]))
@@ -206,7 +276,9 @@ def info(
     """Load a model, print its anatomy and one real next-token prediction."""
     import torch
 
-    lm = _load(model, device, dtype)
+    if not prompt.strip():
+        raise typer.BadParameter("--prompt is empty: give a text whose next token to predict")
+    lm = _load(model, _device(device), dtype)
     for key, value in lm.describe().items():
         out_console.print(f"{key:>20}: {value}")
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.input_device)
@@ -239,20 +311,22 @@ def eval_cmd(
     strict: Strict = False,
     pivot_file: PivotFile = None,
     pivot: Pivot = None,
+    skip_long: SkipLong = False,
     seed: int = 0,
 ) -> None:
     """Zero-shot letter-choice (and cloze) evaluation with consistency and transfer (paper Table 1)."""
     from crosslens.evaluate import EvalOptions, eval_stage
 
+    check_output(out)
+    _device(device)
+    _padding(padding_side)
+    _model(model)
+    size = _batch_size(batch_size, device)
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     _precheck("eval", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
-    opts = EvalOptions(
-        template=template,
-        batch_size=_batch_size(batch_size, device),
-        padding_side=padding_side,
-        cloze=not no_cloze,
-    )
+    ds = _fit(lm, ds, template, skip_long)
+    opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side, cloze=not no_cloze)
     _print_eval(_run(eval_stage(lm, ds, out, opts=opts, seed=seed), "eval"))
 
 
@@ -284,7 +358,7 @@ def lens(
     languages: Languages = None,
     limit: Limit = None,
     layers: Annotated[str | None, typer.Option(help="comma-separated layers")] = None,
-    every: Annotated[int, typer.Option(help="paper schedule: every Nth block ending at the last")] = 4,
+    every: Annotated[int, typer.Option(min=1, help="paper schedule: every Nth block ending at the last")] = 4,
     batch_size: BatchSize = "8",
     device: Device = "cpu",
     dtype: Dtype = "float32",
@@ -294,6 +368,7 @@ def lens(
     strict: Strict = False,
     pivot_file: PivotFile = None,
     pivot: Pivot = None,
+    skip_long: SkipLong = False,
     seed: int = 0,
 ) -> None:
     """Logit lens: native vs English answer probabilities per layer, latent accuracy, Table 2."""
@@ -301,13 +376,17 @@ def lens(
     from crosslens.evaluate import EvalOptions
     from crosslens.lens import lens_stage
 
+    check_output(out)
+    _device(device)
+    _padding(padding_side)
+    size = _batch_size(batch_size, device)
+    requested = _layers(model, _numbers(layers, "--layers"), "--layers", 0)
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     _precheck("lens", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
-    chosen = [int(x) for x in _csv(layers)] if layers else paper_layers(lm.anatomy.n_layers, every)
-    opts = EvalOptions(
-        template=template, batch_size=_batch_size(batch_size, device), padding_side=padding_side
-    )
+    ds = _fit(lm, ds, template, skip_long)
+    chosen = requested or paper_layers(lm.anatomy.n_layers, every)
+    opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side)
     summary = _run(lens_stage(lm, ds, out, layers=chosen, opts=opts, seed=seed), "lens")
     table = Table(title="log p(native)/p(English) and latent accuracy (mean over non-pivot languages)")
     for col in ("layer", "log ratio", "acc native", "acc en", "acc label"):
@@ -330,9 +409,9 @@ def pca(
     data_dir: DataDir = None,
     languages: Languages = None,
     limit: Limit = None,
-    n_items: Annotated[int, typer.Option(help="parallel items to project (the paper uses 50)")] = 50,
-    layers: Annotated[str | None, typer.Option(help="comma-separated layers")] = None,
-    every: int = 4,
+    n_items: Annotated[int, typer.Option(min=2, help="parallel items to project (the paper uses 50)")] = 50,
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers (>= 1)")] = None,
+    every: Annotated[int, typer.Option(min=1, help="paper schedule: every Nth block ending at the last")] = 4,
     batch_size: BatchSize = "8",
     device: Device = "cpu",
     dtype: Dtype = "float32",
@@ -341,18 +420,23 @@ def pca(
     strict: Strict = False,
     pivot_file: PivotFile = None,
     pivot: Pivot = None,
+    skip_long: SkipLong = False,
     seed: int = 0,
 ) -> None:
     """Activations at the last prompt token, 2-D PCA per layer (Fig. 3) and an alignment number."""
     from crosslens.anatomy import paper_layers
     from crosslens.pca import pca_stage
 
+    check_output(out)
+    _device(device)
+    size = _batch_size(batch_size, device)
+    requested = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     _precheck("pca", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
-    chosen = [int(x) for x in _csv(layers)] if layers else paper_layers(lm.anatomy.n_layers, every)
-    chosen = [layer for layer in chosen if layer > 0] if not layers else chosen
-    stage = pca_stage(lm, ds, out, chosen, n_items, template, _batch_size(batch_size, device), seed)
+    ds = _fit(lm, ds, template, skip_long)
+    chosen = requested or [x for x in paper_layers(lm.anatomy.n_layers, every) if x > 0]
+    stage = pca_stage(lm, ds, out, chosen, n_items, template, size, seed)
     summary = _run(stage, "pca")
     table = Table(title="cross-language alignment of last-token states (cosine)")
     for col in ("layer", "parallel", "non-parallel", "gap"):
@@ -374,7 +458,7 @@ def steer(
     gammas: Annotated[
         str, typer.Option(help="comma-separated multipliers; 0 is always added")
     ] = "-3,-2,-1,0,1,2,3",
-    n_vectors: Annotated[int, typer.Option(help="items the vectors are built from (held out)")] = 50,
+    n_vectors: Annotated[int, typer.Option(min=1, help="items the vectors are built from (held out)")] = 50,
     data_dir: DataDir = None,
     languages: Languages = None,
     limit: Limit = None,
@@ -386,18 +470,35 @@ def steer(
     strict: Strict = False,
     pivot_file: PivotFile = None,
     pivot: Pivot = None,
+    skip_long: SkipLong = False,
     seed: int = 0,
 ) -> None:
     """Cross-lingual activation steering sweep over layers and gammas (Figs. 4, 5, 7-11)."""
     from crosslens.evaluate import EvalOptions
-    from crosslens.steering import steer_stage
+    from crosslens.steering import check_gammas, steer_stage
 
+    check_output(out)
+    _device(device)
+    size = _batch_size(batch_size, device)
+    gamma_list = _numbers(gammas, "--gammas", float)
+    if not gamma_list:
+        raise typer.BadParameter("--gammas is empty: give at least one multiplier")
+    try:
+        check_gammas(gamma_list)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    layer_list = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
+    if not layer_list:
+        raise typer.BadParameter("--layers is empty: give the blocks to steer")
     ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
-    gamma_list = [float(g) for g in _csv(gammas) or []]
+    if n_vectors >= len(ds):
+        raise typer.BadParameter(
+            f"--n-vectors {n_vectors} leaves no items to evaluate ({len(ds)} aligned items)"
+        )
     _precheck("steer", out, model, dtype, ds, template)
     lm = _load(model, device, dtype)
-    opts = EvalOptions(template=template, batch_size=_batch_size(batch_size, device))
-    layer_list = [int(x) for x in _csv(layers) or []]
+    ds = _fit(lm, ds, template, skip_long)
+    opts = EvalOptions(template=template, batch_size=size)
     stage = steer_stage(lm, ds, out, ds.languages, layer_list, gamma_list, n_vectors, seed, opts)
     summary = _run(stage, "steer")
     table = Table(title="steering: change against gamma = 0, mean over steered languages")
@@ -458,8 +559,31 @@ def demo(
     out_console.print(f"demo report: {path.resolve()}")
 
 
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def _error(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _usage(exc: TyperException) -> str:
+    """A usage error as one line: click's message and where to read the options."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "crosslens"
+    return f"{exc.format_message()} (see '{command} --help')"
+
+
+def _os_error(exc: OSError) -> str:
+    """A file-system fault as one line naming the file; nothing half-written is left behind."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free some space and re-run the same command to resume"
+    return f"{exc.strerror or exc}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: known errors become one line on stderr and exit code 2."""
+    """Entry point: every known error becomes one ``error:`` line on stderr and exit code 2;
+    Ctrl-C is one line and exit code 130."""
     from crosslens.anatomy import UnsupportedModelError
     from crosslens.data import DataError
     from crosslens.models import ModelLoadError
@@ -467,14 +591,21 @@ def main(argv: list[str] | None = None) -> int:
     from crosslens.store import RunMismatchError, StoreBusyError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--version":
-        out_console.print(__version__)
-        return 0
-    if argv is not None and argv[:1] == ["--version"]:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--version"]:
         out_console.print(__version__)
         return 0
     try:
-        app(args=argv, standalone_mode=False)
+        # typer turns Ctrl-C into a returned 130 here; --help and explicit exits return their code.
+        code = app(args=args, standalone_mode=False, prog_name="crosslens")
+    except (KeyboardInterrupt, Abort):
+        code = INTERRUPTED
+    except TyperException as exc:  # usage errors: unknown option, bad value, missing option, ...
+        _error(_usage(exc))
+        return 2
+    except OSError as exc:
+        _error(_os_error(exc))
+        return 2
     except (
         ModelLoadError,
         DataError,
@@ -484,20 +615,13 @@ def main(argv: list[str] | None = None) -> int:
         RayBackendError,
         ValueError,
     ) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         return 2
-    except SystemExit as exc:  # typer/click exits (help, usage errors)
+    except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
-    return 0
+    if code == INTERRUPTED:
+        console.print("interrupted; re-run the same command to resume", highlight=False)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,9 +87,12 @@ class SteeringConfig(_Section):
 
     @field_validator("gammas")
     @classmethod
-    def _gammas_not_empty(cls, v: list[float]) -> list[float]:
+    def _gammas_usable(cls, v: list[float]) -> list[float]:
         if not v:
             raise ValueError("must not be empty")
+        from crosslens.steering import check_gammas
+
+        check_gammas(v)
         return v
 
     def layers_for(self, spec: str) -> list[int]:
@@ -159,6 +161,7 @@ class ExperimentConfig(_Section):
     output: Path = Path("runs")
     chunk_size: Annotated[int, Field(ge=1)] = 32
     cloze: bool = True  # also score the full answer texts (the --no-cloze of the CLI turns it off)
+    skip_long: bool = False  # leave out items longer than a model's context (default: refuse them)
     padding_side: Literal["left", "right"] = "left"
     ray: RayConfig = RayConfig()
 
@@ -179,7 +182,9 @@ class ExperimentConfig(_Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
-        if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", v):
+        from crosslens.models import DEVICE
+
+        if not DEVICE.fullmatch(v):
             raise ValueError(f"{v!r} is not a device (use cpu, cuda, cuda:N, mps or auto)")
         return v
 
@@ -221,11 +226,26 @@ class ExperimentConfig(_Section):
 
 
 # -- loading ----------------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, check_models: bool = True) -> ExperimentConfig:
     """Read and fully validate a YAML config (``check_models=False`` skips reading model depths)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:

@@ -95,6 +95,7 @@ class ParallelDataset:
     dropped: dict[str, int]
     template: str
     source: str = ""  # where the items were read from (a folder, bundled resources, the Hub)
+    mismatched: int = 0  # ids present in every language but dropped: choice count or answer differ
     _index: dict[str, dict[str, Item]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +119,25 @@ class ParallelDataset:
         except KeyError:
             raise DataError(f"{self.name}: no aligned item {item_id!r}") from None
 
+    def drop_report(self) -> list[str]:
+        """One line per language that lost items, with the real reasons."""
+        lines = []
+        for lang, n in self.dropped.items():
+            if n:
+                missing = n - self.mismatched
+                reasons = [f"{missing} missing in other languages"] if missing else []
+                if self.mismatched:
+                    reasons.append(f"{self.mismatched} whose choice count or answer differs across languages")
+                lines.append(f"{self.name}/{lang}: dropped {n} items ({'; '.join(reasons)})")
+        return lines
+
+    def require_items(self) -> ParallelDataset:
+        """This dataset, or one DataError line saying why no item is left (stages never run over none)."""
+        if not len(self):
+            why = "; ".join(self.drop_report()) or "the files hold no items"
+            raise DataError(f"{self.name}: no items aligned across {', '.join(self.items)} ({why})")
+        return self
+
     def english_choices(self, item_id: str) -> tuple[str, ...] | None:
         """The pivot's answer options for this item (the English answers a logit lens looks for)."""
         return None if self.pivot is None else self.item(self.pivot, item_id).choices
@@ -137,8 +157,8 @@ class ParallelDataset:
 
     def limit(self, n: int | None) -> ParallelDataset:
         """The first ``n`` aligned items (all of them when ``n`` is None)."""
-        if n is not None and n < 0:
-            raise ValueError(f"limit must be >= 0, got {n}")
+        if n is not None and n < 1:
+            raise DataError(f"--limit must be >= 1, got {n}")
         return self.subset(self.item_ids()[:n])
 
 
@@ -315,13 +335,13 @@ def _load(
 
     load = requested + ([pivot] if pivot is not None and pivot not in requested else [])
     tables = {lang: sources[lang]() for lang in load}
-    ids = _align(tables, pivot or requested[0], strict, spec.positional, info.name)
+    ids, mismatched = _align(tables, pivot or requested[0], strict, spec.positional, info.name)
     by_id = {lang: {it.item_id: it for it in t.items} for lang, t in tables.items()}
     items = {lang: [by_id[lang][i] for i in ids] for lang in load}
     dropped = {lang: len(tables[lang].items) - len(ids) for lang in load}
     if split is not None:
         where += f" (split {split})"
-    return ParallelDataset(info.name, requested, pivot, items, dropped, info.template, where)
+    return ParallelDataset(info.name, requested, pivot, items, dropped, info.template, where, mismatched)
 
 
 def _sources(spec: _Spec, data_dir: str | Path | None, split: str | None) -> tuple[Sources, str]:
@@ -354,8 +374,11 @@ def natural_key(item_id: str) -> tuple[str | int, ...]:
     return tuple(int(p) if k % 2 else p for k, p in enumerate(parts))
 
 
-def _align(tables: dict[str, Table], reference: str, strict: bool, positional: bool, name: str) -> list[str]:
-    """The ids usable in every language, sorted; drops (or, if strict, raises on) the rest."""
+def _align(
+    tables: dict[str, Table], reference: str, strict: bool, positional: bool, name: str
+) -> tuple[list[str], int]:
+    """The ids usable in every language, sorted, and how many ids present in every language were
+    dropped because they disagree; drops (or, if strict, raises on) the rest."""
     by_id = {lang: {it.item_id: it for it in t.items} for lang, t in tables.items()}
     common = set.intersection(*(set(d) for d in by_id.values()))
     bad: set[str] = set()
@@ -410,4 +433,4 @@ def _align(tables: dict[str, Table], reference: str, strict: bool, positional: b
             dropped,
             len(bad),
         )
-    return kept
+    return kept, len(bad)

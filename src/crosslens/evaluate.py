@@ -113,6 +113,7 @@ def _unit_rows(
         lm, prompt_ids, [final], label_ids, conts, opts.batch_size, opts.padding_side, opts.max_elements
     ):
         it = items[i]
+        sc.check(f"item {it.item_id!r} ({it.language})")
         row = {
             "dataset": it.dataset,
             "language": it.language,

@@ -75,6 +75,7 @@ class LensStage(Stage):
             self.lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements
         ):
             it = items[i]
+            sc.check(f"item {it.item_id!r} ({it.language})")
             n = len(it.choices)
             base = {"dataset": ds.name, "language": it.language, "item_id": it.item_id, "gold": it.gold}
             for layer in layers:
@@ -211,7 +212,7 @@ def summarize_lens(
 
     acc = ranked.groupby(["form", "layer", "language"])["correct"].mean()
     latent_accuracy = {
-        form: {int(layer): _across(acc.loc[form, layer]) for layer in layers} for form in FORMS
+        form: {int(layer): _across(acc.loc[form, layer], non_pivot) for layer in layers} for form in FORMS
     }
     # log sum_j p(native j) - log sum_j p(en j), per item, with p the length-normalised probability.
     texts = lens[lens["form"] != "label"]
@@ -221,13 +222,7 @@ def summarize_lens(
     mass = mass.unstack("form")
     ratio_items = (mass["native"] - mass["en"]).rename("log_ratio").reset_index()
     per_lang = ratio_items.groupby(["layer", "language"])["log_ratio"].mean()
-    log_ratio = {
-        int(layer): {
-            **_across(per_lang.loc[layer][per_lang.loc[layer].index.isin(non_pivot)]),
-            "per_language": {k: float(v) for k, v in per_lang.loc[layer].items()},
-        }
-        for layer in layers
-    }
+    log_ratio = {int(layer): _across(per_lang.loc[layer], non_pivot) for layer in layers}
     latent_transfer = {}
     for (form, layer), g in ranked.groupby(["form", "layer"]):
         s = metrics.summarize(g, pivot=pivot, n_boot=0)
@@ -247,15 +242,15 @@ def summarize_lens(
             for lang in non_pivot
         },
     }
-    summary["table2"] = _table2(
-        store, str(lens["dataset"].iat[0]), summary["mean_log_ratio"], pivot, set(lens["item_id"])
-    )
+    summary["table2"] = _table2(store, str(lens["dataset"].iat[0]), summary["mean_log_ratio"], pivot, lens)
     store.write_json("lens_summary.json", metrics.to_jsonable(summary))
     return summary
 
 
-def _across(values: pd.Series) -> dict[str, Any]:
-    mean, low, high = metrics.ci95_across(np.asarray(values, dtype=float))
+def _across(values: pd.Series, languages: Sequence[str]) -> dict[str, Any]:
+    """Mean and t-based 95 % CI over ``languages`` (the non-pivot ones); every language's value kept."""
+    used = values[values.index.isin(languages)]
+    mean, low, high = metrics.ci95_across(np.asarray(used, dtype=float))
     return {
         "mean": mean,
         "ci_low": low,
@@ -265,16 +260,21 @@ def _across(values: pd.Series) -> dict[str, Any]:
 
 
 def _table2(
-    store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot: str | None, items: set[str]
+    store: Store, dataset: str, mean_log_ratio: dict[str, float], pivot: str | None, lens: pd.DataFrame
 ) -> dict[str, Any] | None:
     """Correlate per-language mean log ratio with the evaluation's accuracy, consistency and →tr+.
 
-    Reads the ``records/`` of the same folder for the lens's own items; absent records give ``None``.
+    Reads the ``records/`` of the same folder for the lens's own items and languages (so mean
+    consistency and →tr+ are over the languages the lens ran on); absent records give ``None``.
     """
     if not store.has_rows(RECORDS):
         return None
     records = store.read(RECORDS)
-    records = records[(records["dataset"] == dataset) & records["item_id"].isin(items)]
+    records = records[
+        (records["dataset"] == dataset)
+        & records["item_id"].isin(set(lens["item_id"]))
+        & records["language"].isin(set(lens["language"]))
+    ]
     if records.empty:
         return None
     if pivot not in set(records["language"]):

@@ -114,22 +114,30 @@ def _read_text(path: Path) -> str:
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, record) for a JSON list file or a JSON-lines file (blank lines skipped)."""
+    """(location, record) for a JSON list file or a JSON-lines file (blank lines skipped).
+
+    JSON Lines separates records by ``\n`` only: U+2028, U+0085 and other characters that
+    ``str.splitlines`` would split on are legal inside a JSON string.
+    """
     text = _read_text(path)
     if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg})") from None
-        for k, raw in enumerate(records, 1):
+        for k, raw in enumerate(_parse_json(text, f"{path}"), 1):
             yield f"{path} record {k}", raw
         return
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
-            try:
-                yield f"{path} line {n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield f"{path} line {n}", _parse_json(line.removesuffix("\r"), f"{path} line {n}")
+
+
+def _parse_json(text: str, where: str) -> Any:
+    """json.loads with its failures (bad syntax, nesting too deep for the parser) as one DataError line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"line {e.lineno}" if "line" not in where else f"column {e.colno}"
+        raise DataError(f"{where}: invalid JSON ({e.msg} at {at})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
 
 
 def _csv_rows(path: Path, **fmt: Any) -> Iterator[tuple[str, list[str]]]:

@@ -38,6 +38,7 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "ModelSpec",
+    "check_device",
     "load_model",
     "ALIASES",
     "cache_root",
@@ -59,6 +60,29 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return DTYPES[dtype]
     except KeyError:
         raise ModelLoadError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})") from None
+
+
+DEVICE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
+
+
+def check_device(device: str, available: bool = True) -> str:
+    """``device`` if it names a device (cpu, cuda, cuda:N, mps, auto) and, with ``available``, one
+    this machine has; else one :class:`ModelLoadError` line (before any weight is read)."""
+    if not DEVICE.fullmatch(device):
+        raise ModelLoadError(f"--device {device!r} is not a device (use cpu, cuda, cuda:N, mps or auto)")
+    if available and device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"--device {device}: CUDA is not available on this machine (use --device cpu)"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+    if available and device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("--device mps: MPS is not available on this machine (use --device cpu)")
+    return device
 
 
 def cache_root() -> Path:
@@ -290,6 +314,7 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
+    check_device(device)
     torch_dtype = resolve_dtype(dtype)
     parsed = ModelSpec.parse(spec)
     source, revision, provenance = _resolve(parsed)
@@ -311,8 +336,9 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=hub_revision, trust_remote_code=trust_remote_code
         )
-    except OSError as exc:
-        raise ModelLoadError(f"cannot load weights for '{spec}': {exc}".splitlines()[0]) from None
+    except Exception as exc:  # truncated or corrupt weights raise many kinds (OSError, SafetensorError, ...)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelLoadError(f"cannot load weights for '{spec}': {type(exc).__name__}: {first}") from None
     if device != "auto":
         model.to(device)
     model.eval()

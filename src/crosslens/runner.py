@@ -35,14 +35,15 @@ from rich.progress import (
 
 from crosslens import __version__
 from crosslens.config import ConfigError, ExperimentConfig, check_depth, load_config
-from crosslens.data import ParallelDataset, load_dataset
+from crosslens.data import DataError, ParallelDataset, load_dataset
 from crosslens.evaluate import prompt_fingerprint
 from crosslens.metrics import table1_line
 from crosslens.models import LoadedModel, ModelSpec
 from crosslens.prompts import get_template
 from crosslens.report import EXPERIMENT_FILE, write_report
+from crosslens.scoring import fit_context
 from crosslens.stages import STAGES, Stage, run_stage
-from crosslens.store import Store, atomic_write_text
+from crosslens.store import Store, atomic_write_text, check_output
 
 __all__ = [
     "run_experiment",
@@ -81,6 +82,7 @@ def load_jobs(config: ExperimentConfig, source: str) -> list[Job]:
     """Load every dataset (English pivot always evaluated) and check it suits the stages asked for."""
     jobs = []
     for i, d in enumerate(config.datasets):
+        where = f"{source}: datasets[{i}]"
         ds = load_dataset(
             d.name,
             d.languages,
@@ -89,18 +91,19 @@ def load_jobs(config: ExperimentConfig, source: str) -> list[Job]:
             strict=d.strict,
             pivot_file=d.pivot_file,
             pivot=d.pivot,
-        ).limit(d.limit)
-        where = f"{source}: datasets[{i}]"
+        )
+        try:
+            ds = ds.require_items().limit(d.limit)
+        except DataError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         if ds.pivot is not None and ds.pivot not in ds.languages:
             # Every cross-lingual view is anchored on English, so it is evaluated like any language.
             ds = replace(ds, languages=[ds.pivot, *ds.languages])
         if ds.pivot is None and (config.lens.enabled or config.steering_enabled):
             raise ConfigError(
                 f"{where}: {d.name} has no English pivot, which the lens and steering need "
-                "(set lens.enabled and steering.enabled to false)"
+                "(give English items with pivot_file, or set lens.enabled and steering.enabled to false)"
             )
-        if len(ds) == 0:
-            raise ConfigError(f"{where}: {d.name} has no items aligned across {', '.join(ds.languages)}")
         if config.steering_enabled and config.steering.n_vectors >= len(ds):
             raise ConfigError(
                 f"{source}: steering.n_vectors: {config.steering.n_vectors} leaves no items to "
@@ -142,6 +145,8 @@ def job_stages(
     a folder holding something this run must not reuse is refused before the first write.
     """
     out = job_folder(root, spec, job)
+    template = get_template(config.datasets[job.index].template or job.data.template)
+    job = replace(job, data=fit_context(lm, job.data, template, config.skip_long)[0])
     stages = {d.key: d.build(config, lm, spec, job, out) for d in STAGES if d.enabled(config)}
     for stage in stages.values():
         stage.check()
@@ -208,6 +213,7 @@ def run_experiment(
         raise ConfigError(
             f"{source}: models: two specs share an output folder name ({', '.join(slugs)}); rename one folder"
         )
+    check_output(config.output, f"{source}: output:")
     jobs = load_jobs(config, source)
     precheck_folders(config, jobs)
     root = config.output

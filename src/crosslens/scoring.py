@@ -18,11 +18,24 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from crosslens.data import DataError, ParallelDataset
 from crosslens.models import LoadedModel
 from crosslens.passes import continuation_pass, length_batches, prefix_groups, prompt_pass
+from crosslens.prompts import Template, render
 from crosslens.prompts import labels as label_letters
 
-__all__ = ["LabelPlan", "label_plan", "encode_continuation", "ItemScores", "score_prompts", "rank_choices"]
+__all__ = [
+    "LabelPlan",
+    "label_plan",
+    "encode_continuation",
+    "ItemScores",
+    "score_prompts",
+    "rank_choices",
+    "NonFiniteReading",
+    "require_finite",
+    "context_limit",
+    "fit_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +100,23 @@ def encode_continuation(
     return tokenizer(" " + text.strip(), add_special_tokens=False).input_ids, False
 
 
+class NonFiniteReading(ValueError):
+    """A log-probability that is NaN or infinite: it is never ranked, counted or averaged."""
+
+
+def require_finite(values: Sequence[float] | np.ndarray, where: str) -> None:
+    """Refuse a reading that is not a finite number, naming where it was read (item, language, layer)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise NonFiniteReading(
+            f"{where}: a log-probability is {arr[~np.isfinite(arr)][0]} (the model's outputs are not finite "
+            "numbers: broken weights, or an overflow in a low-precision dtype; try --dtype float32)"
+        )
+
+
 def rank_choices(logprobs: Sequence[float]) -> list[int]:
     """Rank 1 = most probable. Ties go to the earlier choice (stable sort), so ranks are deterministic."""
+    require_finite(logprobs, "ranking answer choices")
     order = np.argsort(-np.asarray(logprobs, dtype=np.float64), kind="stable")
     ranks = np.empty(len(order), dtype=int)
     ranks[order] = np.arange(1, len(order) + 1)
@@ -101,6 +129,15 @@ class ItemScores:
 
     label_logprobs: dict[int, np.ndarray] = field(default_factory=dict)  # (n_labels,) per layer
     text_logprobs: dict[int, list[np.ndarray]] = field(default_factory=dict)  # per continuation: (T,)
+
+    def check(self, where: str) -> ItemScores:
+        """Refuse (one line naming ``where`` and the layer) any reading that is not finite."""
+        for layer, values in self.label_logprobs.items():
+            require_finite(values, f"{where}, layer {layer}, answer letters")
+        for layer, texts in self.text_logprobs.items():
+            for k, values in enumerate(texts):
+                require_finite(values, f"{where}, layer {layer}, answer text {k + 1}")
+        return self
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -273,3 +310,47 @@ def _check_window(lm: LoadedModel, pp, conts: Sequence[Sequence[int]], padding_s
             f"right padding cannot extend cached prompts past the sliding window ({window} tokens) of "
             f"{lm.anatomy.model_type}; use padding_side='left'"
         )
+
+
+def context_limit(lm: LoadedModel) -> int | None:
+    """The longest sequence the model was built for (``max_position_embeddings``), if it says."""
+    config = lm.model.config
+    for c in (config, getattr(config, "text_config", None)):
+        value = getattr(c, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_context(
+    lm: LoadedModel, ds: ParallelDataset, template: Template, skip_long: bool = False
+) -> tuple[ParallelDataset, int]:
+    """``ds`` without items whose prompt plus longest answer text exceeds the model's context.
+
+    Scoring past the context reads positions the model never learnt; crosslens refuses it. An item
+    too long in one language is dropped in every language (the set stays parallel) when
+    ``skip_long``, else the first one is a :class:`DataError` naming it, its length and the limit.
+    Returns the dataset and how many items were skipped.
+    """
+    limit = context_limit(lm)
+    if limit is None:
+        return ds, 0
+    tok = lm.tokenizer
+    too_long: dict[str, tuple[str, int]] = {}
+    for lang, items in ds.items.items():
+        prompts = tok([render(it, template) for it in items]).input_ids
+        for it, ids in zip(items, prompts):
+            texts = (*it.choices, *(ds.english_choices(it.item_id) or ()))
+            answer = max(
+                len(x) for x in tok([" " + t.strip() for t in texts], add_special_tokens=False).input_ids
+            )
+            if len(ids) + answer > limit and it.item_id not in too_long:
+                too_long[it.item_id] = (lang, len(ids) + answer)
+    if too_long and not skip_long:
+        item, (lang, n) = next(iter(too_long.items()))
+        raise DataError(
+            f"item {item!r} ({lang}) needs {n} tokens (prompt + longest answer), more than the "
+            f"{limit} of {lm.spec}'s context; {len(too_long)} item(s) are too long: shorten them or "
+            "pass --skip-long to leave them out"
+        )
+    return ds.subset([i for i in ds.item_ids() if i not in too_long]), len(too_long)

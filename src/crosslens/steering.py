@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,7 @@ from crosslens.evaluate import EvalOptions, data_fingerprint, label_fields
 from crosslens.models import LoadedModel
 from crosslens.passes import continuation_pass, length_batches, prompt_pass
 from crosslens.prompts import Template, get_template, render
-from crosslens.scoring import LabelPlan, label_plan
+from crosslens.scoring import LabelPlan, label_plan, require_finite
 from crosslens.stages import Done, Stage, Unit, plan_units, run_stage
 from crosslens.store import RunMismatchError, Store, describe_mismatch
 
@@ -58,6 +59,17 @@ __all__ = [
 ]
 
 STEER = "steer"
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_gammas(gammas: Sequence[float]) -> list[float]:
+    """Multipliers that γ·v can be computed with: finite and within float32's range."""
+    bad = [g for g in gammas if not math.isfinite(g) or abs(g) > FLOAT32_MAX]
+    if bad:
+        raise ValueError(f"--gammas: {bad[0]!r} is not a usable multiplier (finite, |γ| < {FLOAT32_MAX:.3g})")
+    return [float(g) for g in gammas]
 
 
 def sample_vector_items(item_ids: Sequence[str], n: int, seed: int) -> list[str]:
@@ -372,6 +384,8 @@ class SteerStage(Stage):
         rows = []
         for layer, g in settings:
             lps = grid[(layer, g)] if steered else grid[unsteered]
+            for it, lp in zip(items, lps):
+                require_finite(lp, f"item {it.item_id!r} ({it.language}), layer {layer}, gamma {g:+g}")
             rows += [
                 {
                     "dataset": ds.name,
@@ -405,6 +419,9 @@ def steer_stage(
     """Steering of ``lm`` on ``ds`` into ``out``, planned but not run (vectors are built in ``begin``)."""
     if not gammas:
         raise ValueError("--gammas is empty: give at least one multiplier")
+    check_gammas(gammas)
+    if n_vectors < 1:
+        raise ValueError(f"--n-vectors must be >= 1 (the vectors are means over items), got {n_vectors}")
     if ds.pivot is None:
         raise ValueError(f"dataset '{ds.name}' has no English pivot to steer toward")
     layers = lm.anatomy.check_layers(layers)

@@ -43,6 +43,8 @@ __all__ = [
     "Store",
     "RunMismatchError",
     "StoreBusyError",
+    "OutputPathError",
+    "check_output",
     "unit_name",
     "describe_mismatch",
     "atomic_write_text",
@@ -58,6 +60,25 @@ class RunMismatchError(RuntimeError):
 
 class StoreBusyError(RuntimeError):
     """Another process is running the same stage into the same folder."""
+
+
+class OutputPathError(ValueError):
+    """An output path that can never become a writable folder (a file, or below one)."""
+
+
+def check_output(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any model loads or anything is written, an output path that is a file, lies
+    below a file, or whose nearest existing folder is not writable."""
+    p = Path(path).expanduser()
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                where = "is" if q == p else f"is below {q}, which is"
+                raise OutputPathError(f"{option} {path} {where} a file, not a folder")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise OutputPathError(f"{option} {path}: {q} is not writable")
+            return p
+    return p
 
 
 def _safe(part: str) -> str:
