@@ -146,10 +146,6 @@ class Stage:
                 groups.setdefault(missing, []).append(item)
         return [replace(unit, item_ids=tuple(ids), settings=s) for s, ids in groups.items()]
 
-    def pending(self) -> list[Unit]:
-        done = self.done()
-        return [u for u in self.units if self.todo(u, done)]
-
     def unit(self, name: str) -> Unit:
         return next(u for u in self.units if u.name == name)
 
@@ -197,10 +193,9 @@ class Stage:
         if "language" in df and "*" not in languages:
             keep &= df["language"].isin(languages)
         if self.setting_columns:
-            wanted = {setting_key(s) for s in self.selected_settings()}
-            cols = df[list(self.setting_columns)]
-            keys = [setting_key(tuple(r) if len(r) > 1 else r[0]) for r in cols.itertuples(index=False)]
-            keep &= pd.Series(keys, index=df.index).isin(wanted)
+            wanted = [s if isinstance(s, tuple) else (s,) for s in self.selected_settings()]
+            rows = pd.MultiIndex.from_frame(df[list(self.setting_columns)])
+            keep &= rows.isin(pd.MultiIndex.from_tuples(wanted, names=rows.names))
         return df[keep].reset_index(drop=True)
 
     def summarize(self) -> dict[str, Any]:
