@@ -97,10 +97,11 @@ def _layers(model: str, layers: list[int], option: str, first: int) -> list[int]
     return layers
 
 
-def check_output(out: Path) -> Path:
-    from crosslens.store import check_output as check
+def _output(out: Path) -> Path:
+    """Refuse an --out that can never be a writable folder, before anything loads."""
+    from crosslens.store import check_output
 
-    return check(out)
+    return check_output(out)
 
 
 def _padding(side: str) -> str:
@@ -129,26 +130,30 @@ def _batch_size(value: str, device: str) -> int:
     return size
 
 
-def _fit(lm, ds, template: str | None, skip_long: bool):
-    """The dataset without items past the model's context (refused unless ``skip_long``)."""
-    from crosslens.prompts import get_template
-    from crosslens.scoring import fit_context
-
-    ds, skipped = fit_context(lm, ds, get_template(template or ds.template), skip_long)
-    if skipped:
-        console.print(f"[yellow]skipped {skipped} items longer than {lm.spec}'s context", highlight=False)
-    return ds
-
-
-def _precheck(key: str, out: Path, model: str, dtype: str, ds, template: str | None) -> None:
-    """Refuse a folder made with another model, dtype, data source or prompt before loading the model."""
+def _inputs(key: str, model: str, dtype: str, out: Path, template: str | None, *data):
+    """The dataset (``data``: the arguments of :func:`_dataset`), after refusing a folder whose
+    ``key`` stage was made with another model, dtype, data source or prompt: before any model loads."""
     from crosslens.evaluate import prompt_fingerprint
     from crosslens.prompts import get_template
     from crosslens.stages import stage_def
     from crosslens.store import Store
 
+    ds = _dataset(*data)
     expected = prompt_fingerprint(model, dtype, ds, get_template(template or ds.template))
     Store(out).precheck(stage_def(key).table, expected)
+    return ds
+
+
+def _loaded(model: str, device: str, dtype: str, ds, template: str | None, skip_long: bool):
+    """The loaded model and the dataset without items past its context (refused unless ``skip_long``)."""
+    from crosslens.prompts import get_template
+    from crosslens.scoring import fit_context
+
+    lm = _load(model, device, dtype)
+    ds, skipped = fit_context(lm, ds, get_template(template or ds.template), skip_long)
+    if skipped:
+        console.print(f"[yellow]skipped {skipped} items longer than {lm.spec}'s context", highlight=False)
+    return lm, ds
 
 
 def _run(stage, what: str) -> dict:
@@ -317,15 +322,27 @@ def eval_cmd(
     """Zero-shot letter-choice (and cloze) evaluation with consistency and transfer (paper Table 1)."""
     from crosslens.evaluate import EvalOptions, eval_stage
 
-    check_output(out)
+    _output(out)
     _device(device)
     _padding(padding_side)
     _model(model)
     size = _batch_size(batch_size, device)
-    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
-    _precheck("eval", out, model, dtype, ds, template)
-    lm = _load(model, device, dtype)
-    ds = _fit(lm, ds, template, skip_long)
+    ds = _inputs(
+        "eval",
+        model,
+        dtype,
+        out,
+        template,
+        dataset,
+        languages,
+        data_dir,
+        limit,
+        split,
+        strict,
+        pivot_file,
+        pivot,
+    )
+    lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side, cloze=not no_cloze)
     _print_eval(_run(eval_stage(lm, ds, out, opts=opts, seed=seed), "eval"))
 
@@ -376,15 +393,27 @@ def lens(
     from crosslens.evaluate import EvalOptions
     from crosslens.lens import lens_stage
 
-    check_output(out)
+    _output(out)
     _device(device)
     _padding(padding_side)
     size = _batch_size(batch_size, device)
     requested = _layers(model, _numbers(layers, "--layers"), "--layers", 0)
-    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
-    _precheck("lens", out, model, dtype, ds, template)
-    lm = _load(model, device, dtype)
-    ds = _fit(lm, ds, template, skip_long)
+    ds = _inputs(
+        "lens",
+        model,
+        dtype,
+        out,
+        template,
+        dataset,
+        languages,
+        data_dir,
+        limit,
+        split,
+        strict,
+        pivot_file,
+        pivot,
+    )
+    lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or paper_layers(lm.anatomy.n_layers, every)
     opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side)
     summary = _run(lens_stage(lm, ds, out, layers=chosen, opts=opts, seed=seed), "lens")
@@ -427,14 +456,26 @@ def pca(
     from crosslens.anatomy import paper_layers
     from crosslens.pca import pca_stage
 
-    check_output(out)
+    _output(out)
     _device(device)
     size = _batch_size(batch_size, device)
     requested = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
-    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
-    _precheck("pca", out, model, dtype, ds, template)
-    lm = _load(model, device, dtype)
-    ds = _fit(lm, ds, template, skip_long)
+    ds = _inputs(
+        "pca",
+        model,
+        dtype,
+        out,
+        template,
+        dataset,
+        languages,
+        data_dir,
+        limit,
+        split,
+        strict,
+        pivot_file,
+        pivot,
+    )
+    lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or [x for x in paper_layers(lm.anatomy.n_layers, every) if x > 0]
     stage = pca_stage(lm, ds, out, chosen, n_items, template, size, seed)
     summary = _run(stage, "pca")
@@ -477,7 +518,7 @@ def steer(
     from crosslens.evaluate import EvalOptions
     from crosslens.steering import check_gammas, steer_stage
 
-    check_output(out)
+    _output(out)
     _device(device)
     size = _batch_size(batch_size, device)
     gamma_list = _numbers(gammas, "--gammas", float)
@@ -490,14 +531,26 @@ def steer(
     layer_list = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
     if not layer_list:
         raise typer.BadParameter("--layers is empty: give the blocks to steer")
-    ds = _dataset(dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    ds = _inputs(
+        "steer",
+        model,
+        dtype,
+        out,
+        template,
+        dataset,
+        languages,
+        data_dir,
+        limit,
+        split,
+        strict,
+        pivot_file,
+        pivot,
+    )
     if n_vectors >= len(ds):
         raise typer.BadParameter(
             f"--n-vectors {n_vectors} leaves no items to evaluate ({len(ds)} aligned items)"
         )
-    _precheck("steer", out, model, dtype, ds, template)
-    lm = _load(model, device, dtype)
-    ds = _fit(lm, ds, template, skip_long)
+    lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     opts = EvalOptions(template=template, batch_size=size)
     stage = steer_stage(lm, ds, out, ds.languages, layer_list, gamma_list, n_vectors, seed, opts)
     summary = _run(stage, "steer")
