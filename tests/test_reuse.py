@@ -442,8 +442,37 @@ def test_experiment_refuses_another_model_in_the_same_folder_before_loading(
         return parse_config(data)
 
     run_experiment(config(a), progress=False)
-    before = snapshot(tmp_path / "runs" / "model")
+    before = snapshot(tmp_path / "runs")
     monkeypatch.setattr(ExperimentConfig, "load", lambda self, spec: pytest.fail("model loaded"))
     with pytest.raises(RunMismatchError, match="model"):
         run_experiment(config(b), progress=False)
-    assert snapshot(tmp_path / "runs" / "model") == before
+    assert snapshot(tmp_path / "runs") == before
+
+
+def test_experiment_with_steering_refuses_another_limit_before_writing(
+    saved_model: Path, tmp_path: Path
+) -> None:
+    """0.1 evaluated the new items, wrote a summary over the wrong ones, then crashed in steering.
+    Now every stage is checked first: steering's vector sample differs, so nothing is written."""
+    from crosslens.config import parse_config
+    from crosslens.runner import run_experiment
+    from crosslens.store import RunMismatchError
+
+    def config(limit: int):
+        return parse_config(
+            {
+                "models": [str(saved_model)],
+                "datasets": [{"name": "crosslens-mini", "languages": ["en", "de"], "limit": limit}],
+                "layers": [1, 2],
+                "steering": {"layers": [2], "gammas": [-1, 1], "n_vectors": 3},
+                "pca": {"enabled": False},
+                "chunk_size": 4,
+                "output": str(tmp_path / "runs"),
+            }
+        )
+
+    run_experiment(config(8), progress=False)
+    before = snapshot(tmp_path / "runs")  # also experiment.json and the report: they describe the first run
+    with pytest.raises(RunMismatchError, match="vector_items"):
+        run_experiment(config(12), progress=False)
+    assert snapshot(tmp_path / "runs") == before

@@ -220,7 +220,6 @@ def run_experiment(
     root.mkdir(parents=True, exist_ok=True)
     total = len(config.models) * sum(sum(job.work(config).values()) for job in jobs)
     with Store(root).lock(EXPERIMENT), _display(progress, total) as (step, advance, console):
-        _write_experiment(config, root, backend)
 
         def say(line: str) -> None:
             if progress:
@@ -232,6 +231,9 @@ def run_experiment(
             run_on_ray(config, jobs, source, address, step, advance, say, models)
         else:
             _run_local(config, jobs, source, step, advance, say, models)
+        # Written once every stage has finished: the report's "Experiment" is the run whose results
+        # it shows, never a command that was refused or interrupted.
+        _write_experiment(config, root, backend)
         step("report")
         return write_report(root)
 
