@@ -58,6 +58,11 @@ def write_toy(
     return folder
 
 
+def eval_argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """``crosslens eval`` of ``model`` on the jsonl files in ``data`` into ``out``."""
+    return ["eval", "-m", str(model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out), *extra]
+
+
 @dataclass
 class World:
     """What the cases refer to: a good model and data, an output folder holding real results."""
@@ -384,22 +389,7 @@ def test_drop_message_names_the_real_reason(
             del lines[2]  # q2: missing in German
 
     data = write_toy(tmp_path / "d", languages=("en", "de"), edit=mismatch)
-    assert (
-        main(
-            [
-                "eval",
-                "-m",
-                str(saved_model),
-                "-d",
-                "jsonl",
-                "--data-dir",
-                str(data),
-                "-o",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 0
-    )
+    assert main(eval_argv(saved_model, data, tmp_path / "o")) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert (
         "jsonl/en: dropped 2 items (1 missing in other languages; 1 whose choice count or answer differs"
@@ -413,7 +403,7 @@ def test_dataset_without_english_evaluates_and_reports(
 ) -> None:
     data = write_toy(tmp_path / "d", languages=("de", "zh"))
     out = tmp_path / "o"
-    assert main(["eval", "-m", str(saved_model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out)]) == 0
+    assert main(eval_argv(saved_model, data, out)) == 0
     text = capsys.readouterr().out
     assert "no English pivot" in " ".join(text.split()) and "--pivot-file" in text
     assert main(["metrics", str(out)]) == 0
@@ -432,19 +422,7 @@ def test_skip_long_leaves_the_item_out_in_every_language(
 
     data = write_toy(tmp_path / "d", edit=long_first)
     out = tmp_path / "o"
-    argv = [
-        "eval",
-        "-m",
-        str(saved_model),
-        "-d",
-        "jsonl",
-        "--data-dir",
-        str(data),
-        "-o",
-        str(out),
-        "--skip-long",
-    ]
-    assert main(argv) == 0
+    assert main(eval_argv(saved_model, data, out, "--skip-long")) == 0
     assert "skipped 1 items longer than" in " ".join(capsys.readouterr().err.split())
     records = pd.read_parquet(out / "records")
     assert "q0" not in set(records["item_id"]) and records["item_id"].nunique() == 6

@@ -130,18 +130,23 @@ def _batch_size(value: str, device: str) -> int:
     return size
 
 
-def _inputs(key: str, model: str, dtype: str, out: Path, template: str | None, *data):
-    """The dataset (``data``: the arguments of :func:`_dataset`), after refusing a folder whose
-    ``key`` stage was made with another model, dtype, data source or prompt: before any model loads."""
+def _inputs(key: str, model: str, device: str, dtype: str, out: Path, template: str | None, batch_size: str,
+            data: tuple) -> tuple:  # fmt: skip
+    """Everything checked before a model loads: the output path, the device, the batch size, the
+    dataset (``data``: the arguments of :func:`_dataset`), and the folder's ``key`` stage against
+    the model, dtype, data source and prompt. Returns (dataset, batch size)."""
     from crosslens.evaluate import prompt_fingerprint
     from crosslens.prompts import get_template
     from crosslens.stages import stage_def
     from crosslens.store import Store
 
+    _output(out)
+    _device(device)
+    size = _batch_size(batch_size, device)
     ds = _dataset(*data)
     expected = prompt_fingerprint(model, dtype, ds, get_template(template or ds.template))
     Store(out).precheck(stage_def(key).table, expected)
-    return ds
+    return ds, size
 
 
 def _loaded(model: str, device: str, dtype: str, ds, template: str | None, skip_long: bool):
@@ -322,26 +327,10 @@ def eval_cmd(
     """Zero-shot letter-choice (and cloze) evaluation with consistency and transfer (paper Table 1)."""
     from crosslens.evaluate import EvalOptions, eval_stage
 
-    _output(out)
-    _device(device)
     _padding(padding_side)
     _model(model)
-    size = _batch_size(batch_size, device)
-    ds = _inputs(
-        "eval",
-        model,
-        dtype,
-        out,
-        template,
-        dataset,
-        languages,
-        data_dir,
-        limit,
-        split,
-        strict,
-        pivot_file,
-        pivot,
-    )
+    data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    ds, size = _inputs("eval", model, device, dtype, out, template, batch_size, data)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side, cloze=not no_cloze)
     _print_eval(_run(eval_stage(lm, ds, out, opts=opts, seed=seed), "eval"))
@@ -393,26 +382,10 @@ def lens(
     from crosslens.evaluate import EvalOptions
     from crosslens.lens import lens_stage
 
-    _output(out)
-    _device(device)
     _padding(padding_side)
-    size = _batch_size(batch_size, device)
     requested = _layers(model, _numbers(layers, "--layers"), "--layers", 0)
-    ds = _inputs(
-        "lens",
-        model,
-        dtype,
-        out,
-        template,
-        dataset,
-        languages,
-        data_dir,
-        limit,
-        split,
-        strict,
-        pivot_file,
-        pivot,
-    )
+    data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    ds, size = _inputs("lens", model, device, dtype, out, template, batch_size, data)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or paper_layers(lm.anatomy.n_layers, every)
     opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side)
@@ -456,25 +429,9 @@ def pca(
     from crosslens.anatomy import paper_layers
     from crosslens.pca import pca_stage
 
-    _output(out)
-    _device(device)
-    size = _batch_size(batch_size, device)
     requested = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
-    ds = _inputs(
-        "pca",
-        model,
-        dtype,
-        out,
-        template,
-        dataset,
-        languages,
-        data_dir,
-        limit,
-        split,
-        strict,
-        pivot_file,
-        pivot,
-    )
+    data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    ds, size = _inputs("pca", model, device, dtype, out, template, batch_size, data)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or [x for x in paper_layers(lm.anatomy.n_layers, every) if x > 0]
     stage = pca_stage(lm, ds, out, chosen, n_items, template, size, seed)
@@ -518,9 +475,6 @@ def steer(
     from crosslens.evaluate import EvalOptions
     from crosslens.steering import check_gammas, steer_stage
 
-    _output(out)
-    _device(device)
-    size = _batch_size(batch_size, device)
     gamma_list = _numbers(gammas, "--gammas", float)
     if not gamma_list:
         raise typer.BadParameter("--gammas is empty: give at least one multiplier")
@@ -531,21 +485,8 @@ def steer(
     layer_list = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
     if not layer_list:
         raise typer.BadParameter("--layers is empty: give the blocks to steer")
-    ds = _inputs(
-        "steer",
-        model,
-        dtype,
-        out,
-        template,
-        dataset,
-        languages,
-        data_dir,
-        limit,
-        split,
-        strict,
-        pivot_file,
-        pivot,
-    )
+    data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    ds, size = _inputs("steer", model, device, dtype, out, template, batch_size, data)
     if n_vectors >= len(ds):
         raise typer.BadParameter(
             f"--n-vectors {n_vectors} leaves no items to evaluate ({len(ds)} aligned items)"
