@@ -135,17 +135,13 @@ def _inputs(key: str, model: str, device: str, dtype: str, out: Path, template: 
     """Everything checked before a model loads: the output path, the device, the batch size, the
     dataset (``data``: the arguments of :func:`_dataset`), and the folder's ``key`` stage against
     the model, dtype, data source and prompt. Returns (dataset, batch size)."""
-    from crosslens.evaluate import prompt_fingerprint
-    from crosslens.prompts import get_template
-    from crosslens.stages import stage_def
-    from crosslens.store import Store
+    from crosslens.stages import precheck
 
     _output(out)
     _device(device)
     size = _batch_size(batch_size, device)
     ds = _dataset(*data)
-    expected = prompt_fingerprint(model, dtype, ds, get_template(template or ds.template))
-    Store(out).precheck(stage_def(key).table, expected)
+    precheck(out, [key], model, dtype, ds, template)
     return ds, size
 
 

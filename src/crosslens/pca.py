@@ -28,7 +28,7 @@ from crosslens.evaluate import data_fingerprint
 from crosslens.models import LoadedModel
 from crosslens.prompts import Template, get_template
 from crosslens.stages import Done, Stage, Unit, run_stage
-from crosslens.store import RunMismatchError, Store, describe_mismatch
+from crosslens.store import Store, no_fingerprint, settings_mismatch
 
 if TYPE_CHECKING:
     from crosslens.config import ExperimentConfig
@@ -133,13 +133,11 @@ class PcaStage(Stage):
         if not path.is_file():
             return None
         acts = Activations.load(path)
-        if acts.fingerprint != self.activations_fingerprint():
-            old = acts.fingerprint or {}
-            raise RunMismatchError(
-                f"{path} holds activations made with different settings "
-                f"({describe_mismatch(old, self.activations_fingerprint()) or 'no fingerprint'}); "
-                "use another --out folder or delete it"
-            )
+        if acts.fingerprint is None:
+            raise no_fingerprint(path)
+        expected = self.activations_fingerprint()
+        if acts.fingerprint != expected:
+            raise settings_mismatch(f"{path} holds activations", acts.fingerprint, expected)
         return acts
 
     def check(self) -> Done:

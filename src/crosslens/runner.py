@@ -36,13 +36,12 @@ from rich.progress import (
 from crosslens import __version__
 from crosslens.config import ConfigError, ExperimentConfig, check_depth, load_config
 from crosslens.data import DataError, ParallelDataset, load_dataset
-from crosslens.evaluate import prompt_fingerprint
 from crosslens.metrics import table1_line
 from crosslens.models import LoadedModel, ModelSpec
 from crosslens.prompts import get_template
 from crosslens.report import EXPERIMENT_FILE, write_report
 from crosslens.scoring import fit_context
-from crosslens.stages import STAGES, Stage, run_stage
+from crosslens.stages import STAGES, Stage, precheck, run_stage
 from crosslens.store import Store, atomic_write_text, check_output
 
 __all__ = [
@@ -156,14 +155,11 @@ def job_stages(
 def precheck_folders(config: ExperimentConfig, jobs: list[Job]) -> None:
     """Refuse, before any model loads, result folders made with another model, dtype, data source
     or prompt (the stages check everything else once planned, still before writing)."""
+    keys = [d.key for d in STAGES if d.enabled(config)]
     for spec in config.models:
         for job in jobs:
-            store = Store(job_folder(config.output, spec, job))
-            template = get_template(config.datasets[job.index].template or job.data.template)
-            expected = prompt_fingerprint(spec, config.dtype, job.data, template)
-            for d in STAGES:
-                if d.enabled(config):
-                    store.precheck(d.table, expected)
+            out = job_folder(config.output, spec, job)
+            precheck(out, keys, spec, config.dtype, job.data, config.datasets[job.index].template)
 
 
 def _write_experiment(config: ExperimentConfig, root: Path, backend: str) -> None:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from crosslens.models import LoadedModel
     from crosslens.runner import Job
 
-__all__ = ["Unit", "plan_units", "Stage", "run_stage", "StageDef", "STAGES", "stage_def"]
+__all__ = ["Unit", "plan_units", "Stage", "run_stage", "StageDef", "STAGES", "stage_def", "precheck"]
 
 NO_SETTING: tuple[Any, ...] = (None,)  # a stage whose rows depend on the item alone
 
@@ -273,6 +273,20 @@ STAGES: tuple[StageDef, ...] = (
     StageDef("steer", "steer", "steer_summary.json", "steering", "crosslens.steering:job_stage",
              _steered_items, (("steer", "fig4"), (None, "fig5"))),
 )  # fmt: skip
+
+
+def precheck(
+    out: Path, keys: Sequence[str], spec: str, dtype: str, ds: ParallelDataset, template: str | None
+) -> None:
+    """Refuse, before ``spec`` loads, a folder whose stages ``keys`` were made with another model,
+    dtype, data source or prompt template (``template``: name or text, None for the dataset's)."""
+    from crosslens.evaluate import prompt_fingerprint
+    from crosslens.prompts import get_template
+
+    expected = prompt_fingerprint(spec, dtype, ds, get_template(template or ds.template))
+    store = Store(out)
+    for key in keys:
+        store.precheck(stage_def(key).table, expected)
 
 
 def stage_def(key: str) -> StageDef:

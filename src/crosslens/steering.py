@@ -38,7 +38,7 @@ from crosslens.passes import continuation_pass, length_batches, prompt_pass
 from crosslens.prompts import Template, get_template, render
 from crosslens.scoring import LabelPlan, label_plan, require_finite
 from crosslens.stages import Done, Stage, Unit, plan_units, run_stage
-from crosslens.store import RunMismatchError, Store, describe_mismatch
+from crosslens.store import RunMismatchError, Store, no_fingerprint, settings_mismatch
 
 if TYPE_CHECKING:
     from crosslens.config import ExperimentConfig
@@ -126,9 +126,7 @@ class SteeringVectors:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         if "fingerprint" not in meta or "digests" not in meta:
-            raise RunMismatchError(
-                f"{path} has no fingerprint (written by an older crosslens); delete it or use another --out"
-            )
+            raise no_fingerprint(Path(path))
         vectors: dict[str, dict[int, torch.Tensor]] = {}
         for name, v in load_file(str(path)).items():
             lang, layer = name.rsplit("/layer_", 1)
@@ -138,10 +136,7 @@ class SteeringVectors:
     def check(self, path: Path, fingerprint: dict[str, Any], digests: dict[str, str]) -> None:
         """Refuse vectors made for another model, prompt, data or item sample (one line)."""
         if self.fingerprint != fingerprint:
-            raise RunMismatchError(
-                f"{path} holds steering vectors made with different settings "
-                f"({describe_mismatch(self.fingerprint, fingerprint)}); use another --out folder or delete it"
-            )
+            raise settings_mismatch(f"{path} holds steering vectors", self.fingerprint, fingerprint)
         changed = sorted(m for m in self.digests if m in digests and self.digests[m] != digests[m])
         if changed:
             raise RunMismatchError(

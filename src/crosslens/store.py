@@ -47,6 +47,8 @@ __all__ = [
     "check_output",
     "unit_name",
     "describe_mismatch",
+    "settings_mismatch",
+    "no_fingerprint",
     "atomic_write_text",
     "SHARD_META",
 ]
@@ -104,6 +106,22 @@ def describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
 
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in diff)
+
+
+def settings_mismatch(holder: str, old: dict[str, Any], new: dict[str, Any]) -> RunMismatchError:
+    """The one-line refusal of anything on disk (shards, activations, vectors) made with other
+    settings; ``holder`` says what holds it (``<folder> already holds 'lens' results``)."""
+    return RunMismatchError(
+        f"{holder} made with different settings ({describe_mismatch(old, new)}); "
+        "use another --out folder or delete it"
+    )
+
+
+def no_fingerprint(path: Path) -> RunMismatchError:
+    """The refusal of a file written before files carried their fingerprint (crosslens 0.1)."""
+    return RunMismatchError(
+        f"{path} has no fingerprint (written by an older crosslens); use another --out folder or delete it"
+    )
 
 
 _UMASK = os.umask(0)
@@ -204,18 +222,12 @@ class Store:
     def fingerprint_of(self, path: Path, meta: dict[str, Any] | None) -> dict[str, Any]:
         """A shard's fingerprint; a shard without one (written by crosslens 0.1) is refused."""
         if meta is None:
-            raise RunMismatchError(
-                f"{path} has no fingerprint (written by an older crosslens); "
-                "use another --out folder or delete it"
-            )
+            raise no_fingerprint(path)
         return meta["fingerprint"]
 
     def mismatch(self, table: str, old: dict[str, Any], new: dict[str, Any]) -> RunMismatchError:
         """The one-line refusal for results of ``table`` made with other settings."""
-        return RunMismatchError(
-            f"{self.root} already holds '{table}' results made with different settings "
-            f"({describe_mismatch(old, new)}); use another --out folder or delete it"
-        )
+        return settings_mismatch(f"{self.root} already holds '{table}' results", old, new)
 
     def remove_stale_temporaries(self, table: str) -> None:
         """Delete temporary files a killed writer left behind (call only while holding the lock)."""
