@@ -18,8 +18,10 @@ from crosslens import figures
 from crosslens.data import load_dataset
 from crosslens.evaluate import EvalOptions, evaluate
 from crosslens.lens import run_lens
+from crosslens.neurons import run_neurons
 from crosslens.pca import run_pca
 from crosslens.report import FIGURE_FILES, Table, find_results, tables, write_report
+from crosslens.similarity import run_similarity
 from crosslens.steering import run_steering
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +31,10 @@ CAPTIONS = [
     "Run metadata",
     "Per-language results",
     "Logit lens per layer",
-    "Cross-language alignment",
+    "Debiased linear CKA with en",
+    "Cosine of parallel vs non-parallel",
+    "Language-specific neurons",
+    "Deactivating the neurons",
     "Steering:",
 ]
 
@@ -48,6 +53,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     evaluate(lm, ds, out, opts=opts)
     run_lens(lm, ds, out, layers=[1, 2, 3, 4], opts=opts)
     run_pca(lm, ds, out, layers=[2, 4], n_items=6)
+    run_similarity(lm, ds, out, layers=[0, 2, 4], n_items=6, n_boot=50)
+    run_neurons(lm, ds, out, ablate=["zh"], n_text_items=4, top_rate=0.05, n_boot=50, opts=opts)
     run_steering(lm, ds, out, ds.languages, [2, 3], [-1.0, 1.0], n_vectors=4, opts=opts)
     write_report(root)
     return root
@@ -60,7 +67,7 @@ def _imgs(page: str) -> list[str]:
 def test_report_has_every_figure_and_table(root: Path) -> None:
     page = (root / "report.html").read_text()
     srcs = _imgs(page)
-    assert len(srcs) == len(FIGURE_FILES) == 5
+    assert len(srcs) == len(FIGURE_FILES) == 9
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)

@@ -19,7 +19,14 @@ from crosslens.config import parse_config
 from crosslens.models import ModelSpec
 from crosslens.runner import run_experiment
 
-SUMMARIES = ("summary.json", "lens_summary.json", "pca_summary.json", "steer_summary.json")
+SUMMARIES = (
+    "summary.json",
+    "lens_summary.json",
+    "pca_summary.json",
+    "similarity_summary.json",
+    "neurons_summary.json",
+    "steer_summary.json",
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,6 +39,8 @@ def _config(out: Path, model: str, limit: int = 12, chunk_size: int = 6) -> dict
         "layers": [1, 2, 4],
         "steering": {"layers": [2, 3], "gammas": [-1, 1], "n_vectors": 4},
         "pca": {"n_items": 6},
+        "similarity": {"n_boot": 50},
+        "neurons": {"ablate": ["zh"], "n_text_items": 4, "top_rate": 0.05, "n_boot": 50},
         "batch_size": 8,
         "chunk_size": chunk_size,
         "output": str(out),
@@ -42,7 +51,8 @@ def _summaries(folder: Path) -> dict[str, dict]:
     out = {}
     for name in SUMMARIES:
         data = json.loads((folder / name).read_text())
-        data.pop("figure", None)  # the PCA figure's path names the folder
+        data.pop("figure", None)  # the figures' paths name the folder
+        data.pop("figures", None)
         out[name] = data
     return out
 
@@ -52,7 +62,8 @@ def _files(root: Path) -> dict[str, int]:
     return {
         p.relative_to(root).as_posix(): p.stat().st_mtime_ns
         for p in root.rglob("*")
-        if p.suffix == ".safetensors" or p.parent.name in ("records", "lens", "steer")
+        if p.suffix == ".safetensors"
+        or p.parent.name in ("records", "lens", "steer", "similarity", "ablation", "neurons")
     }
 
 
@@ -78,12 +89,14 @@ def test_end_to_end_then_rerun_skips_everything(tmp_path: Path, monkeypatch: pyt
 
     folder = tmp_path / "runs" / "tiny-gemma3" / "crosslens-mini"
     assert report == tmp_path / "runs" / "report.html"
-    assert report.read_text().count("<img ") == 5
+    assert report.read_text().count("<img ") == 9
     assert (tmp_path / "runs" / "experiment.json").is_file()
     first = _summaries(folder)
     assert first["summary.json"]["languages"] == ["de", "en", "ru", "zh"]
     assert first["lens_summary.json"]["layers"] == [1, 2, 4]
     assert first["pca_summary.json"]["layers"] == [1, 2, 4]
+    assert first["similarity_summary.json"]["layers"] == [1, 2, 4]
+    assert list(first["neurons_summary.json"]["effects"]) == ["zh"]
     assert {s["layer"] for s in first["steer_summary.json"]["settings"]} == {2, 3}
     files = _files(tmp_path / "runs")
     assert any(name.startswith("tiny-gemma3/crosslens-mini/records/") for name in files)
@@ -97,7 +110,7 @@ def test_english_is_always_evaluated(tmp_path: Path) -> None:
     lm = tiny_model("gemma3")
     data = _config(tmp_path / "runs", lm.spec, limit=8)
     data["datasets"][0]["languages"] = ["de", "zh"]
-    data.update(steering=None, pca={"enabled": False}, lens={"enabled": False})
+    data.update(steering=None, neurons=None, similarity=None, pca={"enabled": False}, lens={"enabled": False})
     run_experiment(parse_config(data, check_models=False), progress=False, models={lm.spec: lm})
     summary = json.loads((tmp_path / "runs" / "tiny-gemma3" / "crosslens-mini" / "summary.json").read_text())
     assert summary["languages"] == ["de", "en", "zh"]

@@ -1,15 +1,22 @@
-"""Residual-stream activations at the last prompt token, for parallel items in many languages.
+"""Residual-stream activations of prompts, for parallel items in many languages.
+
+Two poolings: ``last`` (the state at the last prompt token, the one that predicts the answer: the
+paper's choice for PCA and steering) and ``mean`` (the mean over the prompt's tokens, leaving out
+a leading BOS token, whose state is the same in every language and would inflate similarity).
 
 Stored as safetensors (never pickle): one tensor ``layer_<l>`` of shape (languages x items, d) per
-layer, float32 on CPU, with the row order (language-major) and item ids in the metadata.
+layer, float32 on CPU, with the row order (language-major), item ids and the fingerprint of what
+they were computed from in the metadata. :class:`ActivationFile` is that file as an artefact of a
+stage folder: reused (and extended by missing layers) only when its fingerprint matches exactly.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,21 +26,50 @@ from crosslens.data import ParallelDataset
 from crosslens.models import LoadedModel
 from crosslens.passes import length_batches, prompt_pass
 from crosslens.prompts import Template, render
+from crosslens.store import no_fingerprint, settings_mismatch
 
-__all__ = ["Activations", "last_token_states", "collect_activations"]
+__all__ = [
+    "POOLS",
+    "Activations",
+    "ActivationFile",
+    "activations_file",
+    "last_token_states",
+    "prompt_states",
+    "collect_activations",
+]
+
+POOLS = ("last", "mean")
+
+
+def prompt_states(
+    lm: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    batch_size: int = 8,
+    pool: str = "last",
+) -> dict[int, np.ndarray]:
+    """float32 (n_prompts, d) pooled states per layer, in input order (``pool``: last | mean)."""
+    if pool not in POOLS:
+        raise ValueError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    layers = lm.anatomy.check_layers(layers)
+    bos = lm.tokenizer.bos_token_id
+    out = {layer: np.zeros((len(prompt_ids), lm.anatomy.d_model), dtype=np.float32) for layer in layers}
+    for batch in length_batches([len(p) for p in prompt_ids], batch_size):
+        ids = [prompt_ids[i] for i in batch]
+        start = [int(len(p) > 1 and bos is not None and p[0] == bos) for p in ids]
+        pp = prompt_pass(lm, ids, layers, use_cache=False, pool_from=start if pool == "mean" else None)
+        states = pp.mean if pool == "mean" else pp.last
+        assert states is not None
+        for layer in layers:
+            out[layer][batch] = states[layer].float().cpu().numpy()
+    return out
 
 
 def last_token_states(
     lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], layers: Sequence[int], batch_size: int = 8
 ) -> dict[int, np.ndarray]:
     """float32 (n_prompts, d) states at each prompt's last token, per layer, in input order."""
-    layers = lm.anatomy.check_layers(layers)
-    out = {layer: np.zeros((len(prompt_ids), lm.anatomy.d_model), dtype=np.float32) for layer in layers}
-    for batch in length_batches([len(p) for p in prompt_ids], batch_size):
-        pp = prompt_pass(lm, [prompt_ids[i] for i in batch], layers, use_cache=False)
-        for layer in layers:
-            out[layer][batch] = pp.last[layer].float().cpu().numpy()
-    return out
+    return prompt_states(lm, prompt_ids, layers, batch_size, "last")
 
 
 @dataclass
@@ -97,10 +133,105 @@ def collect_activations(
     item_ids: Sequence[str],
     template: Template,
     batch_size: int = 8,
+    pool: str = "last",
 ) -> Activations:
-    """Activations at the last prompt token for ``item_ids`` in every language of ``languages``."""
+    """Pooled prompt activations for ``item_ids`` in every language of ``languages``."""
     prompts = [
         lm.tokenizer(render(ds.item(lang, i), template)).input_ids for lang in languages for i in item_ids
     ]
-    states = last_token_states(lm, prompts, layers, batch_size)
+    states = prompt_states(lm, prompts, layers, batch_size, pool)
     return Activations(sorted(states), list(languages), list(item_ids), states)
+
+
+def activations_file(root: Path, pool: str) -> Path:
+    """Where a folder keeps its activations of one pooling (PCA and similarity share them)."""
+    return root / ("activations.safetensors" if pool == "last" else f"activations_{pool}.safetensors")
+
+
+@dataclass
+class ActivationFile:
+    """The activations of a stage folder: the same items in every language, one pooling.
+
+    ``fingerprint`` is what they are computed from (model, prompts, data source, languages, the
+    item sample and its content digests, pooling); the PCA and similarity stages build the same
+    one for the same sample, so they share one file. Anything else on disk is refused, one line.
+    """
+
+    path: Path
+    fingerprint: dict[str, Any]
+    lm: LoadedModel
+    ds: ParallelDataset
+    languages: list[str]
+    item_ids: list[str]
+    template: Template
+    pool: str
+    batch_size: int
+    _acts: Activations | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def plan(
+        cls,
+        lm: LoadedModel,
+        ds: ParallelDataset,
+        root: Path,
+        languages: Sequence[str],
+        item_ids: Sequence[str],
+        template: Template,
+        pool: str = "last",
+        batch_size: int = 8,
+    ) -> ActivationFile:
+        """The activation file of ``root`` for these items, languages and pooling (nothing is read)."""
+        from crosslens.evaluate import data_fingerprint
+
+        if pool not in POOLS:
+            raise ValueError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        digests = ["+".join(ds.item(lang, i).digest for lang in languages) for i in item_ids]
+        fp = data_fingerprint(lm, ds, template) | {
+            "languages": list(languages),
+            "items": list(item_ids),
+            "item_digests": digests,
+            "pool": pool,
+        }
+        return cls(
+            activations_file(root, pool),
+            fp,
+            lm,
+            ds,
+            list(languages),
+            list(item_ids),
+            template,
+            pool,
+            batch_size,
+        )
+
+    def saved(self) -> Activations | None:
+        """The activations on disk, refused unless made for exactly these inputs."""
+        if not self.path.is_file():
+            return None
+        acts = Activations.load(self.path)
+        if acts.fingerprint is None:
+            raise no_fingerprint(self.path)
+        if acts.fingerprint != self.fingerprint:
+            raise settings_mismatch(f"{self.path} holds activations", acts.fingerprint, self.fingerprint)
+        return acts
+
+    def get(self, layers: Sequence[int]) -> Activations:
+        """Activations at ``layers``: the saved ones, plus any missing layer collected and saved."""
+        acts = self._acts or self.saved()
+        missing = [layer for layer in layers if acts is None or layer not in acts.states]
+        if missing:
+            new = collect_activations(
+                self.lm,
+                self.ds,
+                self.languages,
+                missing,
+                self.item_ids,
+                self.template,
+                self.batch_size,
+                self.pool,
+            )
+            states = {**(acts.states if acts else {}), **new.states}
+            acts = Activations(sorted(states), self.languages, self.item_ids, states, self.fingerprint)
+            acts.save(self.path)
+        self._acts = acts
+        return acts.only(list(layers))

@@ -36,6 +36,7 @@ class Family:
     final_norm: str = "model.norm"
     head: str = "lm_head"
     softcap_attr: str | None = None  # config attribute holding the final-logit softcap, if any
+    mlp_act: str = "mlp.act_fn"  # in a block: the gated MLP's activation function (its output = the neurons)
 
 
 _STANDARD = Family()
@@ -81,6 +82,7 @@ class Anatomy:
     final_norm: nn.Module
     head: nn.Module
     softcap: float | None
+    mlp_act: str = "mlp.act_fn"
 
     @classmethod
     def of(cls, model: nn.Module) -> Anatomy:
@@ -95,7 +97,9 @@ class Anatomy:
                 "crosslens adapter in crosslens.anatomy.FAMILIES"
             )
         softcap = getattr(model.config, fam.softcap_attr, None) if fam.softcap_attr else None
-        return cls(model_type, modules[fam.blocks], modules[fam.final_norm], modules[fam.head], softcap)
+        return cls(
+            model_type, modules[fam.blocks], modules[fam.final_norm], modules[fam.head], softcap, fam.mlp_act
+        )
 
     @property
     def n_layers(self) -> int:
@@ -112,6 +116,24 @@ class Anatomy:
     @property
     def unembed_bias(self) -> torch.Tensor | None:
         return getattr(self.head, "bias", None)
+
+    def neurons(self, layer: int) -> nn.Module:
+        """The module whose output is block ``layer``'s MLP neurons: act_fn(gate_proj(x)), the
+        factor that multiplies up_proj(x) before down_proj (LAPE's activation, Tang et al. 2024)."""
+        if not 1 <= layer <= self.n_layers:
+            raise ValueError(f"neuron layer {layer} out of range 1..{self.n_layers}")
+        try:
+            return self.blocks[layer - 1].get_submodule(self.mlp_act)
+        except AttributeError:
+            raise UnsupportedModelError(
+                f"model of type '{self.model_type}' has no MLP activation module at '{self.mlp_act}' in its "
+                "blocks; register it as Family.mlp_act in crosslens.anatomy.FAMILIES"
+            ) from None
+
+    @property
+    def n_neurons(self) -> int:
+        """MLP neurons per block (the gated MLP's intermediate size)."""
+        return int(self.blocks[0].get_submodule(self.mlp_act.rsplit(".", 1)[0]).gate_proj.out_features)
 
     def check_layers(self, layers: Sequence[int]) -> list[int]:
         """Validate a layer list against the numbering above; returns it sorted and de-duplicated."""

@@ -421,7 +421,7 @@ def pca(
     skip_long: SkipLong = False,
     seed: int = 0,
 ) -> None:
-    """Activations at the last prompt token, 2-D PCA per layer (Fig. 3) and an alignment number."""
+    """Activations at the last prompt token and their 2-D PCA per layer (Fig. 3)."""
     from crosslens.anatomy import paper_layers
     from crosslens.pca import pca_stage
 
@@ -432,15 +432,90 @@ def pca(
     chosen = requested or [x for x in paper_layers(lm.anatomy.n_layers, every) if x > 0]
     stage = pca_stage(lm, ds, out, chosen, n_items, template, size, seed)
     summary = _run(stage, "pca")
-    table = Table(title="cross-language alignment of last-token states (cosine)")
+    out_console.print(f"figure: {summary['figure']}")
+
+
+@app.command()
+def similarity(
+    model: Model,
+    dataset: DatasetOpt,
+    out: Out,
+    data_dir: DataDir = None,
+    languages: Languages = None,
+    limit: Limit = None,
+    n_items: Annotated[
+        int, typer.Option(min=4, help="seeded sample of parallel items (PCA's, by default)")
+    ] = 50,
+    pool: Annotated[
+        str, typer.Option(help="last: the last prompt token's state; mean: mean over the prompt")
+    ] = "last",
+    n_boot: Annotated[int, typer.Option(min=0, help="bootstrap replicates over items for the CIs")] = 1000,
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers (0 = embeddings)")] = None,
+    every: Annotated[int, typer.Option(min=1, help="paper schedule: every Nth block ending at the last")] = 4,
+    matrix_layer: Annotated[
+        int | None, typer.Option(help="layer of the pairwise CKA matrix (default: middle)")
+    ] = None,
+    batch_size: BatchSize = "8",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    template: TemplateOpt = None,
+    split: Split = None,
+    strict: Strict = False,
+    pivot_file: PivotFile = None,
+    pivot: Pivot = None,
+    skip_long: SkipLong = False,
+    seed: int = 0,
+) -> None:
+    """Linear CKA (debiased and plain) and parallel vs non-parallel cosine between languages, per
+    layer, with bootstrap CIs over items."""
+    from crosslens.activations import POOLS
+    from crosslens.anatomy import paper_layers
+    from crosslens.similarity import similarity_stage
+
+    if pool not in POOLS:
+        raise typer.BadParameter(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    requested = _layers(model, _numbers(layers, "--layers"), "--layers", 0)
+    if matrix_layer is not None:
+        _layers(model, [matrix_layer], "--matrix-layer", 0)
+    data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    ds, size = _inputs("similarity", model, device, dtype, out, template, batch_size, data)
+    lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
+    chosen = requested or paper_layers(lm.anatomy.n_layers, every)
+    stage = similarity_stage(lm, ds, out, chosen, n_items, pool, n_boot, template, size, seed, matrix_layer)
+    summary = _run(stage, "similarity")
+    _print_similarity(summary)
+
+
+def _print_similarity(summary: dict) -> None:
+    pivot, langs = summary["pivot"], summary["languages"]
+    level = round(100 * summary["level"])
+    if pivot:
+        others = [m for m in langs if m != pivot]
+        table = Table(
+            title=f"debiased linear CKA with {pivot}, pool={summary['pool']} "
+            f"({level} % CIs: similarity_summary.json and the report)"
+        )
+        table.add_column("layer", justify="right")
+        for m in others:
+            table.add_column(m, justify="right")
+        cka = summary["cka_with_pivot"]["debiased"]
+        for layer in summary["layers"]:
+            table.add_row(str(layer), *(f"{cka[m][layer]['cka']:.2f}" for m in others))
+        out_console.print(table)
+    table = Table(title=f"cosine of parallel vs non-parallel pairs, mean over language pairs [{level} % CI]")
     for col in ("layer", "parallel", "non-parallel", "gap"):
         table.add_column(col, justify="right")
-    for layer, a in summary["alignment"].items():
+    for layer in summary["layers"]:
+        c = summary["cosine"][layer]["all_pairs"]
         table.add_row(
-            str(layer), f"{a['parallel_cosine']:.3f}", f"{a['nonparallel_cosine']:.3f}", f"{a['gap']:+.3f}"
+            str(layer),
+            *(
+                f"{c[k]['mean']:+.3f} [{c[k]['ci_low']:+.3f}, {c[k]['ci_high']:+.3f}]"
+                for k in ("parallel", "nonparallel", "gap")
+            ),
         )
     out_console.print(table)
-    out_console.print(f"figure: {summary['figure']}")
+    out_console.print(f"figures: {', '.join(summary['figures'].values())}")
 
 
 @app.command()
@@ -504,6 +579,119 @@ def steer(
             f"{s['delta_tr_plus_from_en']['mean']:+.3f}",
         )
     out_console.print(table)
+
+
+@app.command()
+def neurons(
+    model: Model,
+    dataset: DatasetOpt,
+    out: Out,
+    ablate: Annotated[
+        str | None,
+        typer.Option(help="comma-separated languages whose neurons are deactivated (default: all)"),
+    ] = None,
+    n_text_items: Annotated[
+        int, typer.Option(min=1, help="held-out items whose text the neurons are found from")
+    ] = 50,
+    top_rate: Annotated[
+        float, typer.Option(help="fraction of all neurons kept by LAPE (lowest entropy)")
+    ] = 0.01,
+    filter_rate: Annotated[
+        float, typer.Option(help="quantile of activation probabilities a candidate must exceed somewhere")
+    ] = 0.95,
+    activation_bar: Annotated[
+        float, typer.Option(help="quantile a kept neuron must exceed in a language to be specific to it")
+    ] = 0.95,
+    n_boot: Annotated[int, typer.Option(min=0, help="bootstrap replicates for the paired CIs")] = 1000,
+    cloze: Annotated[bool, typer.Option(help="also score the full answer texts")] = True,
+    data_dir: DataDir = None,
+    languages: Languages = None,
+    limit: Limit = None,
+    batch_size: BatchSize = "8",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    template: TemplateOpt = None,
+    split: Split = None,
+    strict: Strict = False,
+    pivot_file: PivotFile = None,
+    pivot: Pivot = None,
+    skip_long: SkipLong = False,
+    seed: int = 0,
+) -> None:
+    """Language-specific neurons (LAPE) and the causal test: deactivate them, measure accuracy,
+    consistency with English and transfer against a random-neuron control."""
+    import numpy as np
+
+    from crosslens.evaluate import EvalOptions
+    from crosslens.neurons import neuron_stage, select_neurons
+
+    try:
+        select_neurons(np.zeros((1, 1, 1)), ["x"], top_rate, filter_rate, activation_bar)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--{str(exc).replace('_', '-')}") from None
+    _model(model)
+    data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    ds, size = _inputs("neurons", model, device, dtype, out, template, batch_size, data)
+    targets = _csv(ablate)
+    for m in targets or []:
+        if m not in ds.languages:
+            raise typer.BadParameter(
+                f"--ablate: {m!r} is not one of the languages ({', '.join(ds.languages)})"
+            )
+    if n_text_items >= len(ds):
+        raise typer.BadParameter(
+            f"--n-text-items {n_text_items} leaves no items to evaluate ({len(ds)} aligned items)"
+        )
+    lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
+    opts = EvalOptions(template=template, batch_size=size, cloze=cloze)
+    stage = neuron_stage(
+        lm, ds, out, targets, n_text_items, top_rate, filter_rate, activation_bar, n_boot, seed, opts
+    )
+    _print_neurons(_run(stage, "neurons"))
+
+
+def _print_neurons(summary: dict) -> None:
+    sel = summary["selection"]
+    out_console.print(
+        f"LAPE kept {sel['n_kept']} of {sel['n_neurons']} neurons; specific per language: "
+        + ", ".join(f"{m} {n}" for m, n in summary["n_specific"].items()),
+        highlight=False,
+    )
+    pivot = summary["pivot"]
+    for score in ("cloze", "letters"):
+        table = Table(
+            title=f"deactivating language-specific neurons: change in the ablated language ({score})"
+        )
+        for col in (
+            "ablated",
+            "neurons",
+            "n",
+            "Δ acc [95 % CI]",
+            "p (McNemar)",
+            f"Δ cons. w/ {pivot}",
+            "Δ acc others",
+        ):
+            table.add_column(col, justify="right")
+        for m, kinds in summary["effects"].items():
+            for kind, e in kinds.items():
+                if score not in e:
+                    continue
+                own = e[score][m]
+                acc = own["accuracy"]
+                cons = own.get("consistency_pivot")
+                others = [v["accuracy"]["delta"] for lang, v in e[score].items() if lang != m]
+                table.add_row(
+                    m,
+                    kind,
+                    str(e["n_neurons"]),
+                    f"{100 * acc['delta']:+.1f} [{100 * acc['ci_low']:+.1f}, {100 * acc['ci_high']:+.1f}]",
+                    f"{acc['p_mcnemar']:.3g}",
+                    f"{cons['delta']:+.3f}" if cons and cons["delta"] == cons["delta"] else "–",
+                    f"{100 * sum(others) / len(others):+.1f}" if others else "–",
+                )
+        if table.row_count:
+            out_console.print(table)
+    out_console.print(f"figures: {', '.join(summary['figures'].values())}")
 
 
 @app.command("run")

@@ -107,6 +107,31 @@ class PcaConfig(_Section):
     enabled: bool = True
 
 
+class SimilarityConfig(_Section):
+    """CKA and cosine similarity between languages per layer (the configured ``layers``)."""
+
+    n_items: Annotated[int, Field(ge=4)] | None = None  # None: pca.n_items (then the two share activations)
+    pool: Literal["last", "mean"] = "last"
+    n_boot: Annotated[int, Field(ge=0)] = 1000
+    matrix_layer: Annotated[int, Field(ge=0)] | None = None  # the layer of the pairwise matrix figure
+    enabled: bool = True
+
+    def items(self, config: ExperimentConfig) -> int:
+        return self.n_items if self.n_items is not None else config.pca.n_items
+
+
+class NeuronsConfig(_Section):
+    """Language-specific neurons (LAPE) and the causal test of deactivating them (docs/neurons.md)."""
+
+    ablate: list[str] | None = None  # languages whose neurons are deactivated in turn (None: every one)
+    n_text_items: Annotated[int, Field(ge=1)] = 50  # held-out items whose text the neurons are found from
+    top_rate: Annotated[float, Field(gt=0, le=1)] = 0.01
+    filter_rate: Annotated[float, Field(gt=0, le=1)] = 0.95
+    activation_bar: Annotated[float, Field(gt=0, le=1)] = 0.95
+    n_boot: Annotated[int, Field(ge=0)] = 1000
+    enabled: bool = True
+
+
 class LensConfig(_Section):
     """The multilingual logit lens (Fig. 2, Table 2) at the configured layers."""
 
@@ -151,7 +176,9 @@ class ExperimentConfig(_Section):
     datasets: list[DatasetConfig] = Field(min_length=1)
     layers: LayerSpec = EveryLayers()
     steering: SteeringConfig | None = None  # None: no steering
+    neurons: NeuronsConfig | None = None  # None: no neuron analysis
     pca: PcaConfig = PcaConfig()
+    similarity: SimilarityConfig | None = None  # None: no similarity stage
     lens: LensConfig = LensConfig()
     seed: int = 0
     device: str = "cpu"
@@ -278,6 +305,11 @@ def parse_config(data: Any, source: str = "<config>", check_models: bool = True)
         raise ConfigError(
             f"{source}: layers: PCA needs a layer >= 1 (layer 0 is the embeddings), or set pca.enabled: false"
         )
+    if config.similarity and config.similarity.enabled and config.similarity.items(config) < 4:
+        raise ConfigError(
+            f"{source}: similarity.n_items: the debiased CKA estimator needs at least 4 items; set "
+            f"similarity.n_items (it defaults to pca.n_items = {config.pca.n_items})"
+        )
     if check_models:
         for i, spec in enumerate(config.models):
             depth = model_depth(spec, f"{source}: models[{i}]")
@@ -292,6 +324,17 @@ def check_depth(config: ExperimentConfig, spec: str, n_layers: int, source: str 
         bad = [layer for layer in config.layers if layer > n_layers]
         if bad:
             raise ConfigError(f"{source}: layers: {bad} beyond the depth of {spec} (layers 0..{n_layers})")
+    sim = config.similarity
+    if (
+        sim
+        and sim.enabled
+        and sim.matrix_layer is not None
+        and sim.matrix_layer not in config.lens_layers(n_layers)
+    ):
+        raise ConfigError(
+            f"{source}: similarity.matrix_layer: {sim.matrix_layer} is not one of the layers read for {spec} "
+            f"({config.lens_layers(n_layers)})"
+        )
     if config.steering is not None:
         bad = [layer for layer in config.steering.layers_for(spec) if layer > n_layers]
         if bad:
@@ -332,6 +375,13 @@ def _check_datasets(config: ExperimentConfig, source: str) -> None:
                         f"{where}.languages: {ds.name} has no language {lang!r}{hint}; "
                         f"it has {', '.join(info.languages)}"
                     )
+        langs = ds.languages or info.languages
+        for lang in (config.neurons.ablate or []) if config.neurons and langs else []:
+            if lang not in langs:
+                raise ConfigError(
+                    f"{source}: neurons.ablate: {lang!r} is not a language of datasets[{i}] ({ds.name}: "
+                    f"{', '.join(langs)})"
+                )
         if ds.split is not None and ds.split not in info.splits:
             raise ConfigError(
                 f"{where}.split: {ds.name} has no split {ds.split!r} "

@@ -33,6 +33,7 @@ __all__ = [
     "eval_stage",
     "evaluate",
     "label_fields",
+    "item_rows",
     "summarize_records",
     "RECORDS",
 ]
@@ -94,9 +95,11 @@ def fingerprint(
     return data_fingerprint(lm, ds, template) | {"label_form": plan.form, "cloze": opts.cloze}
 
 
-def _unit_rows(
+def item_rows(
     lm: LoadedModel, items: list[Item], template: Template, plan: LabelPlan, opts: EvalOptions
 ) -> pd.DataFrame:
+    """Evaluation records of ``items``: label scores and (with ``opts.cloze``) full-answer scores at
+    the final layer, one row per item (also under any hooks the caller holds, e.g. ablations)."""
     tok = lm.tokenizer
     prompts = [render(it, template) for it in items]
     prompt_ids = [tok(p).input_ids for p in prompts]
@@ -154,7 +157,7 @@ class EvalStage(Stage):
 
     def rows(self, unit: Unit) -> pd.DataFrame:
         items = [self.ds.item(unit.language, i) for i in unit.item_ids]
-        return _unit_rows(self.lm, items, self.template, self.plan, self.opts)
+        return item_rows(self.lm, items, self.template, self.plan, self.opts)
 
     def summarize(self) -> dict[str, Any]:
         return summarize_records(

@@ -243,6 +243,133 @@ def pca_figure(proj_df: pd.DataFrame, path: str | Path, title: str | None = None
     return _save(fig, path)
 
 
+# -- similarity -----------------------------------------------------------------------------------
+def cka_figure(table: pd.DataFrame, pivot: str | None, path: str | Path, title: str | None = None) -> Path:
+    """CKA with the pivot (English) per layer, one line per language with its bootstrap CI band;
+    one panel per estimator (debiased first). Without a pivot: the mean over all pairs."""
+    estimators = [e for e in ("debiased", "linear") if e in set(table["estimator"])]
+    fig = _figure(4.2 * len(estimators) + 1.4, 3.4)
+    axes = _grid(fig, len(estimators), len(estimators), sharey=True)
+    for ax, estimator in zip(axes, estimators, strict=True):
+        sub = table[table["estimator"] == estimator]
+        if pivot is not None:
+            sub = sub[(sub["language_a"] == pivot) | (sub["language_b"] == pivot)]
+            other = np.where(sub["language_a"] == pivot, sub["language_b"], sub["language_a"])
+            sub = sub.assign(other=other)
+        else:
+            sub = (
+                sub.groupby("layer", as_index=False)[["cka", "ci_low", "ci_high"]].mean().assign(other="mean")
+            )
+        langs = list(dict.fromkeys(sub["other"]))
+        colors = language_colors(langs)
+        for lang in langs:
+            rows = sub[sub["other"] == lang].sort_values("layer")
+            stats = [{"mean": r.cka, "ci_low": r.ci_low, "ci_high": r.ci_high} for r in rows.itertuples()]
+            _band(ax, rows["layer"].tolist(), stats, 1.0, colors[lang], lang)
+        ax.axhline(0, color="0.6", linewidth=0.6)
+        ax.set_xlabel("layer")
+        ax.set_title(f"{estimator} CKA" + (f" with {pivot}" if pivot else " (mean over pairs)"), fontsize=9)
+    axes[0].set_ylabel("linear CKA")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def cka_matrix_figure(
+    table: pd.DataFrame,
+    layer: int,
+    languages: Sequence[str],
+    path: str | Path,
+    title: str | None = None,
+    estimator: str = "debiased",
+) -> Path:
+    """The pairwise CKA matrix of every language at one ``layer`` (symmetric, diagonal 1)."""
+    langs = list(languages)
+    pos = {lang: i for i, lang in enumerate(langs)}
+    m = np.eye(len(langs))
+    sub = table[(table["layer"] == layer) & (table["estimator"] == estimator)]
+    for r in sub.itertuples():
+        m[pos[r.language_a], pos[r.language_b]] = m[pos[r.language_b], pos[r.language_a]] = r.cka
+    n = len(langs)
+    side = max(4.0, 0.45 * n + 2.0)
+    fig = _figure(side + 1.2, side)
+    ax = fig.subplots()
+    im = ax.imshow(m, cmap="viridis", vmin=min(0.0, float(np.nanmin(m))), vmax=1.0)
+    ax.set_xticks(range(n), langs, rotation=90 if n > 12 else 0)
+    ax.set_yticks(range(n), langs)
+    if n <= 16:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] < 0.6 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, shrink=0.8, label=f"{estimator} linear CKA")
+    ax.set_title(title or "", fontsize=10)
+    ax.set_xlabel(f"layer {layer}")
+    return _save(fig, path)
+
+
+# -- language-specific neurons --------------------------------------------------------------------
+def neurons_figure(
+    per_layer: Mapping[str, Mapping[Any, int]], n_layers: int, path: str | Path, title: str | None = None
+) -> Path:
+    """Language-specific neurons (LAPE) per layer, one line per language (``per_layer``: language ->
+    {layer: count}, layers without any left out)."""
+    langs = list(per_layer)
+    colors = language_colors(langs)
+    fig = _figure(6.4, 3.4)
+    ax = fig.subplots()
+    layers = np.arange(1, n_layers + 1)
+    for lang in langs:
+        counts = [per_layer[lang].get(str(x), per_layer[lang].get(int(x), 0)) for x in layers]
+        ax.plot(layers, counts, marker="o", markersize=3, color=colors[lang], label=lang)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("language-specific neurons")
+    fig.legend(loc="outside right center", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _floats(values: Any) -> np.ndarray:
+    """Numbers read from a summary (fresh: NaN; from JSON: None) as a float array."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def ablation_figure(summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """Per ablated language: the change in accuracy of every language (cloze where scored, else
+    letters) when its LAPE neurons are deactivated, beside the random control, with paired CIs."""
+    effects = summary["effects"]
+    ablated = [m for m in effects if effects[m]]
+    score = "cloze" if any("cloze" in e for m in ablated for e in effects[m].values()) else "letters"
+    langs = list(summary["languages"])
+    fig = _figure(
+        max(5.0, 0.5 * len(langs) + 2.5) * min(2, len(ablated)), 2.8 * math.ceil(len(ablated) / 2) + 0.6
+    )
+    axes = _grid(fig, len(ablated), 2, sharey=True)
+    x = np.arange(len(langs))
+    for ax, m in zip(axes, ablated, strict=True):
+        for offset, kind, color in ((-0.2, "lape", "tab:red"), (0.2, "random", "tab:gray")):
+            entry = effects[m].get(kind)
+            if entry is None:
+                continue
+            acc = [entry[score][lang]["accuracy"] for lang in langs]
+            delta = np.nan_to_num(100 * _floats(a["delta"] for a in acc))
+            low, high = 100 * _floats(a["ci_low"] for a in acc), 100 * _floats(a["ci_high"] for a in acc)
+            err = np.vstack([np.nan_to_num(delta - low), np.nan_to_num(high - delta)])
+            label = f"{kind} ({entry['n_neurons']} neurons)"
+            ax.bar(x + offset, delta, width=0.4, color=color, label=label, yerr=err, capsize=2, ecolor="0.3")
+        ax.axhline(0, color="0.4", linewidth=0.6)
+        ax.set_xticks(x, langs, rotation=90 if len(langs) > 12 else 0, fontsize=8)
+        ax.set_title(f"{m}-specific neurons off", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"Δ {score} accuracy (points)")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
 # -- Fig. 4 ---------------------------------------------------------------------------------------
 def gamma_sweep_figure(steer_summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
     """Fig. 4: accuracy, consistency with English and tr+ from English against gamma, one line per

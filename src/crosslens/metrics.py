@@ -39,6 +39,8 @@ __all__ = [
     "expected_positive_transfer",
     "expected_negative_transfer",
     "bootstrap_ci",
+    "mcnemar_exact",
+    "paired_effects",
     "summarize",
     "ci95_across",
     "pearson_with_stars",
@@ -488,6 +490,84 @@ def summarize(
             "tr_minus": _percentile_ci(t, expected_negative_transfer, w, level),
         }
     return to_jsonable(summary)
+
+
+def mcnemar_exact(base: Sequence[bool], treated: Sequence[bool]) -> float:
+    """Exact McNemar p-value (two-sided) for paired right/wrong outcomes: a binomial test of the
+    discordant pairs; 1.0 when there are none (nothing changed)."""
+    b = np.asarray(base, dtype=bool)
+    t = np.asarray(treated, dtype=bool)
+    gained, lost = int((~b & t).sum()), int((b & ~t).sum())
+    if gained + lost == 0:
+        return 1.0
+    return float(stats.binomtest(gained, gained + lost, 0.5).pvalue)
+
+
+def paired_effects(
+    base: pd.DataFrame,
+    treated: pd.DataFrame,
+    pivot: str | None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    correct_col: str = "correct",
+    ranks_col: str = "ranks",
+) -> dict[str, dict[str, Any]]:
+    """How an intervention (``treated``) changes each language's records against ``base`` on the
+    same items: accuracy, consistency with ``pivot`` and tr+ from ``pivot``, each as base, treated,
+    delta and a paired bootstrap CI of the delta (the same item draws for both sides, and for the
+    pivot), plus an exact McNemar p-value for the accuracy change. Items are those both hold.
+    """
+    common = set(base["item_id"]) & set(treated["item_id"])
+    both = pd.concat(
+        [
+            base[base["item_id"].isin(common)].assign(language="0|" + base["language"].astype(str)),
+            treated[treated["item_id"].isin(common)].assign(language="1|" + treated["language"].astype(str)),
+        ],
+        ignore_index=True,
+    )
+    t = ItemTable.from_records(both, correct_col=correct_col, pred_col=None, ranks_col=ranks_col)
+    n_items = len(t.item_ids)
+    w = np.ones((1, n_items))
+    if n_boot:
+        w = np.vstack([w, _replicate_weights(n_items, n_boot, seed)])
+    acc = _accuracy_kernel(t, w)
+    cons = _consistency_kernel(t, w) if pivot is not None else None
+    trp = _positive_transfer_kernel(t, w) if pivot is not None else None
+    correct = t._need("correct")
+
+    def effect(b: np.ndarray, a: np.ndarray) -> dict[str, Any]:
+        delta = a - b
+        low, high = (math.nan, math.nan)
+        reps = delta[1:][~np.isnan(delta[1:])]
+        if reps.size:
+            low, high = (float(x) for x in np.percentile(reps, [50 * (1 - level), 50 * (1 + level)]))
+        return {
+            "base": float(b[0]),
+            "treated": float(a[0]),
+            "delta": float(delta[0]),
+            "ci_low": low,
+            "ci_high": high,
+        }
+
+    out: dict[str, dict[str, Any]] = {}
+    languages = sorted({lang.split("|", 1)[1] for lang in t.languages})
+    for lang in languages:
+        i0, i1 = t.index(f"0|{lang}"), t.index(f"1|{lang}")
+        answered = t.present[i0] & t.present[i1]
+        entry = {
+            "n_items": int(answered.sum()),
+            "accuracy": effect(acc[:, i0], acc[:, i1])
+            | {"p_mcnemar": mcnemar_exact(correct[i0, answered], correct[i1, answered])},
+        }
+        if pivot is not None and lang != pivot and f"0|{pivot}" in t.languages:
+            p0, p1 = t.index(f"0|{pivot}"), t.index(f"1|{pivot}")
+            assert cons is not None and trp is not None
+            entry["consistency_pivot"] = effect(cons[:, p0, i0], cons[:, p1, i1])
+            entry["tr_plus_from_pivot"] = effect(trp[:, p0, i0], trp[:, p1, i1])
+        out[lang] = entry
+    return out
 
 
 def ci95_across(values: Iterable[float]) -> tuple[float, float, float]:

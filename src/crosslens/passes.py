@@ -95,6 +95,7 @@ class PromptPass:
     cache: object | None  # transformers Cache holding the prompts (None when use_cache=False)
     attention_mask: torch.Tensor  # (batch, padded_len)
     lengths: torch.Tensor  # (batch,) real prompt lengths
+    mean: dict[int, torch.Tensor] | None = None  # layer -> (batch, d) mean over pooled positions
 
 
 def prompt_pass(
@@ -104,11 +105,14 @@ def prompt_pass(
     padding_side: str = "left",
     use_cache: bool = True,
     steer: object | None = None,
+    pool_from: Sequence[int] | None = None,
 ) -> PromptPass:
     """Encode ``prompts`` (token id lists) and capture ``layers`` at each prompt's last token.
 
     ``steer``: an optional context-manager factory ``steer(last_index)`` (see crosslens.steering)
     entered around the forward pass, so steering hooks know which position is the last one.
+    ``pool_from``: also average each prompt's states over its tokens ``pool_from[b]`` .. last
+    (``PromptPass.mean``); every position is then captured, so it costs (batch x length x d) memory.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -125,7 +129,8 @@ def prompt_pass(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     last_index = (torch.full_like(lengths, width - 1) if padding_side == "left" else lengths - 1)[:, None]
     base = lm.model.get_decoder()
-    with torch.inference_mode(), capture_residuals(lm.anatomy, layers, last_index) as states:
+    keep = None if pool_from is not None else last_index
+    with torch.inference_mode(), capture_residuals(lm.anatomy, layers, keep) as states:
         ctx = steer(last_index) if steer is not None else _null()
         with ctx:
             out = base(
@@ -134,11 +139,22 @@ def prompt_pass(
                 position_ids=positions.to(device),
                 use_cache=use_cache,
             )
+    mean = None
+    if pool_from is not None:
+        rows = torch.arange(len(prompts))
+        pooled = mask.clone()
+        for row, start in enumerate(pool_from):  # drop the positions before each prompt's pool start
+            first = (width - len(prompts[row]) if padding_side == "left" else 0) + int(start)
+            pooled[row, :first] = 0
+        weights = (pooled / pooled.sum(-1, keepdim=True)).unsqueeze(-1)
+        mean = {layer: (h.float() * weights.to(h.device)).sum(1) for layer, h in states.items()}
+        states = {layer: h[rows, last_index[:, 0]].unsqueeze(1) for layer, h in states.items()}
     return PromptPass(
         last={layer: h[:, 0] for layer, h in states.items()},
         cache=out.cache if use_cache else None,
         attention_mask=mask,
         lengths=lengths,
+        mean=mean,
     )
 
 

@@ -1,10 +1,8 @@
-"""PCA of last-token activations across languages (paper Fig. 3) and a number for their alignment.
+"""PCA of last-token activations across languages (paper Fig. 3).
 
-The picture asks "do parallel questions in different languages land in the same place?". The
-number answers the same without a picture: per layer, the mean cosine similarity of *parallel*
-pairs (same item, two languages) minus that of *non-parallel* pairs (different items, two
-languages). Near 0: languages are separate clusters or items are indistinguishable; large: the
-item, not the language, decides where a state lies (a shared space).
+The picture asks "do parallel questions in different languages land in the same place?"; the
+numbers that answer it without a picture (CKA, parallel vs non-parallel cosine, with CIs) are the
+similarity stage's (:mod:`crosslens.similarity`), computed from the same activation file.
 """
 
 from __future__ import annotations
@@ -13,7 +11,8 @@ import random
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,19 +21,19 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from crosslens import __version__
-from crosslens.activations import Activations, collect_activations
+from crosslens.activations import ActivationFile, Activations
 from crosslens.data import ParallelDataset
 from crosslens.evaluate import data_fingerprint
 from crosslens.models import LoadedModel
 from crosslens.prompts import Template, get_template
 from crosslens.stages import Done, Stage, Unit, run_stage
-from crosslens.store import Store, no_fingerprint, settings_mismatch
+from crosslens.store import Store
 
 if TYPE_CHECKING:
     from crosslens.config import ExperimentConfig
     from crosslens.runner import Job
 
-__all__ = ["project", "alignment", "is_latin", "script_of", "PcaStage", "pca_stage", "pca_items", "run_pca"]
+__all__ = ["project", "is_latin", "script_of", "PcaStage", "pca_stage", "pca_items", "run_pca"]
 
 
 def is_latin(text: str) -> bool:
@@ -73,28 +72,6 @@ def project(acts: Activations, seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def alignment(acts: Activations) -> dict[int, dict[str, Any]]:
-    """Per layer: mean cosine of parallel vs non-parallel cross-language pairs, and their gap."""
-    out: dict[int, dict[str, Any]] = {}
-    n, k = len(acts.item_ids), len(acts.languages)
-    for layer in acts.layers:
-        x = acts.states[layer].astype(np.float64)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        x = x.reshape(k, n, -1)
-        par, non = [], []
-        for a in range(k):
-            for b in range(a + 1, k):
-                sim = x[a] @ x[b].T  # (n, n): diagonal = parallel pairs
-                par.append(np.trace(sim) / n)
-                if n > 1:
-                    non.append((sim.sum() - np.trace(sim)) / (n * n - n))
-        p = float(np.mean(par)) if par else float("nan")
-        q = float(np.mean(non)) if non else float("nan")
-        out[int(layer)] = {"parallel_cosine": p, "nonparallel_cosine": q, "gap": p - q}
-    return out
-
-
-ACTIVATIONS_FILE = "activations.safetensors"
 PCA_TABLE = "pca"
 
 
@@ -114,56 +91,32 @@ class PcaStage(Stage):
     chosen: list[str]
     seed: int
     batch_size: int
-    _acts: Activations | None = field(default=None, init=False, repr=False)
+    pool: str = "last"
 
-    @property
-    def activations_path(self) -> Path:
-        return self.store.root / ACTIVATIONS_FILE
+    @cached_property
+    def acts(self) -> ActivationFile:
+        return ActivationFile.plan(
+            self.lm,
+            self.ds,
+            self.store.root,
+            self.languages,
+            self.chosen,
+            self.template,
+            self.pool,
+            self.batch_size,
+        )
 
     def digest(self, language: str, item_id: str) -> str:
         """The projection reads the item in every language: all of them count."""
         return "+".join(self.ds.item(lang, item_id).digest for lang in self.languages)
 
-    def activations_fingerprint(self) -> dict[str, Any]:
-        return self.fingerprint | {"item_digests": [self.digest("*", i) for i in self.chosen]}
-
-    def _saved(self) -> Activations | None:
-        """The activations on disk, refused (one line) unless made for exactly this stage's inputs."""
-        path = self.activations_path
-        if not path.is_file():
-            return None
-        acts = Activations.load(path)
-        if acts.fingerprint is None:
-            raise no_fingerprint(path)
-        expected = self.activations_fingerprint()
-        if acts.fingerprint != expected:
-            raise settings_mismatch(f"{path} holds activations", acts.fingerprint, expected)
-        return acts
-
     def check(self) -> Done:
         done = super().check()
-        self._saved()
+        self.acts.saved()
         return done
 
-    def activations(self, layers: Sequence[int]) -> Activations:
-        """Activations at ``layers``: the saved ones, plus any missing layer collected and saved."""
-        acts = self._acts or self._saved()
-        missing = [layer for layer in layers if acts is None or layer not in acts.states]
-        if missing:
-            new = collect_activations(
-                self.lm, self.ds, self.languages, missing, self.chosen, self.template, self.batch_size
-            )
-            states = {**(acts.states if acts else {}), **new.states}
-            acts = Activations(
-                sorted(states), self.languages, self.chosen, states, self.activations_fingerprint()
-            )
-            acts.save(self.activations_path)
-        self._acts = acts
-        return acts
-
     def rows(self, unit: Unit) -> pd.DataFrame:
-        acts = self.activations(list(unit.settings))
-        proj = project(acts.only(list(unit.settings)), self.seed)
+        proj = project(self.acts.get(list(unit.settings)), self.seed)
         scripts = {
             lang: script_of(lang, self.ds.item(lang, self.chosen[0]).question) for lang in self.languages
         }
@@ -179,7 +132,6 @@ class PcaStage(Stage):
             "layers": self.layers,
             "languages": self.languages,
             "n_items": len(self.chosen),
-            "alignment": alignment(self.activations(self.layers).only(self.layers)),
             "figure": str(figure),
         }
         self.store.write_json("pca_summary.json", summary)
@@ -260,7 +212,7 @@ def run_pca(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Collect activations of ``n_items`` seeded parallel items, project, measure alignment, draw.
+    """Collect activations of ``n_items`` seeded parallel items, project, draw.
 
     Writes ``activations.safetensors``, the ``pca/`` table, ``pca_summary.json`` and ``fig3_pca.png``.
     """

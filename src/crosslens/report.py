@@ -46,6 +46,10 @@ FIGURE_FILES = {
     "fig3": "fig3_pca.png",
     "fig4": "fig4_gamma_sweep.png",
     "fig5": "fig5_steer_change.png",
+    "cka": "fig6_cka.png",
+    "cka_matrix": "fig7_cka_matrix.png",
+    "neurons": "fig8_neurons.png",
+    "ablation": "fig9_ablation.png",
 }
 
 
@@ -159,6 +163,14 @@ class ResultFolder:
     @property
     def pca(self) -> dict[str, Any] | None:
         return self.summaries.get("pca")
+
+    @property
+    def similarity(self) -> dict[str, Any] | None:
+        return self.summaries.get("similarity")
+
+    @property
+    def neurons(self) -> dict[str, Any] | None:
+        return self.summaries.get("neurons")
 
     @property
     def steer(self) -> dict[str, Any] | None:
@@ -326,17 +338,10 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
             ["layer", "log p(nat.)/p(en)", "95 % CI", "acc. native (%)", "acc. en (%)", "acc. label (%)"],
             rows,
         )
-    if r.pca:
-        rows = [
-            [str(layer), f"{a['parallel_cosine']:.3f}", f"{a['nonparallel_cosine']:.3f}", _signed(a["gap"])]
-            for layer, a in r.pca["alignment"].items()
-        ]
-        out["pca"] = Table(
-            f"Cross-language alignment of last-token states ({r.pca['n_items']} items)",
-            ["layer", "parallel cos.", "non-parallel cos.", "gap"],
-            rows,
-            note="gap > 0: the item, not the language, decides where a state lies (a shared space).",
-        )
+    if r.similarity:
+        out |= _similarity_tables(r.similarity)
+    if r.neurons:
+        out |= _neuron_tables(r.neurons)
     if r.steer:
         rows = [
             [
@@ -355,6 +360,108 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
             "Steering: means over steered languages; changes against γ = 0",
             ["layer", "γ", "acc. (%)", "Δ acc. (points)", "Δ cons. with en", "Δ tr+ from en"],
             rows,
+        )
+    return out
+
+
+def _estimate(x: float | None, low: float | None, high: float | None, digits: int, sign: str = "") -> str:
+    """``0.42 [0.31, 0.55]``; n/a where the estimate is undefined (e.g. states that do not vary)."""
+    if _missing(x):
+        return "n/a"
+    return f"{x:{sign}.{digits}f} {_ci(low, high, 1.0, digits)}"
+
+
+def _similarity_tables(sim: Mapping[str, Any]) -> dict[str, Table]:
+    """CKA with English per layer and language, and the parallel vs non-parallel cosine per layer."""
+    out: dict[str, Table] = {}
+    level, pivot = round(100 * sim["level"]), sim.get("pivot")
+    items = f"{sim['n_items']} items, pool = {sim['pool']}, {sim['n_boot']} bootstrap replicates"
+    if pivot and sim.get("cka_with_pivot"):
+        cka = sim["cka_with_pivot"]["debiased"]
+        langs = list(cka)
+        rows = [
+            [str(layer), *(_estimate(c["cka"], c["ci_low"], c["ci_high"], 2) for c in
+                           (cka[m][str(layer)] for m in langs))]
+            for layer in sim["layers"]
+        ]  # fmt: skip
+        out["similarity"] = Table(
+            f"Debiased linear CKA with {pivot} per layer [{level} % CI] ({items})",
+            ["layer", *langs],
+            rows,
+            note="1: the items are arranged alike in both languages; 0: unrelated (the plain estimator "
+            "is in the similarity/ table, biased toward 1 with few items).",
+        )
+    rows = []
+    for layer in sim["layers"]:
+        c = sim["cosine"][str(layer)]["all_pairs"]
+        rows.append(
+            [str(layer)]
+            + [_estimate(c[k]["mean"], c[k]["ci_low"], c[k]["ci_high"], 3, "+") for k in
+               ("parallel", "nonparallel", "gap")]
+        )  # fmt: skip
+    out["cosine"] = Table(
+        f"Cosine of parallel vs non-parallel pairs, mean over language pairs [{level} % CI] ({items})",
+        ["layer", "parallel", "non-parallel", "gap"],
+        rows,
+        note="gap > 0: the item, not the language, decides where a state lies (a shared space).",
+    )
+    return out
+
+
+def _effect(e: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """A paired change with its CI: ``-3.1 [-6.2, 0.0]`` (points) or ``-0.051 [...]`` (rho)."""
+    if not e or _missing(e.get("delta")):
+        return "–"
+    return f"{scale * e['delta']:+.{digits}f} {_ci(e['ci_low'], e['ci_high'], scale, digits)}"
+
+
+def _neuron_tables(n: Mapping[str, Any]) -> dict[str, Table]:
+    """Language-specific neurons per language, and the effects of deactivating them."""
+    sel = n["selection"]
+    rows = [
+        [
+            lang,
+            str(count),
+            ", ".join(f"{layer}: {k}" for layer, k in n["per_layer"][lang].items() if k) or "–",
+        ]
+        for lang, count in n["n_specific"].items()
+    ]
+    out = {
+        "neurons": Table(
+            f"Language-specific neurons (LAPE: {sel['n_kept']} of {sel['n_neurons']} neurons kept, top rate "
+            f"{sel['top_rate']}, from {n['n_text_items']} held-out items)",
+            ["language", "neurons", "per layer"],
+            rows,
+        )
+    }
+    pivot = n.get("pivot") or "en"
+    rows = []
+    for m, kinds in n["effects"].items():
+        for kind, e in kinds.items():
+            row = [m, kind, str(e["n_neurons"])]
+            for score in ("cloze", "letters"):
+                if score not in e:
+                    row += ["–"] * 4
+                    continue
+                own = e[score][m]
+                others = [v["accuracy"]["delta"] for lang, v in e[score].items() if lang != m]
+                others = [x for x in others if not _missing(x)]
+                row += [
+                    _effect(own["accuracy"]) + f" (p {own['accuracy']['p_mcnemar']:.2g})",
+                    _effect(own.get("consistency_pivot"), 1.0, 3),
+                    _effect(own.get("tr_plus_from_pivot")),
+                    f"{100 * sum(others) / len(others):+.1f}" if others else "–",
+                ]
+            rows.append(row)
+    if rows:
+        cols = ["Δ acc (p McNemar)", f"Δ cons. w/ {pivot}", f"Δ tr+ from {pivot}", "Δ acc others"]
+        out["ablation"] = Table(
+            f"Deactivating the neurons of one language: paired change in that language on "
+            f"{n['n_eval_items']} held-out items [95 % bootstrap CI]",
+            ["ablated", "neurons", "n", *(f"cloze {c}" for c in cols), *(f"letters {c}" for c in cols)],
+            rows,
+            note="random: as many random neurons of the same layers (the control). Accuracy and tr+ in "
+            "points, consistency as Spearman's rho; 'others': mean change over the other languages.",
         )
     return out
 
@@ -464,6 +571,23 @@ def draw_figures(r: ResultFolder) -> dict[str, Path]:
         out["fig3"] = figures.pca_figure(proj, r.path / FIGURE_FILES["fig3"], title)
         if "script" in proj:
             scripts = proj.drop_duplicates("language").set_index("language")["script"].to_dict()
+    if r.similarity:
+        table = Store(r.path).read("similarity")
+        table = table[table["layer"].isin(r.similarity["layers"])]
+        out["cka"] = figures.cka_figure(table, r.similarity.get("pivot"), r.path / FIGURE_FILES["cka"], title)
+        out["cka_matrix"] = figures.cka_matrix_figure(
+            table,
+            r.similarity["matrix_layer"],
+            r.similarity["languages"],
+            r.path / FIGURE_FILES["cka_matrix"],
+            title,
+        )
+    if r.neurons:
+        out["neurons"] = figures.neurons_figure(
+            r.neurons["per_layer"], r.neurons["n_layers"], r.path / FIGURE_FILES["neurons"], title
+        )
+        if r.neurons["effects"]:
+            out["ablation"] = figures.ablation_figure(r.neurons, r.path / FIGURE_FILES["ablation"], title)
     if r.steer:
         out["fig4"] = figures.gamma_sweep_figure(
             r.steer, r.path / FIGURE_FILES["fig4"], f"{title}: steering sweep"
@@ -485,6 +609,16 @@ CAPTIONS = {
         "and answer letters, dashed line = chance. Shaded: 95 % CI across languages."
     ),
     "fig3": "Fig. 3. PCA of last-token activations per layer; colour = language, ○ Latin / △ other scripts.",
+    "cka": (
+        "Linear CKA (debiased, left; plain, right) of each language's states with English's per layer, "
+        "over the same items; shaded: bootstrap CI over items."
+    ),
+    "cka_matrix": "Debiased linear CKA between every pair of languages at one layer.",
+    "neurons": "Language-specific neurons (LAPE) per layer, one line per language.",
+    "ablation": (
+        "Change in accuracy of every language when one language's specific neurons are deactivated (red) "
+        "and when as many random neurons of the same layers are (grey); bars: paired bootstrap 95 % CI."
+    ),
     "fig4": (
         "Fig. 4. Steering sweep: accuracy, consistency with English and tr+ from English against γ "
         "(γ > 0 pushes toward English processing). Shaded: 95 % CI across steered languages."

@@ -257,6 +257,16 @@ def _pca_items(config: ExperimentConfig, job: Job) -> int:
     return min(config.pca.n_items, len(job.data))
 
 
+def _similarity_items(config: ExperimentConfig, job: Job) -> int:
+    assert config.similarity is not None
+    return min(config.similarity.items(config), len(job.data))
+
+
+def _ablated_items(config: ExperimentConfig, job: Job) -> int:
+    assert config.neurons is not None
+    return max(0, len(job.data) - config.neurons.n_text_items) * len(job.data.languages)
+
+
 def _steered_items(config: ExperimentConfig, job: Job) -> int:
     assert config.steering is not None
     return (len(job.data) - config.steering.n_vectors) * len(job.data.languages)
@@ -269,7 +279,12 @@ STAGES: tuple[StageDef, ...] = (
     StageDef("lens", "lens", "lens_summary.json", "lens", "crosslens.lens:job_stage", _items_x_languages,
              (("lens", "fig2"),)),
     StageDef("pca", "pca", "pca_summary.json", "pca", "crosslens.pca:job_stage", _pca_items,
-             (("pca", "fig3"),)),
+             ((None, "fig3"),)),
+    StageDef("similarity", "similarity", "similarity_summary.json", "similarity",
+             "crosslens.similarity:job_stage", _similarity_items,
+             (("similarity", "cka"), ("cosine", "cka_matrix"))),
+    StageDef("neurons", "ablation", "neurons_summary.json", "neurons", "crosslens.neurons:job_stage",
+             _ablated_items, (("neurons", "neurons"), ("ablation", "ablation"))),
     StageDef("steer", "steer", "steer_summary.json", "steering", "crosslens.steering:job_stage",
              _steered_items, (("steer", "fig4"), (None, "fig5"))),
 )  # fmt: skip
