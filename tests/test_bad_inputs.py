@@ -152,6 +152,14 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("pca --n-items 1", lambda w: [*PCA(w), "--n-items", "1"], ("--n-items",)),
     ("pca --n-items -1", lambda w: [*PCA(w), "--n-items", "-1"], ("--n-items",)),
     ("lens --layers x", lambda w: [*LENS(w), "--layers", "1,x"], ("--layers", "'x'")),
+    ("similarity --pool max", lambda w: [*SIM(w), "--pool", "max"], ("--pool", "max")),
+    ("similarity --n-items 3", lambda w: [*SIM(w), "--n-items", "3"], ("--n-items",)),
+    ("similarity --matrix-layer 99", lambda w: [*SIM(w), "--matrix-layer", "99"], ("--matrix-layer", "99")),
+    ("similarity --layers 99", lambda w: [*SIM(w), "--layers", "1,99"], ("--layers", "99")),
+    ("neurons --ablate xx", lambda w: [*NEURONS(w), "--ablate", "xx"], ("--ablate", "'xx'")),
+    ("neurons --top-rate 0", lambda w: [*NEURONS(w), "--top-rate", "0"], ("--top-rate",)),
+    ("neurons --activation-bar 2", lambda w: [*NEURONS(w), "--activation-bar", "2"], ("--activation-bar",)),
+    ("neurons text beyond the items", lambda w: [*NEURONS(w), "--n-text-items", "7"], ("--n-text-items 7", "no items")),
     ("info with an empty prompt", lambda w: ["info", "-m", str(w.model), "--prompt", ""], ("--prompt",)),
     ("unknown dataset", lambda w: [*EVAL(w, dataset="jsonll")], ("jsonll", "jsonl")),
     ("unknown language", lambda w: [*EVAL(w), "--languages", "en,xx"], ("'xx'",)),
@@ -174,6 +182,11 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("config: gamma .inf", lambda w: ["run", config(w, "inf.yaml", CFG + "steering: {layers: [1], gammas: [1, .inf]}\n")], ("steering.gammas", "inf")),
     ("config: n_vectors 0", lambda w: ["run", config(w, "nv.yaml", CFG + "steering: {layers: [1], n_vectors: 0}\n")], ("steering.n_vectors",)),
     ("config: padding side", lambda w: ["run", config(w, "pad.yaml", CFG + "padding_side: middle\n")], ("padding_side",)),
+    ("config: similarity pool", lambda w: ["run", config(w, "sp.yaml", CFG + "similarity: {pool: max}\n")], ("similarity.pool",)),
+    ("config: similarity 3 items", lambda w: ["run", config(w, "sn.yaml", CFG + "similarity: {n_items: 3}\n")], ("similarity.n_items",)),
+    ("config: PCA's 3 items for similarity", lambda w: ["run", config(w, "sp3.yaml", CFG + "pca: {n_items: 3}\nsimilarity: {}\n")], ("similarity.n_items", "pca.n_items = 3")),
+    ("config: neurons unknown language", lambda w: ["run", config(w, "na.yaml", CFG + "neurons: {ablate: [xx]}\n")], ("neurons.ablate", "'xx'")),
+    ("config: neurons top_rate 0", lambda w: ["run", config(w, "nt.yaml", CFG + "neurons: {top_rate: 0}\n")], ("neurons.top_rate",)),
 ]  # fmt: skip
 
 
@@ -187,6 +200,14 @@ def LENS(w: World, data: Path | None = None) -> list[str]:  # noqa: N802
 
 def PCA(w: World) -> list[str]:  # noqa: N802
     return ["pca", *EVAL(w)[1:]]
+
+
+def SIM(w: World) -> list[str]:  # noqa: N802
+    return ["similarity", *EVAL(w)[1:], "--n-boot", "10"]
+
+
+def NEURONS(w: World) -> list[str]:  # noqa: N802
+    return ["neurons", *EVAL(w)[1:], "--n-text-items", "2"]
 
 
 def STEER(w: World) -> list[str]:  # noqa: N802

@@ -255,26 +255,6 @@ def test_baseline_rows_equal_plain_evaluation(tmp_path: Path, mini) -> None:
     assert np.allclose(np.stack(merged["cloze_norm"]), np.stack(merged["cloze_norm_plain"]), atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("extra", "needle"),
-    [
-        (["--ablate", "xx"], "--ablate"),
-        (["--top-rate", "0"], "--top-rate"),
-        (["--activation-bar", "2"], "--activation-bar"),
-        (["--n-text-items", "64"], "--n-text-items"),
-    ],
-)
-def test_cli_neurons_refuses_bad_options_before_loading(
-    saved_model: Path, tmp_path: Path, capsys, extra: list[str], needle: str
-) -> None:
-    out = tmp_path / "out"
-    args = ["neurons", "--model", str(saved_model), "--dataset", "crosslens-mini", "--out", str(out), *extra]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert needle in err and err.count("\n") == 1 and "loaded" not in err
-    assert not out.exists()
-
-
 def test_cli_neurons(saved_model: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     args = ["neurons", "--model", str(saved_model), "--dataset", "crosslens-mini", "--languages", "en,de,zh"]

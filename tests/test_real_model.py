@@ -93,3 +93,49 @@ def test_lens_at_last_layer_is_the_model_output(gemma, tmp_path):
                     assert got == pytest.approx(
                         plain_continuation_logprobs(gemma, pids, cont).mean(), abs=1e-4
                     )
+
+
+def test_similarity_matches_cka_of_the_model_hidden_states(gemma, tmp_path):
+    """CKA on the real model against the textbook formula applied to transformers' own hidden states."""
+    import torch
+
+    from crosslens.pca import pca_items
+    from crosslens.prompts import get_template, render
+    from crosslens.similarity import run_similarity
+    from crosslens.store import Store
+
+    ds = load_dataset("crosslens-mini", ["en", "de", "zh", "sw"]).limit(16)
+    run_similarity(gemma, ds, tmp_path, layers=[2, 10], n_items=12, n_boot=200)
+    table = Store(tmp_path).read("similarity")
+    template = get_template(ds.template)
+
+    def states(lang: str) -> np.ndarray:
+        rows = []
+        for item_id in pca_items(ds, 12, 0):  # the stage's seeded sample
+            ids = gemma.tokenizer(render(ds.item(lang, item_id), template), return_tensors="pt").input_ids
+            with torch.no_grad():
+                out = gemma.model(ids, output_hidden_states=True)
+            rows.append(out.hidden_states[10][0, -1].double().numpy())  # output of block 10, last token
+        return np.stack(rows)
+
+    def hsic(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741  (Song et al. 2012, up to 1/(n(n-3)))
+        n = k.shape[0]
+        k, l = k.copy(), l.copy()  # noqa: E741
+        np.fill_diagonal(k, 0)
+        np.fill_diagonal(l, 0)
+        one = np.ones(n)
+        cross = (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+        return np.trace(k @ l) + cross - 2 / (n - 2) * (one @ k @ l @ one)
+
+    en = states("en")
+    for lang in ("de", "zh", "sw"):
+        x = states(lang)
+        k, l = en @ en.T, x @ x.T  # noqa: E741
+        expected = hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+        pairs = table[["language_a", "language_b"]].apply(frozenset, axis=1)
+        row = table[
+            (table.layer == 10) & (table.estimator == "debiased") & (pairs == frozenset({"en", lang}))
+        ]
+        got = float(row["cka"].iloc[0])
+        assert got == pytest.approx(expected, abs=1e-4)
+        assert row["ci_low"].iloc[0] <= got <= row["ci_high"].iloc[0]

@@ -27,11 +27,20 @@ from helpers import QUESTIONS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TABLES = {"eval": "records", "lens": "lens", "pca": "pca", "steer": "steer"}
+TABLES = {
+    "eval": "records",
+    "lens": "lens",
+    "pca": "pca",
+    "similarity": "similarity",
+    "neurons": "ablation",
+    "steer": "steer",
+}
 OPTIONS = {
     "eval": [],
     "lens": ["--layers", "1,2"],
     "pca": ["--layers", "1,2", "--n-items", "5"],
+    "similarity": ["--layers", "1,2", "--n-items", "5", "--n-boot", "20"],
+    "neurons": ["--n-text-items", "2", "--top-rate", "0.05", "--ablate", "de", "--n-boot", "20"],
     "steer": ["--layers", "1,2", "--gammas", "-1,1", "--n-vectors", "3"],
 }
 

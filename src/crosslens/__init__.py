@@ -1,7 +1,8 @@
 """crosslens: why does an LLM answer the same question differently in different languages?
 
 Evaluate causal LMs on parallel multiple-choice benchmarks (consistency, transfer), look inside
-with a multilingual logit lens, and steer them toward English. The public API is re-exported here
+with a multilingual logit lens, compare representations across languages (CKA), test
+language-specific neurons causally, and steer them toward English. The public API is re-exported here
 lazily, so ``import crosslens`` (and ``crosslens --version``) stays fast.
 """
 
@@ -27,6 +28,8 @@ _EXPORTS = {
     "evaluate": "crosslens.evaluate",
     "run_lens": "crosslens.lens",
     "run_pca": "crosslens.pca",
+    "run_similarity": "crosslens.similarity",
+    "run_neurons": "crosslens.neurons",
     "run_steering": "crosslens.steering",
     "SteeringVectors": "crosslens.steering",
     "Store": "crosslens.store",

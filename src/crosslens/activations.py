@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,16 @@ from crosslens.data import ParallelDataset
 from crosslens.models import LoadedModel
 from crosslens.passes import length_batches, prompt_pass
 from crosslens.prompts import Template, render
+from crosslens.stages import Done, Stage
 from crosslens.store import no_fingerprint, settings_mismatch
 
 __all__ = [
     "POOLS",
     "Activations",
     "ActivationFile",
+    "SampleStage",
     "activations_file",
+    "parallel_digest",
     "last_token_states",
     "prompt_states",
     "collect_activations",
@@ -143,6 +147,12 @@ def collect_activations(
     return Activations(sorted(states), list(languages), list(item_ids), states)
 
 
+def parallel_digest(ds: ParallelDataset, languages: Sequence[str], item_id: str) -> str:
+    """The content digest of one item in every language of ``languages`` (what a joint analysis
+    of parallel states depends on)."""
+    return "+".join(ds.item(lang, item_id).digest for lang in languages)
+
+
 def activations_file(root: Path, pool: str) -> Path:
     """Where a folder keeps its activations of one pooling (PCA and similarity share them)."""
     return root / ("activations.safetensors" if pool == "last" else f"activations_{pool}.safetensors")
@@ -185,7 +195,7 @@ class ActivationFile:
 
         if pool not in POOLS:
             raise ValueError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        digests = ["+".join(ds.item(lang, i).digest for lang in languages) for i in item_ids]
+        digests = [parallel_digest(ds, languages, i) for i in item_ids]
         fp = data_fingerprint(lm, ds, template) | {
             "languages": list(languages),
             "items": list(item_ids),
@@ -235,3 +245,43 @@ class ActivationFile:
             acts.save(self.path)
         self._acts = acts
         return acts.only(list(layers))
+
+
+@dataclass(kw_only=True)
+class SampleStage(Stage):
+    """A stage over the activations of one seeded item sample in every language (PCA, similarity).
+
+    Its rows read each item in every language, so every language's content counts in an item's
+    digest; the activation file is an artefact checked with the folder and shared by every such
+    stage with the same sample, languages, prompts and pooling.
+    """
+
+    lm: LoadedModel
+    template: Template
+    languages: list[str]
+    layers: list[int]
+    chosen: list[str]
+    seed: int
+    batch_size: int
+    pool: str = "last"
+
+    @cached_property
+    def acts(self) -> ActivationFile:
+        return ActivationFile.plan(
+            self.lm,
+            self.ds,
+            self.store.root,
+            self.languages,
+            self.chosen,
+            self.template,
+            self.pool,
+            self.batch_size,
+        )
+
+    def digest(self, language: str, item_id: str) -> str:
+        return parallel_digest(self.ds, self.languages, item_id)
+
+    def check(self) -> Done:
+        done = super().check()
+        self.acts.saved()
+        return done

@@ -23,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "language_colors",
@@ -267,6 +268,7 @@ def cka_figure(table: pd.DataFrame, pivot: str | None, path: str | Path, title: 
             stats = [{"mean": r.cka, "ci_low": r.ci_low, "ci_high": r.ci_high} for r in rows.itertuples()]
             _band(ax, rows["layer"].tolist(), stats, 1.0, colors[lang], lang)
         ax.axhline(0, color="0.6", linewidth=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_title(f"{estimator} CKA" + (f" with {pivot}" if pivot else " (mean over pairs)"), fontsize=9)
     axes[0].set_ylabel("linear CKA")
@@ -324,6 +326,7 @@ def neurons_figure(
     for lang in langs:
         counts = [per_layer[lang].get(str(x), per_layer[lang].get(int(x), 0)) for x in layers]
         ax.plot(layers, counts, marker="o", markersize=3, color=colors[lang], label=lang)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("language-specific neurons")
     fig.legend(loc="outside right center", fontsize=8)

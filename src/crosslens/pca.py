@@ -12,7 +12,6 @@ import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +20,12 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from crosslens import __version__
-from crosslens.activations import ActivationFile, Activations
+from crosslens.activations import Activations, SampleStage
 from crosslens.data import ParallelDataset
 from crosslens.evaluate import data_fingerprint
 from crosslens.models import LoadedModel
-from crosslens.prompts import Template, get_template
-from crosslens.stages import Done, Stage, Unit, run_stage
+from crosslens.prompts import get_template
+from crosslens.stages import Unit, run_stage
 from crosslens.store import Store
 
 if TYPE_CHECKING:
@@ -76,44 +75,13 @@ PCA_TABLE = "pca"
 
 
 @dataclass(kw_only=True)
-class PcaStage(Stage):
+class PcaStage(SampleStage):
     """PCA as a stage: one unit (all languages jointly) whose settings are the layers.
 
     The projection is joint over every language and item, so the languages and the sampled items
     are part of the fingerprint (another set is another analysis, refused); more layers extend it.
     Activations are an artefact of the stage, reused only when their own fingerprint matches.
     """
-
-    lm: LoadedModel
-    template: Template
-    languages: list[str]
-    layers: list[int]
-    chosen: list[str]
-    seed: int
-    batch_size: int
-    pool: str = "last"
-
-    @cached_property
-    def acts(self) -> ActivationFile:
-        return ActivationFile.plan(
-            self.lm,
-            self.ds,
-            self.store.root,
-            self.languages,
-            self.chosen,
-            self.template,
-            self.pool,
-            self.batch_size,
-        )
-
-    def digest(self, language: str, item_id: str) -> str:
-        """The projection reads the item in every language: all of them count."""
-        return "+".join(self.ds.item(lang, item_id).digest for lang in self.languages)
-
-    def check(self) -> Done:
-        done = super().check()
-        self.acts.saved()
-        return done
 
     def rows(self, unit: Unit) -> pd.DataFrame:
         proj = project(self.acts.get(list(unit.settings)), self.seed)

@@ -418,11 +418,13 @@ def _effect(e: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) 
 def _neuron_tables(n: Mapping[str, Any]) -> dict[str, Table]:
     """Language-specific neurons per language, and the effects of deactivating them."""
     sel = n["selection"]
+    overlap = n["overlap"]
     rows = [
         [
             lang,
             str(count),
             ", ".join(f"{layer}: {k}" for layer, k in n["per_layer"][lang].items() if k) or "–",
+            ", ".join(f"{b} {k}" for b, k in overlap[lang].items() if b != lang and k) or "–",
         ]
         for lang, count in n["n_specific"].items()
     ]
@@ -430,7 +432,7 @@ def _neuron_tables(n: Mapping[str, Any]) -> dict[str, Table]:
         "neurons": Table(
             f"Language-specific neurons (LAPE: {sel['n_kept']} of {sel['n_neurons']} neurons kept, top rate "
             f"{sel['top_rate']}, from {n['n_text_items']} held-out items)",
-            ["language", "neurons", "per layer"],
+            ["language", "neurons", "per layer (layer: count)", "shared with"],
             rows,
         )
     }

@@ -40,13 +40,13 @@ import numpy as np
 import pandas as pd
 
 from crosslens import __version__, metrics
-from crosslens.activations import POOLS, ActivationFile, Activations
+from crosslens.activations import POOLS, Activations, SampleStage
 from crosslens.data import ParallelDataset
 from crosslens.evaluate import data_fingerprint
 from crosslens.models import LoadedModel
 from crosslens.pca import pca_items
-from crosslens.prompts import Template, get_template
-from crosslens.stages import Done, Stage, Unit, run_stage
+from crosslens.prompts import get_template
+from crosslens.stages import Unit, run_stage
 from crosslens.store import Store
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def cosine_summary(
 
 # -- the stage --------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class SimilarityStage(Stage):
+class SimilarityStage(SampleStage):
     """CKA (both estimators) between every pair of languages, per layer, from one activation file.
 
     One unit, like PCA: all languages of a seeded item sample, (layer, pool) pairs as settings. The
@@ -239,42 +239,12 @@ class SimilarityStage(Stage):
     extend the table (the summary and figures describe the run's own pooling).
     """
 
-    lm: LoadedModel
-    template: Template
-    languages: list[str]
-    layers: list[int]
-    chosen: list[str]
-    pool: str
     n_boot: int
-    seed: int
-    batch_size: int
     matrix_layer: int | None = None
-
-    @cached_property
-    def acts(self) -> ActivationFile:
-        return ActivationFile.plan(
-            self.lm,
-            self.ds,
-            self.store.root,
-            self.languages,
-            self.chosen,
-            self.template,
-            self.pool,
-            self.batch_size,
-        )
 
     @cached_property
     def weights(self) -> np.ndarray | None:
         return bootstrap_weights(len(self.chosen), self.n_boot, self.seed) if self.n_boot else None
-
-    def digest(self, language: str, item_id: str) -> str:
-        """CKA reads the item in every language: all of them count."""
-        return "+".join(self.ds.item(lang, item_id).digest for lang in self.languages)
-
-    def check(self) -> Done:
-        done = super().check()
-        self.acts.saved()
-        return done
 
     def _states(self, acts: Activations, layer: int) -> np.ndarray:
         return np.stack([acts.of(layer, lang) for lang in self.languages])
