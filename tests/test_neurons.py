@@ -108,6 +108,7 @@ def test_counts_do_not_depend_on_batching_and_skip_bos(family: str) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_deactivation_is_exact_and_leaves_nothing_behind(family: str) -> None:
     lm = tiny_model(family)
+    hooks = [len(m._forward_hooks) for m in lm.model.modules()]
     ids = torch.tensor([lm.tokenizer("Question: capital of France? Answer:").input_ids])
     with torch.no_grad():
         before = lm.model(ids).logits.clone()
@@ -129,14 +130,16 @@ def test_deactivation_is_exact_and_leaves_nothing_behind(family: str) -> None:
     assert torch.equal(before, after), "outputs must be bit-identical once the context exits"
     assert not torch.allclose(before, ablated)
     assert torch.allclose(ablated, reference, atol=1e-5)
-    assert all(not m._forward_hooks for m in lm.model.modules())
+    assert [len(m._forward_hooks) for m in lm.model.modules()] == hooks
 
 
 def test_deactivation_hooks_are_removed_on_error() -> None:
     lm = tiny_model("llama")
+    hooks = [len(m._forward_hooks) for m in lm.model.modules()]
     with pytest.raises(RuntimeError, match="boom"), deactivate(lm.anatomy, {2: np.array([1])}):
+        assert [len(m._forward_hooks) for m in lm.model.modules()] != hooks
         raise RuntimeError("boom")
-    assert all(not m._forward_hooks for m in lm.model.modules())
+    assert [len(m._forward_hooks) for m in lm.model.modules()] == hooks
 
 
 # -- paired effects -----------------------------------------------------------------------------------
@@ -160,6 +163,22 @@ def test_paired_effects_of_nothing_are_zero() -> None:
         if lang != "en":
             assert e["consistency_pivot"]["delta"] == 0 and e["consistency_pivot"]["ci_high"] == 0
             assert e["tr_plus_from_pivot"]["delta"] == 0
+
+
+def test_paired_gold_score_effect() -> None:
+    rng = np.random.default_rng(3)
+    base = _records({lang: list(rng.random(25) < 0.5) for lang in ("en", "zh")})
+    base["gold"] = 0
+    base["cloze_norm"] = [list(rng.normal(size=2)) for _ in range(len(base))]
+    treated = base.copy()
+    treated["cloze_norm"] = [
+        [s[0] - (0.3 if lang == "zh" else 0.0), s[1]] for s, lang in zip(base["cloze_norm"], base["language"])
+    ]
+    effects = metrics.paired_effects(base, treated, "en", n_boot=200, scores_col="cloze_norm")
+    zh, en = effects["zh"]["gold_score"], effects["en"]["gold_score"]
+    assert zh["delta"] == pytest.approx(-0.3) and zh["ci_low"] == pytest.approx(-0.3) == zh["ci_high"]
+    assert zh["p_wilcoxon"] < 1e-4
+    assert en["delta"] == 0 and en["p_wilcoxon"] == 1.0
 
 
 def test_paired_effects_mcnemar_and_pairing() -> None:
@@ -260,6 +279,6 @@ def test_cli_neurons(saved_model: Path, tmp_path: Path, capsys) -> None:
     args = ["neurons", "--model", str(saved_model), "--dataset", "crosslens-mini", "--languages", "en,de,zh"]
     args += ["--limit", "10", "--n-text-items", "4", "--top-rate", "0.05", "--ablate", "zh", "--n-boot", "50"]
     assert main([*args, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "LAPE kept" in printed and "deactivating language-specific neurons" in printed
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
+    assert "LAPE kept" in printed and "deactivating a language's neurons" in printed
     assert (out / "fig8_neurons.png").is_file() and (out / "fig9_ablation.png").is_file()

@@ -23,7 +23,9 @@ from test_runner import _config, _files, _summaries
 
 ray = pytest.importorskip("ray")
 
-TABLES = ("records", "lens", "steer")
+TABLES = ("records", "lens", "similarity", "ablation", "steer")
+KEYS = ("language", "language_a", "language_b", "estimator", "pool", "item_id", "layer", "gamma", "form",
+        "choice", "ablated", "neurons")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def _tables(folder: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for table in TABLES:
         df = Store(folder).read(table)
-        keys = [c for c in ("language", "item_id", "layer", "gamma", "form", "choice") if c in df]
+        keys = [c for c in KEYS if c in df]
         assert len(df) > 0 and not df.duplicated(subset=keys).any(), f"{table}: empty or duplicated rows"
         out[table] = df.sort_values(keys).reset_index(drop=True)
     return out
@@ -97,7 +99,7 @@ def test_ray_backend_writes_what_the_local_backend_writes(
     config = parse_config(_ray_config(Path("."), saved_model))
     report = run_experiment(config, backend="ray", progress=False)
     report = tmp_path / report
-    assert report.is_file() and report.read_text().count("<img ") == 5
+    assert report.is_file() and report.read_text().count("<img ") == 9
     _assert_same_results(local_reference, _folder(tmp_path, saved_model))
 
     # Re-running resumes: nothing is recomputed, the summaries come out the same.

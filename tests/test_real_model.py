@@ -139,3 +139,36 @@ def test_similarity_matches_cka_of_the_model_hidden_states(gemma, tmp_path):
         got = float(row["cka"].iloc[0])
         assert got == pytest.approx(expected, abs=1e-4)
         assert row["ci_low"].iloc[0] <= got <= row["ci_high"].iloc[0]
+
+
+def test_neurons_on_gemma_baseline_is_the_plain_evaluation(gemma, tmp_path):
+    """LAPE finds neurons for a non-Latin language on the real model; the unablated rows are the
+    evaluation's own records; the control matches the ablation layer by layer; nothing is left behind."""
+    import torch
+
+    from crosslens.evaluate import EvalOptions, evaluate
+    from crosslens.neurons import neuron_stage, random_control, run_neurons
+    from crosslens.store import Store
+
+    ds = load_dataset("crosslens-mini", ["en", "de", "zh"]).limit(20)
+    ids = torch.tensor([gemma.tokenizer("Question: 2 + 2 = ? Answer:").input_ids])
+    with torch.no_grad():
+        before = gemma.model(ids).logits
+    opts = EvalOptions(batch_size=8)
+    summary = run_neurons(gemma, ds, tmp_path / "n", ablate=["zh"], n_text_items=8, n_boot=200, opts=opts)
+    with torch.no_grad():
+        assert torch.equal(gemma.model(ids).logits, before)
+    assert summary["n_specific"]["zh"] > 0
+    stage = neuron_stage(gemma, ds, tmp_path / "n", ["zh"], 8, opts=opts)
+    own = stage.selection[0]["zh"]
+    control = random_control(own, gemma.anatomy.n_neurons, 0, "zh")
+    assert {k: len(v) for k, v in own.items()} == {k: len(v) for k, v in control.items()}
+
+    evaluate(gemma, ds, tmp_path / "e", opts=opts, exclude=stage.find_items)
+    base = Store(tmp_path / "n").read("ablation").query("neurons == 'none'")
+    plain = Store(tmp_path / "e").read("records")
+    merged = base.merge(plain, on=["language", "item_id"], suffixes=("", "_plain"))
+    assert len(merged) == len(plain) == 12 * 3
+    assert np.abs(np.stack(merged["label_logprobs"]) - np.stack(merged["label_logprobs_plain"])).max() < 1e-4
+    zh = summary["effects"]["zh"]["lape"]["cloze"]["zh"]["accuracy"]
+    assert zh["ci_low"] <= zh["delta"] <= zh["ci_high"] and 0 <= zh["p_mcnemar"] <= 1

@@ -20,7 +20,7 @@ from crosslens.evaluate import EvalOptions, evaluate
 from crosslens.lens import run_lens
 from crosslens.neurons import run_neurons
 from crosslens.pca import run_pca
-from crosslens.report import FIGURE_FILES, Table, find_results, tables, write_report
+from crosslens.report import FIGURE_FILES, Table, find_results, folder_tables, tables, write_report
 from crosslens.similarity import run_similarity
 from crosslens.steering import run_steering
 
@@ -55,7 +55,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_pca(lm, ds, out, layers=[2, 4], n_items=6)
     run_similarity(lm, ds, out, layers=[0, 2, 4], n_items=6, n_boot=50)
     run_neurons(lm, ds, out, ablate=["zh"], n_text_items=4, top_rate=0.05, n_boot=50, opts=opts)
-    run_steering(lm, ds, out, ds.languages, [2, 3], [-1.0, 1.0], n_vectors=4, opts=opts)
+    run_steering(lm, ds, out, ds.languages, [2, 3], [-1.0, 1.0], n_vectors=4, opts=opts, controls=2,
+                 positions=["last", "all"])  # fmt: skip
     write_report(root)
     return root
 
@@ -102,6 +103,11 @@ def test_tables_follow_the_paper_layout(root: Path) -> None:
     r = results[0].lens["table2"]["acc"]["r"]
     assert t2.rows[0][1].startswith(f"{r:.2f}".replace("-", "−"))
     assert '<th colspan="5" class="group">crosslens-mini</th>' in t1.html()
+    steer = folder_tables(results[0])["steer"]
+    assert {"positions", "cloze acc. (%)", "sig. (Holm)", "controls: Δ acc."} <= set(steer.columns)
+    assert {row[2] for row in steer.rows} == {"last", "all"}
+    assert any("(p " in cell for row in steer.rows for cell in row)  # controls' empirical p
+    assert t2.rows[0][1].endswith("n = 3")  # Table 2: r and the languages it rests on (a CI needs 4)
 
 
 def test_table_rendering_escapes() -> None:

@@ -235,6 +235,6 @@ def test_cli_similarity(saved_model: Path, tmp_path: Path, capsys) -> None:
     ]
     args += ["--limit", "8", "--n-items", "6", "--n-boot", "50", "--layers", "1,3", "--out", str(out)]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
     assert "debiased linear CKA with en" in printed and "cosine of parallel vs non-parallel" in printed
     assert (out / "similarity_summary.json").is_file()

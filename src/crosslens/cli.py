@@ -528,6 +528,14 @@ def steer(
         str, typer.Option(help="comma-separated multipliers; 0 is always added")
     ] = "-3,-2,-1,0,1,2,3",
     n_vectors: Annotated[int, typer.Option(min=1, help="items the vectors are built from (held out)")] = 50,
+    controls: Annotated[
+        int,
+        typer.Option(min=0, help="random directions of each vector's norm (+ the wrong language's vector)"),
+    ] = 0,
+    positions: Annotated[
+        str, typer.Option(help="where gamma * v is added: last (the paper's), all, or last,all")
+    ] = "last",
+    cloze: Annotated[bool, typer.Option(help="also score the full answer texts under steering")] = True,
     data_dir: DataDir = None,
     languages: Languages = None,
     limit: Limit = None,
@@ -544,7 +552,7 @@ def steer(
 ) -> None:
     """Cross-lingual activation steering sweep over layers and gammas (Figs. 4, 5, 7-11)."""
     from crosslens.evaluate import EvalOptions
-    from crosslens.steering import check_gammas, steer_stage
+    from crosslens.steering import POSITIONS, check_gammas, steer_stage
 
     gamma_list = _numbers(gammas, "--gammas", float)
     if not gamma_list:
@@ -556,6 +564,10 @@ def steer(
     layer_list = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
     if not layer_list:
         raise typer.BadParameter("--layers is empty: give the blocks to steer")
+    where = _csv(positions) or []
+    bad = [p for p in where if p not in POSITIONS]
+    if bad or not where:
+        raise typer.BadParameter(f"--positions must be last, all or last,all; got {positions!r}")
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     ds, size = _inputs("steer", model, device, dtype, out, template, batch_size, data)
     if n_vectors >= len(ds):
@@ -563,22 +575,45 @@ def steer(
             f"--n-vectors {n_vectors} leaves no items to evaluate ({len(ds)} aligned items)"
         )
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
-    opts = EvalOptions(template=template, batch_size=size)
-    stage = steer_stage(lm, ds, out, ds.languages, layer_list, gamma_list, n_vectors, seed, opts)
-    summary = _run(stage, "steer")
-    table = Table(title="steering: change against gamma = 0, mean over steered languages")
-    for col in ("layer", "gamma", "accuracy", "Δ acc", "Δ cons. w/ en", "Δ tr+ from en"):
-        table.add_column(col, justify="right")
-    for s in summary["settings"]:
-        table.add_row(
-            str(s["layer"]),
-            f"{s['gamma']:+g}",
-            f"{100 * s['accuracy']['mean']:.1f}",
-            f"{100 * s['delta_accuracy']['mean']:+.1f}",
-            f"{s['delta_consistency_en']['mean']:+.3f}",
-            f"{s['delta_tr_plus_from_en']['mean']:+.3f}",
+    opts = EvalOptions(template=template, batch_size=size, cloze=cloze)
+    stage = steer_stage(
+        lm, ds, out, ds.languages, layer_list, gamma_list, n_vectors, seed, opts, controls, where
+    )
+    _print_steering(_run(stage, "steer"))
+
+
+def _print_steering(summary: dict) -> None:
+    forms = [("", "letters")] + ([("cloze_", "cloze")] if "cloze" in summary["forms"] else [])
+    for prefix, name in forms:
+        table = Table(title=f"steering ({name}): change against gamma = 0, mean over steered languages")
+        cols = (
+            "layer",
+            "γ",
+            "pos.",
+            "acc.",
+            "Δ acc",
+            "Δ cons. w/ en",
+            "Δ tr+ from en",
+            "sig. Holm",
+            "p vs ctl",
         )
-    out_console.print(table)
+        for col in cols:
+            table.add_column(col, justify="right")
+        for s in summary["settings"]:
+            control = s.get("controls", {}).get(f"{prefix}accuracy", {})
+            p = control.get("p_empirical")
+            table.add_row(
+                str(s["layer"]),
+                f"{s['gamma']:+g}",
+                s["positions"],
+                f"{100 * s[f'{prefix}accuracy']['mean']:.1f}",
+                f"{100 * s[f'delta_{prefix}accuracy']['mean']:+.1f}",
+                f"{s[f'delta_{prefix}consistency_en']['mean']:+.3f}",
+                f"{s[f'delta_{prefix}tr_plus_from_en']['mean']:+.3f}",
+                "–" if s["gamma"] == 0 else f"{s[f'{prefix}n_significant_holm']}/{len(s['per_language'])}",
+                "–" if p is None or p != p else f"{p:.2f}",
+            )
+        out_console.print(table)
 
 
 @app.command()
@@ -650,6 +685,14 @@ def neurons(
     _print_neurons(_run(stage, "neurons"))
 
 
+def _change(e: dict | None, scale: float, digits: int) -> str:
+    """``-0.49 [-0.70, -0.32]``; – where undefined (consistency of English with itself)."""
+    if not e or e["delta"] != e["delta"]:
+        return "–"
+    low, high = scale * e["ci_low"], scale * e["ci_high"]
+    return f"{scale * e['delta']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
 def _print_neurons(summary: dict) -> None:
     sel = summary["selection"]
     out_console.print(
@@ -660,16 +703,16 @@ def _print_neurons(summary: dict) -> None:
     pivot = summary["pivot"]
     for score in ("cloze", "letters"):
         table = Table(
-            title=f"deactivating language-specific neurons: change in the ablated language ({score})"
+            title=f"deactivating a language's neurons: paired change in that language ({score}, 95 % CI)"
         )
         for col in (
             "ablated",
             "neurons",
             "n",
-            "Δ acc [95 % CI]",
-            "p (McNemar)",
+            "Δ acc (points)",
+            "p McNemar",
+            "Δ gold score",
             f"Δ cons. w/ {pivot}",
-            "Δ acc others",
         ):
             table.add_column(col, justify="right")
         for m, kinds in summary["effects"].items():
@@ -677,21 +720,47 @@ def _print_neurons(summary: dict) -> None:
                 if score not in e:
                     continue
                 own = e[score][m]
-                acc = own["accuracy"]
-                cons = own.get("consistency_pivot")
-                others = [v["accuracy"]["delta"] for lang, v in e[score].items() if lang != m]
                 table.add_row(
                     m,
                     kind,
                     str(e["n_neurons"]),
-                    f"{100 * acc['delta']:+.1f} [{100 * acc['ci_low']:+.1f}, {100 * acc['ci_high']:+.1f}]",
-                    f"{acc['p_mcnemar']:.3g}",
-                    f"{cons['delta']:+.3f}" if cons and cons["delta"] == cons["delta"] else "–",
-                    f"{100 * sum(others) / len(others):+.1f}" if others else "–",
+                    _change(own["accuracy"], 100.0, 1),
+                    f"{own['accuracy']['p_mcnemar']:.2g}",
+                    _change(own["gold_score"], 1.0, 2),
+                    _change(own.get("consistency_pivot"), 1.0, 2),
                 )
         if table.row_count:
             out_console.print(table)
     out_console.print(f"figures: {', '.join(summary['figures'].values())}")
+
+
+@app.command("export-vectors")
+def export_vectors_cmd(
+    folder: Annotated[
+        Path, typer.Argument(help="a steering result folder (holding steering_vectors.safetensors)")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="lm-eval (lm-evaluation-harness's steered model) or gguf")
+    ],
+    language: Annotated[str, typer.Option(help="the language whose vector v(language -> en) is exported")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the file to write (.pt for lm-eval, .gguf)")],
+    layers: Annotated[
+        str | None, typer.Option(help="comma-separated layers (default: all in the folder)")
+    ] = None,
+    coefficient: Annotated[float, typer.Option(help="gamma: the multiplier the other tool applies")] = 1.0,
+) -> None:
+    """Write steering vectors for lm-evaluation-harness (--model steered) or llama.cpp (control vector)."""
+    from crosslens.steering import check_gammas
+    from crosslens.vector_export import FORMATS, export_vectors
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        check_gammas([coefficient])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).replace("--gammas", "--coefficient")) from None
+    path = export_vectors(folder, out, fmt, language, _numbers(layers, "--layers") or None, coefficient)
+    out_console.print(f"wrote {path}")
 
 
 @app.command("run")

@@ -83,6 +83,8 @@ class SteeringConfig(_Section):
     layers_by_model: dict[str, list[Annotated[int, Field(ge=1)]]] = {}  # per-model overrides of ``layers``
     gammas: list[float] = Field(default=[-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
     n_vectors: Annotated[int, Field(ge=1)] = 50
+    controls: Annotated[int, Field(ge=0)] = 0  # random directions of v's norm per (language, layer)
+    positions: list[Literal["last", "all"]] = Field(default=["last"], min_length=1)
     enabled: bool = True
 
     @field_validator("gammas")

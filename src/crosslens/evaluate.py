@@ -33,6 +33,7 @@ __all__ = [
     "eval_stage",
     "evaluate",
     "label_fields",
+    "cloze_fields",
     "item_rows",
     "summarize_records",
     "RECORDS",
@@ -62,6 +63,22 @@ def label_fields(logprobs: Sequence[float], gold: int) -> dict[str, Any]:
         "ranks": ranks,
         "pred": pred,
         "correct": pred == gold,
+    }
+
+
+def cloze_fields(token_logprobs: Sequence[np.ndarray], choices: Sequence[str], gold: int) -> dict[str, Any]:
+    """Full-answer scores from each choice's token log-probs (shared by evaluation, ablation and
+    steering): acc_norm as in lm-evaluation-harness, total log-prob per character of the answer."""
+    sums = [float(np.sum(x)) for x in token_logprobs]
+    norm = [s / max(1, len(c.strip())) for s, c in zip(sums, choices)]
+    pred = int(np.argmax(norm))
+    return {
+        "cloze_logprobs": sums,
+        "cloze_tokens": [len(x) for x in token_logprobs],
+        "cloze_norm": norm,
+        "cloze_ranks": rank_choices(norm),
+        "cloze_pred": pred,
+        "cloze_correct": pred == gold,
     }
 
 
@@ -128,18 +145,7 @@ def item_rows(
             "prompt_tokens": len(prompt_ids[i]),
         }
         if conts is not None:
-            sums = [float(x.sum()) for x in sc.text_logprobs[final]]
-            # acc_norm as in lm-evaluation-harness: total log-prob per character of the answer text.
-            norm = [s / max(1, len(c.strip())) for s, c in zip(sums, it.choices)]
-            cloze_pred = int(np.argmax(norm))
-            row |= {
-                "cloze_logprobs": sums,
-                "cloze_tokens": [len(x) for x in sc.text_logprobs[final]],
-                "cloze_norm": norm,
-                "cloze_ranks": rank_choices(norm),
-                "cloze_pred": cloze_pred,
-                "cloze_correct": cloze_pred == it.gold,
-            }
+            row |= cloze_fields(sc.text_logprobs[final], it.choices, it.gold)
         rows[i] = row
     return pd.DataFrame(rows)
 

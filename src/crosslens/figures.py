@@ -341,33 +341,44 @@ def _floats(values: Any) -> np.ndarray:
 
 
 def ablation_figure(summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
-    """Per ablated language: the change in accuracy of every language (cloze where scored, else
-    letters) when its LAPE neurons are deactivated, beside the random control, with paired CIs."""
+    """Per ablated language (rows): the change in every language's accuracy (left) and in its gold
+    answer's score (right: mean log-likelihood per character for cloze, log-probability of the gold
+    letter otherwise) when its LAPE neurons are deactivated (red) and for the random control (grey),
+    with paired bootstrap CIs. Cloze where scored, else letters."""
     effects = summary["effects"]
     ablated = [m for m in effects if effects[m]]
     score = "cloze" if any("cloze" in e for m in ablated for e in effects[m].values()) else "letters"
     langs = list(summary["languages"])
-    fig = _figure(
-        max(5.0, 0.5 * len(langs) + 2.5) * min(2, len(ablated)), 2.8 * math.ceil(len(ablated) / 2) + 0.6
-    )
-    axes = _grid(fig, len(ablated), 2, sharey=True)
+    panels = (("accuracy", 100.0, f"Δ {score} accuracy (points)"), ("gold_score", 1.0, "Δ gold-answer score"))
+    fig = _figure(2 * max(4.5, 0.45 * len(langs) + 1.5) + 0.5, 2.5 * len(ablated) + 0.6)
+    axes = fig.subplots(len(ablated), 2, squeeze=False)
     x = np.arange(len(langs))
-    for ax, m in zip(axes, ablated, strict=True):
-        for offset, kind, color in ((-0.2, "lape", "tab:red"), (0.2, "random", "tab:gray")):
-            entry = effects[m].get(kind)
-            if entry is None:
-                continue
-            acc = [entry[score][lang]["accuracy"] for lang in langs]
-            delta = np.nan_to_num(100 * _floats(a["delta"] for a in acc))
-            low, high = 100 * _floats(a["ci_low"] for a in acc), 100 * _floats(a["ci_high"] for a in acc)
-            err = np.vstack([np.nan_to_num(delta - low), np.nan_to_num(high - delta)])
-            label = f"{kind} ({entry['n_neurons']} neurons)"
-            ax.bar(x + offset, delta, width=0.4, color=color, label=label, yerr=err, capsize=2, ecolor="0.3")
-        ax.axhline(0, color="0.4", linewidth=0.6)
-        ax.set_xticks(x, langs, rotation=90 if len(langs) > 12 else 0, fontsize=8)
-        ax.set_title(f"{m}-specific neurons off", fontsize=9)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel(f"Δ {score} accuracy (points)")
+    for row, m in enumerate(ablated):
+        for col, (key, scale, label) in enumerate(panels):
+            ax = axes[row, col]
+            for offset, kind, color in ((-0.2, "lape", "tab:red"), (0.2, "random", "tab:gray")):
+                entry = effects[m].get(kind)
+                if entry is None:
+                    continue
+                cells = [entry[score][lang].get(key) or {} for lang in langs]
+                delta = np.nan_to_num(scale * _floats(c.get("delta") for c in cells))
+                low, high = (
+                    scale * _floats(c.get("ci_low") for c in cells),
+                    scale * _floats(c.get("ci_high") for c in cells),
+                )
+                err = np.vstack([np.nan_to_num(delta - low), np.nan_to_num(high - delta)])
+                name = f"{kind} ({entry['n_neurons']} neurons)"
+                ax.bar(
+                    x + offset, delta, width=0.4, color=color, label=name, yerr=err, capsize=2, ecolor="0.3"
+                )
+            ax.axhline(0, color="0.4", linewidth=0.6)
+            ax.set_xticks(x, langs, rotation=90 if len(langs) > 12 else 0, fontsize=8)
+            if m in langs:
+                ax.get_xticklabels()[langs.index(m)].set_fontweight("bold")
+            ax.set_title(f"{m}-specific neurons off", fontsize=9)
+            ax.set_ylabel(label, fontsize=8)
+            if col == 0:
+                ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)
@@ -376,25 +387,63 @@ def ablation_figure(summary: Mapping[str, Any], path: str | Path, title: str | N
 # -- Fig. 4 ---------------------------------------------------------------------------------------
 def gamma_sweep_figure(steer_summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
     """Fig. 4: accuracy, consistency with English and tr+ from English against gamma, one line per
-    steering layer (means over steered languages, 95 % CI bands); gamma > 0 pushes toward English."""
+    steering layer (and positions, when both were run): means over steered languages with 95 % CI
+    bands across them; a row for letters and one for cloze scores where scored. With controls, a
+    dashed line marks the random directions' mean at each gamma. gamma > 0 pushes toward English."""
     settings = steer_summary["settings"]
-    layers = sorted({int(s["layer"]) for s in settings})
-    colors = {layer: matplotlib.colormaps["tab10"](i % 10) for i, layer in enumerate(layers)}
-    fig = _figure(11.0, 3.6)
-    axes = fig.subplots(1, len(STEER_METRICS))
-    for ax, (key, label, scale) in zip(axes, STEER_METRICS, strict=True):
-        for layer in layers:
-            rows = sorted((s for s in settings if int(s["layer"]) == layer), key=lambda s: s["gamma"])
-            _band(
-                ax, [s["gamma"] for s in rows], [s[key] for s in rows], scale, colors[layer], f"layer {layer}"
-            )
-        ax.axvline(0.0, color="black", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("γ (steering multiplier)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, title="steered at", title_fontsize=8)
+    lines = sorted({(int(s["layer"]), s.get("positions", "last")) for s in settings})
+    several = len({where for _, where in lines}) > 1
+    colors = {line: matplotlib.colormaps["tab10"](i % 10) for i, line in enumerate(lines)}
+    forms = [f for f in ("", "cloze_") if f"{f}accuracy" in settings[0]]
+    fig = _figure(11.0, 3.4 * len(forms) + 0.2)
+    axes = fig.subplots(len(forms), len(STEER_METRICS), squeeze=False)
+    for row, prefix in enumerate(forms):
+        for ax, (key, label, scale) in zip(axes[row], STEER_METRICS, strict=True):
+            name = prefix + key
+            for line in lines:
+                layer, where = line
+                rows = sorted(
+                    (s for s in settings if (int(s["layer"]), s.get("positions", "last")) == line),
+                    key=lambda s: s["gamma"],
+                )
+                tag = f"layer {layer}" + (f" ({where})" if several else "")
+                _band(ax, [s["gamma"] for s in rows], [s[name] for s in rows], scale, colors[line], tag)
+                null = [(s["gamma"], _control_level(s, name)) for s in rows if "controls" in s]
+                if null:
+                    xs, ys = zip(*sorted(null + [(0.0, _base_level(rows, name))]))
+                    ax.plot(
+                        xs,
+                        scale * np.array(ys, dtype=float),
+                        color=colors[line],
+                        linestyle="--",
+                        linewidth=0.9,
+                    )
+            ax.axvline(0.0, color="black", linewidth=0.8, linestyle=":")
+            ax.set_xlabel("γ (steering multiplier)")
+            ax.set_ylabel(("cloze " if prefix else "") + label)
+            ax.grid(alpha=0.3)
+    with_controls = any("controls" in s for s in settings)
+    axes[0, 0].legend(
+        fontsize=8, title="steered at" + (" (--- controls)" if with_controls else ""), title_fontsize=8
+    )
     fig.suptitle(title or "steering sweep (mean over steered languages)", fontsize=11)
     return _save(fig, path)
+
+
+def _base_level(rows: Sequence[Mapping[str, Any]], name: str) -> float:
+    """The unsteered mean of metric ``name`` (its value at gamma = 0)."""
+    return next(
+        float(np.nan if s[name]["mean"] is None else s[name]["mean"]) for s in rows if s["gamma"] == 0
+    )
+
+
+def _control_level(setting: Mapping[str, Any], name: str) -> float:
+    """Where the random controls of a setting put metric ``name`` on average (base + null mean)."""
+    mean, delta = setting[name]["mean"], setting[f"delta_{name}"]["mean"]
+    null = setting["controls"].get(name, {}).get("null_mean")
+    if mean is None or delta is None or null is None:
+        return float("nan")
+    return float(mean - delta + null)
 
 
 # -- Fig. 5 ---------------------------------------------------------------------------------------
@@ -415,7 +464,8 @@ def steer_change_figure(
     """Fig. 5: per language, the accuracy change at ``gamma`` against unsteered accuracy; one panel
     per steering layer. ``scripts`` (language -> 'Latin'/'non-Latin') sets the marker and colour."""
     gamma = default_gamma(steer_summary) if gamma is None else float(gamma)
-    settings = steer_summary["settings"]
+    where = "last" if any(s.get("positions", "last") == "last" for s in steer_summary["settings"]) else "all"
+    settings = [s for s in steer_summary["settings"] if s.get("positions", "last") == where]
     layers = sorted({int(s["layer"]) for s in settings})
     by_key = {(int(s["layer"]), float(s["gamma"])): s for s in settings}
     missing = [layer for layer in layers if (layer, gamma) not in by_key or (layer, 0.0) not in by_key]
@@ -433,18 +483,19 @@ def steer_change_figure(
             y = 100 * (steered[lang]["accuracy"] - base[lang]["accuracy"])
             points.setdefault((round(x, 6), round(y, 6)), []).append(lang)
             script = (scripts or {}).get(lang)
-            ax.scatter(
-                [x],
-                [y],
-                s=28,
-                marker=SCRIPT_MARKERS.get(script or "Latin", "o"),
-                color=script_colors.get(script or "", "tab:purple"),
-            )
+            color = script_colors.get(script or "", "tab:purple")
+            paired = steered[lang].get("paired", {}).get("accuracy")
+            if paired and paired.get("ci_low") is not None:  # the paired item-bootstrap 95 % CI
+                ax.errorbar([x], [y], yerr=[[y - 100 * paired["ci_low"]], [100 * paired["ci_high"] - y]],
+                            color=color, alpha=0.5, linewidth=0.8, capsize=2)  # fmt: skip
+            ax.scatter([x], [y], s=28, marker=SCRIPT_MARKERS.get(script or "Latin", "o"), color=color)
         for (x, y), names in points.items():  # languages on the same point share one label
             ax.annotate(", ".join(names), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.margins(x=0.2, y=0.15)  # room for the language labels at the edges
-        ax.set_title(f"layer {layer}, γ = {gamma:+g}", fontsize=10)
+        ax.set_title(
+            f"layer {layer}, γ = {gamma:+g}" + ("" if where == "last" else " (all positions)"), fontsize=10
+        )
         ax.set_xlabel("unsteered accuracy (%)")
         ax.set_ylabel("accuracy change (points)")
         ax.grid(alpha=0.3)

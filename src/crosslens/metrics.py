@@ -40,6 +40,7 @@ __all__ = [
     "expected_negative_transfer",
     "bootstrap_ci",
     "mcnemar_exact",
+    "holm",
     "paired_effects",
     "summarize",
     "ci95_across",
@@ -492,6 +493,21 @@ def summarize(
     return to_jsonable(summary)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order; NaN stays NaN and is not counted): controls
+    the family-wise error rate over a grid of tests without assuming they are independent."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
 def mcnemar_exact(base: Sequence[bool], treated: Sequence[bool]) -> float:
     """Exact McNemar p-value (two-sided) for paired right/wrong outcomes: a binomial test of the
     discordant pairs; 1.0 when there are none (nothing changed)."""
@@ -513,11 +529,16 @@ def paired_effects(
     level: float = 0.95,
     correct_col: str = "correct",
     ranks_col: str = "ranks",
+    scores_col: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """How an intervention (``treated``) changes each language's records against ``base`` on the
     same items: accuracy, consistency with ``pivot`` and tr+ from ``pivot``, each as base, treated,
     delta and a paired bootstrap CI of the delta (the same item draws for both sides, and for the
     pivot), plus an exact McNemar p-value for the accuracy change. Items are those both hold.
+
+    ``scores_col`` (per-choice scores, e.g. ``cloze_norm``) adds ``gold_score``: the mean change in
+    the gold choice's score, a continuous effect that moves even where accuracy is at chance, with
+    its paired bootstrap CI and a Wilcoxon signed-rank p-value.
     """
     common = set(base["item_id"]) & set(treated["item_id"])
     both = pd.concat(
@@ -561,6 +582,8 @@ def paired_effects(
             "accuracy": effect(acc[:, i0], acc[:, i1])
             | {"p_mcnemar": mcnemar_exact(correct[i0, answered], correct[i1, answered])},
         }
+        if scores_col is not None:
+            entry["gold_score"] = _gold_score_effect(base, treated, lang, t.item_ids, w, scores_col, effect)
         if pivot is not None and lang != pivot and f"0|{pivot}" in t.languages:
             p0, p1 = t.index(f"0|{pivot}"), t.index(f"1|{pivot}")
             assert cons is not None and trp is not None
@@ -568,6 +591,31 @@ def paired_effects(
             entry["tr_plus_from_pivot"] = effect(trp[:, p0, i0], trp[:, p1, i1])
         out[lang] = entry
     return out
+
+
+def _gold_score_effect(
+    base: pd.DataFrame,
+    treated: pd.DataFrame,
+    language: str,
+    items: Sequence[str],
+    w: np.ndarray,
+    scores_col: str,
+    effect: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
+) -> dict[str, Any]:
+    """Mean gold-choice score of ``language`` in both frames on ``items`` under weight rows ``w``."""
+
+    def gold(df: pd.DataFrame) -> pd.Series:
+        rows = df[df["language"].astype(str) == language]
+        values = [float(np.asarray(s)[g]) for s, g in zip(rows[scores_col], rows["gold"])]
+        return pd.Series(values, index=rows["item_id"].astype(str).to_numpy()).reindex(list(items))
+
+    b, a = gold(base).to_numpy(), gold(treated).to_numpy()
+    have = ~(np.isnan(b) | np.isnan(a))
+    wh = w * have
+    means = [np.where(have, x, 0.0) @ wh.T / wh.sum(axis=1) for x in (b, a)]
+    diff = (a - b)[have]
+    p = 1.0 if not np.any(diff != 0) else float(stats.wilcoxon(diff).pvalue)
+    return effect(*means) | {"p_wilcoxon": p}
 
 
 def ci95_across(values: Iterable[float]) -> tuple[float, float, float]:
@@ -595,7 +643,8 @@ def significance_stars(p: float) -> str:
 
 
 def pearson_with_stars(x: Iterable[float], y: Iterable[float]) -> dict[str, Any]:
-    """Pearson's r between paired values with Table 2's stars; pairs with a NaN are dropped.
+    """Pearson's r between paired values with Table 2's stars and a 95 % CI (Fisher z, needs 4
+    pairs); pairs with a NaN are dropped.
 
     Fewer than 3 pairs, or a constant side, gives r = p = NaN (no correlation is defined or testable).
     """
@@ -605,11 +654,14 @@ def pearson_with_stars(x: Iterable[float], y: Iterable[float]) -> dict[str, Any]
         raise ValueError(f"x and y differ in length: {xa.shape} vs {ya.shape}")
     keep = ~(np.isnan(xa) | np.isnan(ya))
     xa, ya = xa[keep], ya[keep]
-    r = p = math.nan
+    r = p = low = high = math.nan
     if xa.size >= 3 and np.ptp(xa) > 0 and np.ptp(ya) > 0:
         res = stats.pearsonr(xa, ya)
         r, p = float(res.statistic), float(res.pvalue)
-    return {"r": r, "p": p, "n": int(xa.size), "stars": significance_stars(p)}
+        if xa.size > 3:  # Fisher z: atanh(r) ~ Normal(atanh(rho), 1 / sqrt(n - 3))
+            ci = res.confidence_interval(0.95)
+            low, high = float(ci.low), float(ci.high)
+    return {"r": r, "p": p, "n": int(xa.size), "stars": significance_stars(p), "ci_low": low, "ci_high": high}
 
 
 def _fmt_rate(x: float | None) -> str:

@@ -450,13 +450,13 @@ class NeuronStage(Stage):
                 entry = {
                     "n_neurons": int(treated["n_ablated"].iloc[0]),
                     "letters": metrics.paired_effects(
-                        base, treated, pivot, n_boot=self.n_boot, seed=self.seed
+                        base, treated, pivot, n_boot=self.n_boot, seed=self.seed, scores_col="label_logprobs"
                     ),
                 }
                 if cloze:
                     entry["cloze"] = metrics.paired_effects(
                         base, treated, pivot, n_boot=self.n_boot, seed=self.seed,
-                        correct_col="cloze_correct", ranks_col="cloze_ranks",
+                        correct_col="cloze_correct", ranks_col="cloze_ranks", scores_col="cloze_norm",
                     )  # fmt: skip
                 effects[m][kind] = entry
         title = f"{self.lm.spec} — {self.ds.name}"

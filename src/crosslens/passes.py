@@ -26,7 +26,7 @@ import torch
 from crosslens.anatomy import capture_residuals
 from crosslens.models import LoadedModel
 
-__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "length_batches", "prefix_groups"]
+__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "extend_pass", "length_batches", "prefix_groups"]
 
 
 def _pad_id(lm: LoadedModel) -> int:
@@ -180,13 +180,41 @@ def continuation_pass(
     shared by every continuation of that prompt, and the state at x_T predicts nothing we read.
     Feeds of different lengths are right-padded; no forward runs when every feed is empty.
     """
+    return _continue(lm, pp, owner, feeds, layers)[0]
+
+
+def extend_pass(
+    lm: LoadedModel,
+    pp: PromptPass,
+    owner: Sequence[int],
+    feeds: Sequence[Sequence[int]],
+    layers: Sequence[int],
+) -> tuple[dict[int, list[torch.Tensor]], PromptPass]:
+    """:func:`continuation_pass`, also returning the pass of the extended rows (row i = prompt
+    ``owner[i]`` + feed i, its cache kept), so more continuations can follow the fed tokens
+    without re-encoding them. Every feed must hold at least one token."""
+    if any(len(f) == 0 for f in feeds):
+        raise ValueError("extend_pass needs at least one token per feed")
+    states, extended = _continue(lm, pp, owner, feeds, layers)
+    assert extended is not None
+    return states, extended
+
+
+def _continue(
+    lm: LoadedModel,
+    pp: PromptPass,
+    owner: Sequence[int],
+    feeds: Sequence[Sequence[int]],
+    layers: Sequence[int],
+) -> tuple[dict[int, list[torch.Tensor]], PromptPass | None]:
+    """The forward of :func:`continuation_pass` and :func:`extend_pass`."""
     if pp.cache is None:
         raise ValueError("continuation_pass needs a prompt pass run with use_cache=True")
     owner_t = torch.as_tensor(list(owner), dtype=torch.long)
     width = max((len(f) for f in feeds), default=0)
     d = lm.anatomy.d_model
     if width == 0:
-        return {layer: [torch.zeros((0, d)) for _ in feeds] for layer in layers}
+        return {layer: [torch.zeros((0, d)) for _ in feeds] for layer in layers}, None
     device = lm.input_device
     n = len(feeds)
     ids = torch.full((n, width), _pad_id(lm), dtype=torch.long)
@@ -208,7 +236,9 @@ def continuation_pass(
             cache=cache,
             use_cache=True,
         )
-    return {layer: [states[layer][row, : len(f)] for row, f in enumerate(feeds)] for layer in layers}
+    out = {layer: [states[layer][row, : len(f)] for row, f in enumerate(feeds)] for layer in layers}
+    lengths = pp.lengths[owner_t] + torch.tensor([len(f) for f in feeds])
+    return out, PromptPass(last={}, cache=cache, attention_mask=mask, lengths=lengths)
 
 
 def _repeat_rows(cache: object, rows: torch.Tensor) -> object:

@@ -81,10 +81,14 @@ def _ci(low: float | None, high: float | None, scale: float = 100.0, digits: int
 
 
 def _corr(cell: Mapping[str, Any] | None) -> str:
-    """Table 2 style: Pearson's r with significance stars (−0.62***)."""
+    """Table 2 style: Pearson's r with significance stars, its 95 % CI and the number of languages
+    it rests on (−0.62*** [−0.90, −0.05], n = 9)."""
     if not cell or _missing(cell.get("r")):
         return "–"
-    return f"{cell['r']:.2f}".replace("-", "−") + cell.get("stars", "")
+    text = f"{cell['r']:.2f}" + cell.get("stars", "")
+    if not _missing(cell.get("ci_low")):
+        text += f" [{cell['ci_low']:.2f}, {cell['ci_high']:.2f}]"
+    return (text + f", n = {cell['n']}").replace("-", "−")
 
 
 # -- tables -------------------------------------------------------------------------------------------
@@ -343,25 +347,59 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
     if r.neurons:
         out |= _neuron_tables(r.neurons)
     if r.steer:
-        rows = [
-            [
-                str(st["layer"]),
-                f"{st['gamma']:+g}",
-                _pct(st["accuracy"]["mean"]),
-                _signed(
-                    None if _missing(st["delta_accuracy"]["mean"]) else 100 * st["delta_accuracy"]["mean"], 1
-                ),
-                _signed(st["delta_consistency_en"]["mean"]),
-                _signed(st["delta_tr_plus_from_en"]["mean"]),
-            ]
-            for st in r.steer["settings"]
-        ]
-        out["steer"] = Table(
-            "Steering: means over steered languages; changes against γ = 0",
-            ["layer", "γ", "acc. (%)", "Δ acc. (points)", "Δ cons. with en", "Δ tr+ from en"],
-            rows,
-        )
+        out["steer"] = _steer_table(r.steer)
     return out
+
+
+def _holm_count(setting: Mapping[str, Any], prefix: str = "") -> str:
+    """``2/9``: languages of a steering setting whose change survives Holm (– for γ = 0)."""
+    key = f"{prefix}n_significant_holm"
+    if setting["gamma"] == 0 or key not in setting:
+        return "–"
+    return f"{setting[key]}/{len(setting['per_language'])}"
+
+
+def _against_controls(setting: Mapping[str, Any], key: str, scale: float, digits: int) -> str:
+    """``+1.2 vs 0.3 ± 0.8 (p .20)``: the mean effect, the random controls' mean ± sd, the empirical p."""
+    c = setting.get("controls", {}).get(key)
+    if not c or _missing(c.get("null_mean")):
+        return "–"
+    sd = "" if _missing(c.get("null_std")) else f" ± {scale * c['null_std']:.{digits}f}"
+    return f"{scale * c['null_mean']:+.{digits}f}{sd} (p {c['p_empirical']:.2f})"
+
+
+def _steer_table(steer: Mapping[str, Any]) -> Table:
+    """Steering per setting: letters and (where scored) cloze effects, Holm survivors, controls."""
+    forms = [("", "letters")] + ([("cloze_", "cloze")] if "cloze" in steer.get("forms", []) else [])
+    controls = any("controls" in st for st in steer["settings"])
+    columns = ["layer", "γ", "positions"]
+    for _, name in forms:
+        columns += [f"{name} acc. (%)", "Δ acc. (points)", "Δ cons. with en", "Δ tr+ from en", "sig. (Holm)"]
+        columns += ["controls: Δ acc." ] if controls else []  # fmt: skip
+    rows = []
+    for st in steer["settings"]:
+        row = [str(st["layer"]), f"{st['gamma']:+g}", st.get("positions", "last")]
+        for prefix, _ in forms:
+            delta = st[f"delta_{prefix}accuracy"]["mean"]
+            row += [
+                _pct(st[f"{prefix}accuracy"]["mean"]),
+                _signed(None if _missing(delta) else 100 * delta, 1),
+                _signed(st[f"delta_{prefix}consistency_en"]["mean"]),
+                _signed(st[f"delta_{prefix}tr_plus_from_en"]["mean"]),
+                _holm_count(st, prefix),
+            ]
+            row += [_against_controls(st, f"{prefix}accuracy", 100.0, 1)] if controls else []
+        rows.append(row)
+    note = (
+        "sig. (Holm): steered languages whose accuracy changed against γ = 0 (exact McNemar test, "
+        "Holm-adjusted over the whole grid, p < .05); per-language paired CIs are in steer_summary.json."
+    )
+    if controls:
+        note += (
+            " controls: the change random directions of each vector's norm cause (mean ± sd over "
+            "controls) and the empirical p of the real change against them."
+        )
+    return Table("Steering: means over steered languages; changes against γ = 0", columns, rows, note=note)
 
 
 def _estimate(x: float | None, low: float | None, high: float | None, digits: int, sign: str = "") -> str:
@@ -443,27 +481,36 @@ def _neuron_tables(n: Mapping[str, Any]) -> dict[str, Table]:
             row = [m, kind, str(e["n_neurons"])]
             for score in ("cloze", "letters"):
                 if score not in e:
-                    row += ["–"] * 4
+                    row += ["–"] * 5
                     continue
                 own = e[score][m]
                 others = [v["accuracy"]["delta"] for lang, v in e[score].items() if lang != m]
                 others = [x for x in others if not _missing(x)]
                 row += [
                     _effect(own["accuracy"]) + f" (p {own['accuracy']['p_mcnemar']:.2g})",
+                    _effect(own.get("gold_score"), 1.0, 3),
                     _effect(own.get("consistency_pivot"), 1.0, 3),
                     _effect(own.get("tr_plus_from_pivot")),
                     f"{100 * sum(others) / len(others):+.1f}" if others else "–",
                 ]
             rows.append(row)
     if rows:
-        cols = ["Δ acc (p McNemar)", f"Δ cons. w/ {pivot}", f"Δ tr+ from {pivot}", "Δ acc others"]
+        cols = [
+            "Δ acc (p McNemar)",
+            "Δ gold score",
+            f"Δ cons. w/ {pivot}",
+            f"Δ tr+ from {pivot}",
+            "Δ acc others",
+        ]
         out["ablation"] = Table(
             f"Deactivating the neurons of one language: paired change in that language on "
             f"{n['n_eval_items']} held-out items [95 % bootstrap CI]",
             ["ablated", "neurons", "n", *(f"cloze {c}" for c in cols), *(f"letters {c}" for c in cols)],
             rows,
             note="random: as many random neurons of the same layers (the control). Accuracy and tr+ in "
-            "points, consistency as Spearman's rho; 'others': mean change over the other languages.",
+            "points, consistency as Spearman's rho; gold score: the gold answer's mean log-likelihood per "
+            "character (cloze) or its letter's log-probability (letters), in nats; 'others': mean change "
+            "over the other languages.",
         )
     return out
 

@@ -32,11 +32,11 @@ from crosslens import __version__, metrics
 from crosslens.activations import collect_activations
 from crosslens.anatomy import Anatomy, _block_output
 from crosslens.data import ParallelDataset
-from crosslens.evaluate import EvalOptions, data_fingerprint, label_fields
+from crosslens.evaluate import EvalOptions, cloze_fields, data_fingerprint, label_fields
 from crosslens.models import LoadedModel
-from crosslens.passes import continuation_pass, length_batches, prompt_pass
+from crosslens.passes import continuation_pass, extend_pass, length_batches, prompt_pass
 from crosslens.prompts import Template, get_template, render
-from crosslens.scoring import LabelPlan, label_plan, require_finite
+from crosslens.scoring import LabelPlan, encode_continuation, label_plan, require_finite, score_prompts
 from crosslens.stages import Done, Stage, Unit, plan_units, run_stage
 from crosslens.store import RunMismatchError, Store, no_fingerprint, settings_mismatch
 
@@ -182,9 +182,11 @@ def vectors_fingerprint(
 
 @contextlib.contextmanager
 def add_at_positions(
-    anatomy: Anatomy, layer: int, delta: torch.Tensor, index: torch.Tensor
+    anatomy: Anatomy, layer: int, delta: torch.Tensor, index: torch.Tensor | None
 ) -> Iterator[None]:
-    """Add ``delta[b]`` to the output of block ``layer`` at position ``index[b]`` of each row b.
+    """Add ``delta[b]`` to the output of block ``layer`` at position ``index[b]`` of each row b, or,
+    with ``index=None``, ``delta`` (one vector) at every position of every forward pass run inside
+    the block (``--positions all``: what lm-evaluation-harness's steered model and repeng do).
 
     Every other position is untouched. An all-zero ``delta`` registers no hook at all, so gamma = 0
     reproduces unsteered results bit for bit. The hook is registered inside ``try`` and removed in
@@ -198,9 +200,13 @@ def add_at_positions(
 
     def hook(_m: torch.nn.Module, _a: tuple, output: object) -> object:
         h = _block_output(output)
-        rows = torch.arange(h.shape[0], device=h.device)
-        h = h.clone()
-        h[rows, index.reshape(-1).to(h.device)] += delta.to(device=h.device, dtype=h.dtype)
+        d = delta.to(device=h.device, dtype=h.dtype)
+        if index is None:
+            h = h + d
+        else:
+            rows = torch.arange(h.shape[0], device=h.device)
+            h = h.clone()
+            h[rows, index.reshape(-1).to(h.device)] += d
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
     handle = None
@@ -236,55 +242,162 @@ def steered_full_forward(
     ]
 
 
+#: Per prompt: the label log-probs, and (with continuations) each choice's token log-probs.
+Scored = tuple[np.ndarray, list[np.ndarray] | None]
+
+
 def steer_grid(
     lm: LoadedModel,
     prompt_ids: Sequence[Sequence[int]],
     label_ids: Sequence[Sequence[int]],
-    vectors: dict[int, torch.Tensor],
-    settings: Sequence[tuple[int, float]],
+    deltas: Sequence[tuple[int, torch.Tensor]],
+    continuations: Sequence[Sequence[Sequence[int]]] | None = None,
     batch_size: int = 8,
     max_rows: int = 256,
-) -> dict[tuple[int, float], list[np.ndarray]]:
-    """Label log-probs for every prompt under every (layer, gamma) setting, the cached way.
+) -> list[list[Scored]]:
+    """Scores of every prompt under every setting ``(layer, delta)`` (delta = gamma * v, added at
+    the last prompt token), the cached way: ``result[setting][prompt]``.
 
-    Per batch: one pass over the prompts minus their last token (cache kept), then the last
-    tokens of all prompts x a group of settings as a single one-token batch, each row carrying its
-    own gamma * v at its own layer.
+    Per batch: one pass over the prompts minus their last token (cache kept); then, for a group of
+    settings at once, the last prompt token of every (setting, prompt) as one-token rows, each
+    carrying its own delta at its own layer — its state predicts the labels and every choice's
+    first token; then, from that extended cache (the steered token's keys and values included),
+    the answer choices' further tokens, unsteered, as in a full forward with the hook.
     """
     final = lm.anatomy.n_layers
-    result = {s: [np.empty(0)] * len(prompt_ids) for s in settings}
+    result: list[list[Scored]] = [[(np.empty(0), None)] * len(prompt_ids) for _ in deltas]
     for batch in length_batches([len(p) for p in prompt_ids], batch_size):
         if any(len(prompt_ids[i]) < 2 for i in batch):
             raise ValueError("steering needs prompts of at least two tokens")
         pp = prompt_pass(lm, [prompt_ids[i][:-1] for i in batch], [final], "left", use_cache=True)
+        choices = [[list(c) for c in continuations[i]] if continuations is not None else [] for i in batch]
         group = max(1, max_rows // len(batch))
-        for start in range(0, len(settings), group):
-            chunk = list(settings[start : start + group])
+        for start in range(0, len(deltas), group):
+            chunk = list(deltas[start : start + group])
             owner = [b for _ in chunk for b in range(len(batch))]
-            tokens = [[prompt_ids[i][-1]] for _ in chunk for i in batch]  # x_T: its state predicts the label
             with contextlib.ExitStack() as stack:
-                for layer in sorted({s[0] for s in chunk}):
+                for layer in sorted({s_layer for s_layer, _ in chunk}):
                     delta = torch.stack(
                         [
-                            (gamma * vectors[layer]) if s_layer == layer else torch.zeros_like(vectors[layer])
-                            for s_layer, gamma in chunk
+                            d if s_layer == layer else torch.zeros_like(d)
+                            for s_layer, d in chunk
                             for _ in batch
                         ]
                     )
                     stack.enter_context(
                         add_at_positions(lm.anatomy, layer, delta, torch.zeros(len(owner), dtype=torch.long))
                     )
-                states = continuation_pass(lm, pp, owner, tokens, [final])[final]
-            # One projection for every row of the group: a one-row projection reads the whole
-            # unembedding for a single state and runs far below the machine's matmul peak.
-            width = max(len(label_ids[i]) for i in batch)
-            targets = torch.tensor(
-                [list(label_ids[i]) + [0] * (width - len(label_ids[i])) for _ in chunk for i in batch]
-            )
-            lp = lm.anatomy.token_logprobs(torch.cat(states), final, targets).cpu().numpy()
-            for r, (s, b) in enumerate((s, b) for s in chunk for b in range(len(batch))):
-                result[s][batch[b]] = lp[r, : len(label_ids[batch[b]])]
+                last, steered = extend_pass(
+                    lm, pp, owner, [[prompt_ids[i][-1]] for _ in chunk for i in batch], [final]
+                )
+            # The choices' further tokens follow the steered last token (not steered themselves).
+            rest = [(r, c) for r, b in enumerate(owner) for c in choices[b] if len(c) > 1]
+            tails = continuation_pass(lm, steered, [r for r, _ in rest], [c[:-1] for _, c in rest], [final])
+            _read_grid(lm, result, start, chunk, batch, choices, label_ids, last[final], rest, tails[final])
     return result
+
+
+def _read_grid(
+    lm: LoadedModel,
+    result: list[list[Scored]],
+    start: int,
+    chunk: list[tuple[int, torch.Tensor]],
+    batch: list[int],
+    choices: list[list[list[int]]],
+    label_ids: Sequence[Sequence[int]],
+    last: list[torch.Tensor],
+    rest: list[tuple[int, list[int]]],
+    tails: list[torch.Tensor],
+) -> None:
+    """One projection for every read position of a group (a one-row projection reads the whole
+    unembedding for a single state and runs far below the machine's matmul peak): each steered
+    last token (its labels and every choice's first token), then the choices' further tokens."""
+    final = lm.anatomy.n_layers
+    owner = [b for _ in chunk for b in range(len(batch))]
+    firsts = [list(label_ids[batch[b]]) + [c[0] for c in choices[b]] for b in owner]
+    width = max(len(f) for f in firsts)
+    further = [t for _, c in rest for t in c[1:]]
+    targets = torch.zeros((len(firsts) + len(further), width), dtype=torch.long)
+    for r, f in enumerate(firsts):
+        targets[r, : len(f)] = torch.tensor(f)
+    if further:
+        targets[len(firsts) :, 0] = torch.tensor(further)
+    lp = lm.anatomy.token_logprobs(torch.cat([*(s[-1:] for s in last), *tails]), final, targets).cpu().numpy()
+    tail_at = dict(
+        zip(((r, id(c)) for r, c in rest), len(firsts) + np.cumsum([0] + [len(c) - 1 for _, c in rest]))
+    )
+    for r, b in enumerate(owner):
+        n_lab = len(label_ids[batch[b]])
+        texts = None
+        if choices[b]:
+            texts = []
+            for j, c in enumerate(choices[b]):
+                at = tail_at.get((r, id(c)))
+                more = lp[at : at + len(c) - 1, 0] if at is not None else np.empty(0, dtype=lp.dtype)
+                texts.append(np.concatenate([lp[r, n_lab + j : n_lab + j + 1], more]))
+        result[start + r // len(batch)][batch[b]] = (lp[r, :n_lab], texts)
+
+
+WRONG_LANGUAGE = "wrong-language"
+POSITIONS = ("last", "all")
+
+
+def control_names(k: int, wrong: bool) -> list[str]:
+    """The controls of a grid: ``random:0`` .. ``random:k-1`` and, with ``wrong``, the wrong language."""
+    return [f"random:{i}" for i in range(k)] + ([WRONG_LANGUAGE] if wrong else [])
+
+
+def wrong_language(languages: Sequence[str], pivot: str | None, language: str) -> str | None:
+    """The language whose vector is the wrong-language control of ``language``: the next steered
+    language in the run's order (cyclic); None for the pivot or when only one language is steered."""
+    steered = [m for m in languages if m != pivot]
+    if language not in steered or len(steered) < 2:
+        return None
+    return steered[(steered.index(language) + 1) % len(steered)]
+
+
+def control_vector(
+    v: torch.Tensor, control: str, seed: int, language: str, layer: int, other: torch.Tensor | None
+) -> torch.Tensor:
+    """A control with exactly the norm of ``v``: a random direction (``random:k``, drawn from a
+    normal distribution with a seed derived from ``seed``, the language, the layer and k), or the
+    ``other`` language's vector rescaled (``wrong-language``)."""
+    norm = torch.linalg.vector_norm(v.double())
+    if control == WRONG_LANGUAGE:
+        if other is None:
+            raise ValueError(f"no wrong-language control for {language!r}: steer at least two languages")
+        direction = other.double()
+    elif control.startswith("random:"):
+        key = f"{seed}:{language}:{layer}:{control}".encode()
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+        direction = torch.from_numpy(rng.standard_normal(v.numel()))
+    else:
+        raise ValueError(f"unknown steering control {control!r}")
+    return (direction * (norm / torch.linalg.vector_norm(direction))).to(v.dtype)
+
+
+def full_scores(
+    lm: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    label_ids: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    opts: EvalOptions,
+) -> list[Scored]:
+    """Scores of full forward passes (under whatever hooks the caller holds), in input order."""
+    final = lm.anatomy.n_layers
+    out: list[Scored] = [(np.empty(0), None)] * len(prompt_ids)
+    for i, sc in score_prompts(
+        lm,
+        prompt_ids,
+        [final],
+        label_ids,
+        continuations,
+        opts.batch_size,
+        opts.padding_side,
+        opts.max_elements,
+    ):
+        out[i] = (sc.label_logprobs[final], sc.text_logprobs[final] if continuations is not None else None)
+    return out
 
 
 VECTORS_FILE = "steering_vectors.safetensors"
@@ -301,6 +414,7 @@ class SteerStage(Stage):
     template: Template
     plan: LabelPlan
     opts: EvalOptions
+    seed: int = 0
     _vectors: SteeringVectors | None = field(default=None, init=False, repr=False)
 
     @property
@@ -364,40 +478,81 @@ class SteerStage(Stage):
         self._vectors = sv
         return sv
 
-    def rows(self, unit: Unit) -> pd.DataFrame:
-        ds, settings = self.ds, list(unit.settings)
-        items = [ds.item(unit.language, i) for i in unit.item_ids]
-        pids = [self.lm.tokenizer(render(it, self.template)).input_ids for it in items]
-        lids = [self.plan.for_n(len(it.choices)) for it in items]
-        steered = unit.language != ds.pivot
+    def delta(self, language: str, layer: int, gamma: float, control: str) -> torch.Tensor:
+        """gamma times the vector a setting adds: v(m -> en), or one of its controls."""
         sv = self.vectors()
-        vecs = {layer: sv.get(unit.language, layer) for layer in {layer for layer, _ in settings}}
-        unsteered = (settings[0][0], 0.0)
-        grid = steer_grid(
-            self.lm, pids, lids, vecs, settings if steered else [unsteered], self.opts.batch_size
-        )
+        v = sv.get(language, layer)
+        if control:
+            other = wrong_language(self.languages, self.ds.pivot, language)
+            v = control_vector(
+                v, control, self.seed, language, layer, sv.get(other, layer) if other else None
+            )
+        return gamma * v
+
+    def rows(self, unit: Unit) -> pd.DataFrame:
+        ds = self.ds
+        items = [ds.item(unit.language, i) for i in unit.item_ids]
+        texts = [render(it, self.template) for it in items]
+        pids = [self.lm.tokenizer(t).input_ids for t in texts]
+        lids = [self.plan.for_n(len(it.choices)) for it in items]
+        conts = None
+        if self.opts.cloze:
+            conts = [
+                [encode_continuation(self.lm.tokenizer, t, p, c)[0] for c in it.choices]
+                for it, t, p in zip(items, texts, pids)
+            ]
+        steered = unit.language != ds.pivot
+        deltas = {
+            s: self.delta(unit.language, s[0], s[1], s[3])
+            if steered
+            else torch.zeros(self.lm.anatomy.d_model)
+            for s in unit.settings
+        }
+        zero = [s for s in unit.settings if not torch.any(deltas[s] != 0)]
+        last = [s for s in unit.settings if s not in zero and s[2] == "last"]
+        scored: dict[tuple, list[Scored]] = {}
+        if zero:  # every unsteered setting (gamma = 0, the pivot) has the same scores: computed once
+            (unsteered,) = steer_grid(
+                self.lm, pids, lids, [(1, deltas[zero[0]])], conts, self.opts.batch_size
+            )
+            scored |= {s: unsteered for s in zero}
+        grid = steer_grid(self.lm, pids, lids, [(s[0], deltas[s]) for s in last], conts, self.opts.batch_size)
+        scored |= dict(zip(last, grid))
+        for s in unit.settings:
+            if s not in scored:  # positions "all": a full forward with gamma * v at every position
+                with add_at_positions(self.lm.anatomy, s[0], deltas[s], None):
+                    scored[s] = full_scores(self.lm, pids, lids, conts, self.opts)
+        other = wrong_language(self.languages, ds.pivot, unit.language) or ""
         rows = []
-        for layer, g in settings:
-            lps = grid[(layer, g)] if steered else grid[unsteered]
-            for it, lp in zip(items, lps):
-                require_finite(lp, f"item {it.item_id!r} ({it.language}), layer {layer}, gamma {g:+g}")
-            rows += [
-                {
+        for s in unit.settings:
+            layer, g, positions, control = s
+            for it, (lp, texts_lp) in zip(items, scored[s]):
+                where = (
+                    f"item {it.item_id!r} ({it.language}), layer {layer}, gamma {g:+g}, {control or 'vector'}"
+                )
+                require_finite(lp, where)
+                row = {
                     "dataset": ds.name,
                     "language": it.language,
                     "item_id": it.item_id,
                     "layer": layer,
                     "gamma": g,
+                    "positions": positions,
+                    "control": control,
+                    "control_language": other if control == WRONG_LANGUAGE else "",
                     "steered": steered,
                     "gold": it.gold,
                     **label_fields(lp, it.gold),
                 }
-                for it, lp in zip(items, lps)
-            ]
+                if texts_lp is not None:
+                    for x in texts_lp:
+                        require_finite(x, where)
+                    row |= cloze_fields(texts_lp, it.choices, it.gold)
+                rows.append(row)
         return pd.DataFrame(rows)
 
     def summarize(self) -> dict[str, Any]:
-        return summarize_steering(self.store, self.ds.pivot, self.read())
+        return summarize_steering(self.store, self.ds.pivot, self.read(), seed=self.seed)
 
 
 def steer_stage(
@@ -410,8 +565,15 @@ def steer_stage(
     n_vectors: int = 50,
     seed: int = 0,
     opts: EvalOptions = EvalOptions(),
+    controls: int = 0,
+    positions: Sequence[str] = ("last",),
 ) -> SteerStage:
-    """Steering of ``lm`` on ``ds`` into ``out``, planned but not run (vectors are built in ``begin``)."""
+    """Steering of ``lm`` on ``ds`` into ``out``, planned but not run (vectors are built in ``begin``).
+
+    ``controls``: K random directions with the norm of each vector, plus the wrong language's
+    vector (when two or more languages are steered), through the same grid. ``positions``: where
+    gamma * v is added, ``last`` (the last prompt token, the paper's) and / or ``all``.
+    """
     if not gammas:
         raise ValueError("--gammas is empty: give at least one multiplier")
     check_gammas(gammas)
@@ -422,12 +584,27 @@ def steer_stage(
     layers = lm.anatomy.check_layers(layers)
     if 0 in layers:
         raise ValueError("steering layers start at 1 (layer 0 is the embeddings output)")
+    if controls < 0:
+        raise ValueError(f"--controls must be >= 0, got {controls}")
+    positions = list(dict.fromkeys(positions))
+    bad = [p for p in positions if p not in POSITIONS]
+    if bad or not positions:
+        raise ValueError(
+            f"--positions must be {' or '.join(POSITIONS)}, got {bad[0] if bad else 'nothing'!r}"
+        )
     gammas = sorted({float(g) for g in gammas} | {0.0})  # gamma = 0 is the unsteered baseline
     template = get_template(opts.template or ds.template)
     plan = label_plan(lm.tokenizer)
     vec_items = sample_vector_items(ds.item_ids(), n_vectors, seed)
     langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
-    fp = data_fingerprint(lm, ds, template) | {"label_form": plan.form, "vector_items": vec_items}
+    fp = data_fingerprint(lm, ds, template) | {
+        "label_form": plan.form,
+        "cloze": opts.cloze,
+        "vector_items": vec_items,
+        "seed": seed,  # draws the random controls
+        "settings": "layer, gamma, positions, control",
+    }
+    names = control_names(controls, controls > 0 and len([m for m in langs if m != ds.pivot]) > 1)
     meta = {
         "model": lm.describe(),
         "languages": langs,
@@ -439,8 +616,18 @@ def steer_stage(
         "gammas": gammas,
         "n_vectors": n_vectors,
         "seed": seed,
+        "positions": positions,
+        "controls": names,
+        "control_seeds": "random:k: a normal direction seeded by sha256('seed:language:layer:random:k') "
+        "at the norm of v; wrong-language: the next steered language's vector at the same norm",
     }
-    settings = [(layer, g) for layer in layers for g in gammas]
+    settings = [
+        (layer, g, where, control)
+        for layer in layers
+        for g in gammas
+        for where in positions
+        for control in ([""] + (names if g != 0.0 else []))
+    ]
     return SteerStage(
         ds=ds,
         table=STEER,
@@ -448,7 +635,7 @@ def steer_stage(
         fingerprint=fp,
         meta=meta,
         units=plan_units(ds, langs, opts.chunk_size, exclude=vec_items, settings=settings),
-        setting_columns=("layer", "gamma"),
+        setting_columns=("layer", "gamma", "positions", "control"),
         lm=lm,
         languages=langs,
         layers=layers,
@@ -456,6 +643,7 @@ def steer_stage(
         template=template,
         plan=plan,
         opts=opts,
+        seed=seed,
     )
 
 
@@ -465,7 +653,7 @@ def job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, ou
     assert s is not None  # the registry builds this stage only when steering is enabled
     return steer_stage(
         lm, ds, out, ds.languages, s.layers_for(spec), s.gammas, s.n_vectors, config.seed,
-        config.eval_options(job.index),
+        config.eval_options(job.index), s.controls, s.positions,
     )  # fmt: skip
 
 
@@ -479,49 +667,168 @@ def run_steering(
     n_vectors: int = 50,
     seed: int = 0,
     opts: EvalOptions = EvalOptions(),
+    controls: int = 0,
+    positions: Sequence[str] = ("last",),
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Build vectors from ``n_vectors`` sampled items, evaluate the rest under every (layer, gamma)."""
-    return run_stage(steer_stage(lm, ds, out, languages, layers, gammas, n_vectors, seed, opts), progress)
+    """Build vectors from ``n_vectors`` sampled items, evaluate the rest under every (layer, gamma,
+    positions) and every control."""
+    stage = steer_stage(lm, ds, out, languages, layers, gammas, n_vectors, seed, opts, controls, positions)
+    return run_stage(stage, progress)
 
 
-def summarize_steering(store: Store, pivot: str, rows: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Per (layer, gamma): accuracy, consistency with English and tr+(en, m) per language, their
-    change against gamma = 0, and means with 95 % CIs across the steered languages (Figs. 4, 5, 7-11).
+#: The answer forms a steering effect is measured on: (prefix of its keys, correct, ranks, scores).
+FORMS = (("", "correct", "ranks", "label_logprobs"), ("cloze_", "cloze_correct", "cloze_ranks", "cloze_norm"))
+METRICS = ("accuracy", "consistency_en", "tr_plus_from_en")
+Setting = tuple[int, float, str]  # (layer, gamma, positions)
+Form = tuple[str, str, str, str]
+
+
+def _forms(df: pd.DataFrame) -> list[Form]:
+    return [f for f in FORMS if f[1] in df]
+
+
+def _language_metrics(grp: pd.DataFrame, pivot: str, forms: list[Form]) -> dict[str, dict]:
+    """Accuracy, consistency with and tr+ from the pivot, per steered language, for every form."""
+    out: dict[str, dict[str, float]] = {}
+    for prefix, correct, ranks, _ in forms:
+        acc = grp.groupby("language")[correct].mean()
+        for m in (m for m in acc.index if m != pivot):
+            out.setdefault(m, {}).update(
+                {
+                    f"{prefix}accuracy": float(acc[m]),
+                    f"{prefix}consistency_en": metrics.consistency(grp, pivot, m, ranks_col=ranks),
+                    f"{prefix}tr_plus_from_en": metrics.positive_transfer(grp, pivot, m, correct_col=correct),
+                }
+            )
+    return out
+
+
+def _add_paired_tests(df: pd.DataFrame, per: dict[Setting, dict], pivot: str, n_boot: int, seed: int) -> None:
+    """Add to each steered (language, setting) its change against gamma = 0 on the same items, for
+    every form: paired bootstrap CIs (accuracy, consistency with and tr+ from English, the gold
+    answer's score), the exact McNemar p-value and its Holm adjustment over the whole grid of
+    gamma != 0 settings (one family per form; gamma = 0 itself gets p = 1 and changes of 0)."""
+    real = df[df["control"] == ""]
+    for prefix, correct, ranks, scores in _forms(df):
+        tests: list[dict[str, Any]] = []
+        for layer, g, where in per:
+            at = (real["layer"] == layer) & (real["positions"] == where)
+            base, treated = real[at & (real["gamma"] == 0.0)], real[at & (real["gamma"] == g)]
+            effects = metrics.paired_effects(
+                base, treated, pivot, n_boot=n_boot, seed=seed,
+                correct_col=correct, ranks_col=ranks, scores_col=scores,
+            )  # fmt: skip
+            for m, values in per[(layer, g, where)].items():
+                e = effects[m]
+                values[f"{prefix}paired"] = {
+                    k: e[k] for k in ("accuracy", "consistency_pivot", "tr_plus_from_pivot", "gold_score")
+                }
+                values[f"{prefix}p_mcnemar"] = e["accuracy"]["p_mcnemar"]
+                if g == 0.0:  # the baseline against itself: p = 1, every change 0; not a test of the family
+                    values[f"{prefix}p_holm"] = 1.0
+                else:
+                    tests.append(values)
+        for values, adjusted in zip(tests, metrics.holm([t[f"{prefix}p_mcnemar"] for t in tests])):
+            values[f"{prefix}p_holm"] = adjusted
+
+
+def _null(effect: float, null: list[float]) -> dict[str, Any]:
+    """The effect against the controls' effects: their mean and spread, and the two-sided empirical
+    p-value (1 + #{|null| >= |effect|}) / (K + 1)."""
+    v = np.array([x for x in null if not np.isnan(x)], dtype=float)
+    out: dict[str, Any] = {
+        "effect": effect,
+        "null_mean": math.nan,
+        "null_std": math.nan,
+        "p_empirical": math.nan,
+    }
+    if v.size and not np.isnan(effect):
+        out["null_mean"] = float(v.mean())
+        out["null_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        out["p_empirical"] = (1 + int(np.sum(np.abs(v) >= abs(effect) - 1e-12))) / (v.size + 1)
+    return out | {"n": int(v.size)}
+
+
+def _add_controls(
+    df: pd.DataFrame, per: dict[Setting, dict], pivot: str, keys: list[str]
+) -> dict[Setting, dict]:
+    """Compare every steering effect with its controls' effects (random directions of the same norm)
+    and report the wrong language's; per language, and for the mean over languages per setting."""
+    out: dict[Setting, dict] = {}
+    forms = _forms(df)
+    for (layer, g, where), langs in per.items():
+        at = df[(df["layer"] == layer) & (df["gamma"] == g) & (df["positions"] == where)]
+        names = sorted(set(at["control"]) - {""})
+        if g == 0.0 or not names:
+            continue
+        base = per[(layer, 0.0, where)]
+        ctl = {c: _language_metrics(at[at["control"] == c], pivot, forms) for c in names}
+        randoms = [c for c in names if c.startswith("random:")]
+        setting: dict[str, Any] = {"n_controls": len(randoms), "wrong_language": {}}
+        for key in keys:
+            deltas = {m: langs[m][key] - base[m][key] for m in langs}
+            null = {c: {m: ctl[c][m][key] - base[m][key] for m in langs} for c in names}
+            for m in langs:
+                langs[m].setdefault("controls", {})[key] = _null(deltas[m], [null[c][m] for c in randoms])
+                if WRONG_LANGUAGE in null:
+                    langs[m].setdefault("wrong_language", {})[key] = null[WRONG_LANGUAGE][m]
+            mean = float(np.nanmean(list(deltas.values())))
+            setting[key] = _null(mean, [float(np.nanmean(list(null[c].values()))) for c in randoms])
+            if WRONG_LANGUAGE in null:
+                setting["wrong_language"][key] = float(np.nanmean(list(null[WRONG_LANGUAGE].values())))
+        out[(layer, g, where)] = setting
+    return out
+
+
+def summarize_steering(
+    store: Store, pivot: str, rows: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Per (layer, gamma, positions): accuracy, consistency with English and tr+(en, m) per language
+    for letters and (when scored) cloze, their change against gamma = 0, and means with 95 % CIs
+    across the steered languages (Figs. 4, 5, 7-11). Per steered language, also the paired tests
+    of :func:`_add_paired_tests` (``n_boot`` replicates; ``p_mcnemar``, ``p_holm``); per setting,
+    how many languages survive Holm, and the comparison with the controls (:func:`_add_controls`).
 
     ``rows``: the steering rows to summarise (default: every row of the folder's table).
     """
     df = store.read(STEER) if rows is None else rows
     if df.empty:
         raise ValueError(f"{store.root} has no steering records")
-    per: dict[tuple[int, float], dict[str, dict[str, float]]] = {}
-    for (layer, g), grp in df.groupby(["layer", "gamma"]):
-        acc = grp.groupby("language")["correct"].mean()
-        langs = [m for m in acc.index if m != pivot]
-        per[(int(layer), float(g))] = {
-            m: {
-                "accuracy": float(acc[m]),
-                "consistency_en": metrics.consistency(grp, pivot, m),
-                "tr_plus_from_en": metrics.positive_transfer(grp, pivot, m),
-            }
-            for m in langs
-        }
+    forms = _forms(df)
+    keys = [f"{prefix}{k}" for prefix, *_ in forms for k in METRICS]
+    real = df[df["control"] == ""]
+    per: dict[Setting, dict] = {
+        (int(layer), float(g), str(where)): _language_metrics(grp, pivot, forms)
+        for (layer, g, where), grp in real.groupby(["layer", "gamma", "positions"])
+    }
+    _add_paired_tests(df, per, pivot, n_boot, seed)
+    controls = _add_controls(df, per, pivot, keys)
     settings = []
-    for (layer, g), langs in sorted(per.items()):
-        base = per[(layer, 0.0)]
-        entry: dict[str, Any] = {"layer": layer, "gamma": g, "per_language": langs}
-        for key in ("accuracy", "consistency_en", "tr_plus_from_en"):
+    for (layer, g, where), langs in sorted(per.items()):
+        base = per[(layer, 0.0, where)]
+        entry: dict[str, Any] = {"layer": layer, "gamma": g, "positions": where, "per_language": langs}
+        for prefix, *_ in forms:
+            entry[f"{prefix}n_significant_holm"] = sum(
+                1 for v in langs.values() if v.get(f"{prefix}p_holm", 1.0) < 0.05
+            )
+        for key in keys:
             vals = np.array([langs[m][key] for m in langs], dtype=float)
             delta = np.array([langs[m][key] - base[m][key] for m in langs], dtype=float)
             entry[key] = dict(zip(("mean", "ci_low", "ci_high"), metrics.ci95_across(vals)))
             entry[f"delta_{key}"] = dict(zip(("mean", "ci_low", "ci_high"), metrics.ci95_across(delta)))
+        if (layer, g, where) in controls:
+            entry["controls"] = controls[(layer, g, where)]
         settings.append(entry)
+    first = min(per)
     summary = {
         "pivot": pivot,
+        "n_boot": n_boot,
+        "forms": [prefix.rstrip("_") or "letters" for prefix, *_ in forms],
+        "multiple_testing": "Holm over every (language, layer, gamma != 0, positions) of the grid, per form; "
+        "exact McNemar",
         "settings": settings,
-        "unsteered_accuracy": {
-            m: v["accuracy"] for m, v in per[(min(layer for layer, _ in per), 0.0)].items()
-        },
+        "unsteered_accuracy": {m: v["accuracy"] for m, v in per[(first[0], 0.0, first[2])].items()},
     }
     store.write_json("steer_summary.json", metrics.to_jsonable(summary))
     return summary
