@@ -655,13 +655,11 @@ def neurons(
 ) -> None:
     """Language-specific neurons (LAPE) and the causal test: deactivate them, measure accuracy,
     consistency with English and transfer against a random-neuron control."""
-    import numpy as np
-
     from crosslens.evaluate import EvalOptions
-    from crosslens.neurons import neuron_stage, select_neurons
+    from crosslens.neurons import check_rates, neuron_stage
 
     try:
-        select_neurons(np.zeros((1, 1, 1)), ["x"], top_rate, filter_rate, activation_bar)
+        check_rates(top_rate, filter_rate, activation_bar)
     except ValueError as exc:
         raise typer.BadParameter(f"--{str(exc).replace('_', '-')}") from None
     _model(model)

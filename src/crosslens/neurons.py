@@ -64,6 +64,7 @@ __all__ = [
     "item_text",
     "count_active",
     "lape_entropy",
+    "check_rates",
     "select_neurons",
     "random_control",
     "deactivate",
@@ -200,6 +201,17 @@ def _kth_smallest(values: np.ndarray, rate: float) -> float:
     return float(flat[k - 1])
 
 
+def check_rates(top_rate: float, filter_rate: float, activation_bar: float) -> None:
+    """Refuse a LAPE rate outside (0, 1], naming it (before any model loads)."""
+    for name, rate in (
+        ("top_rate", top_rate),
+        ("filter_rate", filter_rate),
+        ("activation_bar", activation_bar),
+    ):
+        if not 0 < rate <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {rate}")
+
+
 def select_neurons(
     probs: np.ndarray,
     languages: Sequence[str],
@@ -212,13 +224,7 @@ def select_neurons(
     Returns, per language, {layer (1-based): sorted neuron indices} and the thresholds used.
     Ties in entropy are broken by (layer, neuron) order, so the selection is deterministic.
     """
-    for name, rate in (
-        ("top_rate", top_rate),
-        ("filter_rate", filter_rate),
-        ("activation_bar", activation_bar),
-    ):
-        if not 0 < rate <= 1:
-            raise ValueError(f"{name} must be in (0, 1], got {rate}")
+    check_rates(top_rate, filter_rate, activation_bar)
     n_layers, n_neurons, _ = probs.shape
     entropy = lape_entropy(probs)
     candidate_bar = _kth_smallest(probs, filter_rate)
@@ -530,7 +536,7 @@ def neuron_stage(
         raise ValueError(f"--n-text-items must be >= 1, got {n_text_items}")
     if n_boot < 0:
         raise ValueError(f"--n-boot must be >= 0, got {n_boot}")
-    select_neurons(np.zeros((1, 1, 1)), ["x"], top_rate, filter_rate, activation_bar)  # validates the rates
+    check_rates(top_rate, filter_rate, activation_bar)
     lm.anatomy.neurons(1)  # refuses a family without a known MLP activation module, before any work
     template = get_template(opts.template or ds.template)
     plan = label_plan(lm.tokenizer)
