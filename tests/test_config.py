@@ -12,6 +12,7 @@ import crosslens.models
 from crosslens.cli import main
 from crosslens.config import ConfigError, EveryLayers, load_config, parse_config
 from crosslens.runner import demo_config_path, run_experiment
+from crosslens.stages import STAGES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -206,6 +207,13 @@ def test_paper_config_is_valid() -> None:
     assert config.steering.layers_for("google/gemma-2-2b") == [6, 10]
     assert config.steering.layers_for("Qwen/Qwen2.5-3B") == [12]
     assert len(config.datasets[1].languages) == 15 and "EN_US" in config.datasets[1].languages
+
+
+def test_tuned_lens_config_is_valid() -> None:
+    config = load_config(EXAMPLES / "tuned-lens.yaml", check_models=False)
+    assert config.lens.lenses == ["logit", "tuned"] and config.lens.tuned == "tuned"
+    assert config.lens.train.dataset.name == "xstorycloze" and config.lens.train.tokens == 4096
+    assert [d.key for d in STAGES if d.enabled(config)] == ["eval", "lens", "tuned_lens"]
 
 
 def test_address_needs_the_ray_backend(

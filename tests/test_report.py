@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_model
+from conftest import CORPUS, tiny_model
 from crosslens import figures
 from crosslens.data import load_dataset
 from crosslens.evaluate import EvalOptions, evaluate
 from crosslens.lens import run_lens
+from crosslens.lens_training import Corpus, TrainSettings, train_lens
 from crosslens.neurons import run_neurons
 from crosslens.pca import run_pca
 from crosslens.report import FIGURE_FILES, Table, find_results, folder_tables, tables, write_report
@@ -31,6 +32,7 @@ CAPTIONS = [
     "Run metadata",
     "Per-language results",
     "Logit lens per layer",
+    "Tuned lens per layer",
     "Debiased linear CKA with en",
     "Cosine of parallel vs non-parallel",
     "Language-specific neurons",
@@ -52,6 +54,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     opts = EvalOptions(batch_size=8, chunk_size=6)
     evaluate(lm, ds, out, opts=opts)
     run_lens(lm, ds, out, layers=[1, 2, 3, 4], opts=opts)
+    text = Corpus(tuple(f"{line} {k}" for k, line in enumerate(CORPUS)), {"source": "test"})
+    settings = TrainSettings(layers=(1, 2, 3), tokens=64, batch=4, positions=8, seq_len=32, val_tokens=32)
+    lens = train_lens(lm, text, root / "lens", settings)
+    run_lens(lm, ds, out, layers=[1, 2, 3, 4], opts=opts, lens=lens)
     run_pca(lm, ds, out, layers=[2, 4], n_items=6)
     run_similarity(lm, ds, out, layers=[0, 2, 4], n_items=6, n_boot=50)
     run_neurons(lm, ds, out, ablate=["zh"], n_text_items=4, top_rate=0.05, n_boot=50, opts=opts)
@@ -68,7 +74,7 @@ def _imgs(page: str) -> list[str]:
 def test_report_has_every_figure_and_table(root: Path) -> None:
     page = (root / "report.html").read_text()
     srcs = _imgs(page)
-    assert len(srcs) == len(FIGURE_FILES) == 9
+    assert len(srcs) == len(FIGURE_FILES) == 11
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
@@ -108,6 +114,13 @@ def test_tables_follow_the_paper_layout(root: Path) -> None:
     assert {row[2] for row in steer.rows} == {"last", "all"}
     assert any("(p " in cell for row in steer.rows for cell in row)  # controls' empirical p
     assert t2.rows[0][1].endswith("n = 3")  # Table 2: r and the languages it rests on (a CI needs 4)
+    # The tuned lens has its own Table 2 row and per-layer table with both lenses' validation KL.
+    assert t2.rows[1][0] == "tiny-gemma3 · tuned lens"
+    r = results[0].tuned_lens["table2"]["acc"]["r"]
+    assert t2.rows[1][1].startswith(f"{r:.2f}".replace("-", "−"))
+    tuned = folder_tables(results[0])["lens_tuned"]
+    assert tuned.columns[-2:] == ["val. KL tuned", "val. KL logit"] and tuned.rows[-1][-1] == "–"
+    assert "mean log ratio (tuned)" in folder_tables(results[0])["languages"].columns
 
 
 def test_table_rendering_escapes() -> None:

@@ -1,7 +1,7 @@
 """crosslens: why does an LLM answer the same question differently in different languages?
 
 Evaluate causal LMs on parallel multiple-choice benchmarks (consistency, transfer), look inside
-with a multilingual logit lens, compare representations across languages (CKA), test
+with a multilingual logit or tuned lens, compare representations across languages (CKA), test
 language-specific neurons causally, and steer them toward English. The public API is re-exported here
 lazily, so ``import crosslens`` (and ``crosslens --version``) stays fast.
 """
@@ -27,6 +27,14 @@ _EXPORTS = {
     "EvalOptions": "crosslens.evaluate",
     "evaluate": "crosslens.evaluate",
     "run_lens": "crosslens.lens",
+    "Lens": "crosslens.lenses",
+    "LogitLens": "crosslens.lenses",
+    "TunedLens": "crosslens.lenses",
+    "load_lens": "crosslens.lenses",
+    "train_lens": "crosslens.lens_training",
+    "TrainSettings": "crosslens.lens_training",
+    "corpus_from_files": "crosslens.lens_training",
+    "corpus_from_dataset": "crosslens.lens_training",
     "run_pca": "crosslens.pca",
     "run_similarity": "crosslens.similarity",
     "run_neurons": "crosslens.neurons",

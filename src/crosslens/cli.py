@@ -372,31 +372,138 @@ def lens(
     pivot: Pivot = None,
     skip_long: SkipLong = False,
     seed: int = 0,
+    lens: Annotated[
+        list[str] | None,
+        typer.Option("--lens", help="logit or tuned:LENS_DIR (repeat to read through several)"),
+    ] = None,
 ) -> None:
-    """Logit lens: native vs English answer probabilities per layer, latent accuracy, Table 2."""
+    """Lens readings: native vs English answer probabilities per layer, latent accuracy, Table 2."""
     from crosslens.anatomy import paper_layers
     from crosslens.evaluate import EvalOptions
     from crosslens.lens import lens_stage
+    from crosslens.lenses import LensError, load_lens, parse_lens, precheck_lens
 
     _padding(padding_side)
     requested = _layers(model, _numbers(layers, "--layers"), "--layers", 0)
+    try:
+        specs = [parse_lens(x) for x in lens or ["logit"]]
+        for spec in specs:
+            precheck_lens(spec, _model(model))
+    except LensError as exc:
+        raise typer.BadParameter(f"--lens: {exc}") from None
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
-    ds, size = _inputs("lens", model, device, dtype, out, template, batch_size, data)
+    keys = ["lens" if s.kind == "logit" else "tuned_lens" for s in specs]
+    ds, size = _inputs(keys[0], model, device, dtype, out, template, batch_size, data)
+    _precheck(out, keys[1:], model, dtype, ds, template)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or paper_layers(lm.anatomy.n_layers, every)
     opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side)
-    summary = _run(lens_stage(lm, ds, out, layers=chosen, opts=opts, seed=seed), "lens")
-    table = Table(title="log p(native)/p(English) and latent accuracy (mean over non-pivot languages)")
-    for col in ("layer", "log ratio", "acc native", "acc en", "acc label"):
+    stages = [
+        lens_stage(lm, ds, out, layers=chosen, opts=opts, seed=seed, lens=load_lens(s, lm)) for s in specs
+    ]
+    for stage in stages:
+        stage.check()
+    for spec, stage in zip(specs, stages):
+        _print_lens(_run(stage, f"{spec.kind} lens"), spec.kind)
+
+
+def _precheck(out: Path, keys: list[str], model: str, dtype: str, ds, template: str | None) -> None:
+    from crosslens.stages import precheck
+
+    precheck(out, keys, model, dtype, ds, template)
+
+
+def _print_lens(summary: dict, kind: str) -> None:
+    title = f"{kind} lens: log p(native)/p(English) and latent accuracy (mean over non-pivot languages)"
+    table = Table(title=title)
+    cols = ["layer", "log ratio", "acc native", "acc en", "acc label"]
+    kl = summary.get("val_kl") or {}
+    if kl:
+        cols += ["val KL tuned", "val KL logit"]
+    for col in cols:
         table.add_column(col, justify="right")
     for layer in summary["layers"]:
         acc = summary["latent_accuracy"]
+        kls = [f"{kl[k][str(layer)]:.3f}" if str(layer) in kl.get(k, {}) else "–" for k in ("tuned", "logit")]
         table.add_row(
             str(layer),
             f"{summary['log_ratio'][layer]['mean']:+.3f}",
             *(f"{100 * acc[f][layer]['mean']:.1f}" for f in ("native", "en", "label")),
+            *(kls if kl else []),
         )
     out_console.print(table)
+
+
+@app.command("train-lens")
+def train_lens_cmd(
+    model: Model,
+    out: Annotated[Path, typer.Option("--out", "-o", help="the lens folder (resumable)")],
+    corpus: Annotated[
+        list[Path] | None, typer.Option("--corpus", help="text file, a document per line (repeatable)")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="train on these items' passages and questions")
+    ] = None,
+    data_dir: DataDir = None,
+    languages: Languages = None,
+    split: Split = None,
+    skip: Annotated[
+        int, typer.Option(min=0, help="leave out the dataset's first N items (those a --limit N run reads)")
+    ] = 0,
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers (default: the paper's)")] = None,
+    tokens: Annotated[int, typer.Option(min=1, help="training positions in all")] = 8192,
+    batch: Annotated[int, typer.Option(min=1, help="documents per step")] = 8,
+    positions: Annotated[int, typer.Option(min=1, help="positions drawn per document and step")] = 32,
+    seq_len: Annotated[int, typer.Option(min=2, help="tokens kept of each document")] = 128,
+    val_tokens: Annotated[int, typer.Option(min=1, help="validation positions")] = 1024,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam's learning rate (peak)")] = 1e-3,
+    head_dtype: Annotated[
+        str,
+        typer.Option(help="the frozen head's dtype in training: auto (bfloat16 where the hardware has it)"),
+    ] = "auto",
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    seed: int = 0,
+) -> None:
+    """Train a tuned lens (Belrose et al. 2023) for MODEL into --out: per layer, KL to the final layer."""
+    from crosslens.lens_training import TrainSettings, corpus_from_dataset, corpus_from_files, train_lens
+
+    if (corpus is None) == (dataset is None):
+        raise typer.BadParameter("give the text to train on: --corpus FILE... or --dataset NAME")
+    settings = TrainSettings(
+        tuple(_layers(model, _numbers(layers, "--layers"), "--layers", 0)) or None, tokens, batch, positions,
+        seq_len, val_tokens, lr=lr, seed=seed, head_dtype=head_dtype,
+    )  # fmt: skip
+    settings.check()
+    _output(out)
+    _device(device)
+    if corpus:
+        text = corpus_from_files(corpus)
+    else:
+        ds = _dataset(dataset, languages, data_dir, None, split, False)
+        kept = ds.item_ids()[skip:]
+        if len(kept) < 2:
+            raise typer.BadParameter(f"--skip {skip} leaves {len(kept)} of {dataset}'s {len(ds)} items")
+        text = corpus_from_dataset(ds.subset(kept))
+    lm = _load(model, device, dtype)
+    columns = (TextColumn("[bold]train-lens"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    per_step = settings.batch * settings.positions
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("positions", total=settings.steps * per_step, loss="")
+
+        def on_step(step: int, steps: int, loss: float) -> None:
+            bar.update(task, completed=step * per_step, loss=f"mean KL {loss:.3f} nats")
+
+        lens = train_lens(lm, text, out, settings, on_step)
+    table = Table(title=f"validation KL(final || lens), nats per token ({settings.val_tokens} positions)")
+    for col in ("layer", "tuned", "logit"):
+        table.add_column(col, justify="right")
+    for layer in lens.layers:
+        table.add_row(str(layer), *(f"{lens.info.val_kl[k][str(layer)]:.3f}" for k in ("tuned", "logit")))
+    out_console.print(table)
+    speed = lens.info.training.get("tokens_per_second_this_run")
+    out_console.print(f"wrote {out} ({lens.info.training['steps']} steps; {speed} positions/s this run)")
 
 
 @app.command()

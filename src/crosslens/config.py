@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "SteeringConfig",
     "PcaConfig",
     "LensConfig",
+    "LensTrainConfig",
     "RayConfig",
     "ExperimentConfig",
     "load_config",
@@ -54,6 +56,10 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def runs(self, stage: str) -> bool:
+        """Whether this section turns on registry stage ``stage`` (a section may serve several)."""
+        return True
 
 
 class DatasetConfig(_Section):
@@ -134,10 +140,79 @@ class NeuronsConfig(_Section):
     enabled: bool = True
 
 
+class LensTrainConfig(_Section):
+    """How ``crosslens run`` trains the tuned lens it reads with (docs/lens.md; the train-lens options)."""
+
+    corpus: list[Path] | None = None  # text files, a document per line
+    dataset: DatasetConfig | None = None  # or the inputs of another dataset's items (e.g. xstorycloze train)
+    # neither: the inputs of the read dataset's items beyond its limit (never the items the lens reads)
+    tokens: Annotated[int, Field(ge=1)] = 8192
+    batch: Annotated[int, Field(ge=1)] = 8
+    positions: Annotated[int, Field(ge=1)] = 32
+    seq_len: Annotated[int, Field(ge=2)] = 128
+    val_tokens: Annotated[int, Field(ge=1)] = 1024
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
+    checkpoint_every: Annotated[int, Field(ge=1)] = 20
+    head_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LensTrainConfig:
+        if self.corpus and self.dataset:
+            raise ValueError("give corpus (text files) or dataset, not both")
+        return self
+
+    def settings(self, layers: Sequence[int], seed: int) -> Any:
+        from crosslens.lens_training import TrainSettings
+
+        return TrainSettings(
+            tuple(layers), self.tokens, self.batch, self.positions, self.seq_len, self.val_tokens,
+            lr=self.lr, seed=seed, checkpoint_every=self.checkpoint_every, head_dtype=self.head_dtype,
+        )  # fmt: skip
+
+
 class LensConfig(_Section):
-    """The multilingual logit lens (Fig. 2, Table 2) at the configured layers."""
+    """The multilingual lens (Fig. 2, Table 2) at the configured layers, through each lens of ``lenses``.
+
+    ``lenses``: ``logit`` and/or one tuned lens: ``tuned:PATH`` (a trained lens folder) or ``tuned``
+    with ``train:`` (the run trains one per model x dataset into ``<folder>/tuned_lens``).
+    """
 
     enabled: bool = True
+    lenses: list[str] = Field(default=["logit"], min_length=1)
+    train: LensTrainConfig | None = None
+
+    @field_validator("lenses")
+    @classmethod
+    def _lenses(cls, v: list[str]) -> list[str]:
+        from crosslens.lenses import LensError, parse_lens
+
+        try:
+            specs = [parse_lens(x) for x in v]
+        except LensError as exc:
+            raise ValueError(str(exc)) from None
+        if len(set(v)) != len(v) or sum(s.kind == "tuned" for s in specs) > 1:
+            raise ValueError("name each lens once, with at most one tuned lens per run")
+        return v
+
+    @model_validator(mode="after")
+    def _train_iff_bare_tuned(self) -> LensConfig:
+        if self.train is not None and "tuned" not in self.lenses:
+            raise ValueError(
+                "train: trains the lens named 'tuned' in lenses (add it; tuned:PATH is already trained)"
+            )
+        if self.train is None and "tuned" in self.lenses:
+            raise ValueError(
+                "lenses: 'tuned' without a folder needs train: {...} (or name a trained one: tuned:PATH)"
+            )
+        return self
+
+    @property
+    def tuned(self) -> str | None:
+        """The tuned lens entry of ``lenses`` (``tuned`` or ``tuned:PATH``), if any."""
+        return next((x for x in self.lenses if x.split(":")[0] == "tuned"), None)
+
+    def runs(self, stage: str) -> bool:
+        return ("logit" in self.lenses) if stage == "lens" else self.tuned is not None
 
 
 def _layers_kind(value: Any) -> str | None:
@@ -337,6 +412,13 @@ def check_depth(config: ExperimentConfig, spec: str, n_layers: int, source: str 
             f"{source}: similarity.matrix_layer: {sim.matrix_layer} is not one of the layers read for {spec} "
             f"({config.lens_layers(n_layers)})"
         )
+    if config.lens.enabled and config.lens.tuned and config.lens.train is None:
+        from crosslens.lenses import LensError, parse_lens, precheck_lens
+
+        try:
+            precheck_lens(parse_lens(config.lens.tuned), n_layers)
+        except LensError as exc:
+            raise ConfigError(f"{source}: lens.lenses: {exc}") from None
     if config.steering is not None:
         bad = [layer for layer in config.steering.layers_for(spec) if layer > n_layers]
         if bad:
@@ -353,46 +435,56 @@ def _check_datasets(config: ExperimentConfig, source: str) -> None:
     seen: set[str] = set()
     for i, ds in enumerate(config.datasets):
         where = f"{source}: datasets[{i}]"
-        if ds.name not in known:
-            close = difflib.get_close_matches(ds.name, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}.name: unknown dataset {ds.name!r}{hint}; known: {', '.join(known)}")
+        langs = _check_dataset(ds, where, known)
         if ds.name in seen:
             raise ConfigError(
                 f"{where}.name: dataset {ds.name!r} is listed twice (its results would share a folder)"
             )
         seen.add(ds.name)
-        info = known[ds.name]
-        if ds.languages is not None:
-            if not ds.languages:
-                raise ConfigError(f"{where}.languages: must not be empty (omit it for all languages)")
-            twice = sorted({lang for lang in ds.languages if ds.languages.count(lang) > 1})
-            if twice:
-                raise ConfigError(f"{where}.languages: {twice} listed twice")
-            for lang in ds.languages if info.languages else ():
-                if lang not in info.languages:
-                    close = difflib.get_close_matches(lang, info.languages, n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ConfigError(
-                        f"{where}.languages: {ds.name} has no language {lang!r}{hint}; "
-                        f"it has {', '.join(info.languages)}"
-                    )
-        langs = ds.languages or info.languages
         for lang in (config.neurons.ablate or []) if config.neurons and langs else []:
             if lang not in langs:
                 raise ConfigError(
                     f"{source}: neurons.ablate: {lang!r} is not a language of datasets[{i}] ({ds.name}: "
                     f"{', '.join(langs)})"
                 )
-        if ds.split is not None and ds.split not in info.splits:
-            raise ConfigError(
-                f"{where}.split: {ds.name} has no split {ds.split!r} "
-                f"(splits: {', '.join(info.splits) or 'none'})"
-            )
-        if ds.data_dir is not None and not ds.data_dir.expanduser().exists():
-            raise ConfigError(f"{where}.data_dir: {ds.data_dir}: no such file or folder")
-        if ds.pivot_file is not None and not ds.pivot_file.expanduser().is_file():
-            raise ConfigError(f"{where}.pivot_file: {ds.pivot_file}: no such file")
+    train = config.lens.train
+    if train is not None and train.dataset is not None:
+        _check_dataset(train.dataset, f"{source}: lens.train.dataset", known)
+    for k, path in enumerate(train.corpus or [] if train else []):
+        if not path.expanduser().is_file():
+            raise ConfigError(f"{source}: lens.train.corpus[{k}]: {path}: no such file")
+
+
+def _check_dataset(ds: DatasetConfig, where: str, known: dict[str, Any]) -> list[str] | None:
+    """One dataset entry against the registry (name, languages, split, files); returns its languages."""
+    if ds.name not in known:
+        close = difflib.get_close_matches(ds.name, list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}.name: unknown dataset {ds.name!r}{hint}; known: {', '.join(known)}")
+    info = known[ds.name]
+    if ds.languages is not None:
+        if not ds.languages:
+            raise ConfigError(f"{where}.languages: must not be empty (omit it for all languages)")
+        twice = sorted({lang for lang in ds.languages if ds.languages.count(lang) > 1})
+        if twice:
+            raise ConfigError(f"{where}.languages: {twice} listed twice")
+        for lang in ds.languages if info.languages else ():
+            if lang not in info.languages:
+                close = difflib.get_close_matches(lang, info.languages, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    f"{where}.languages: {ds.name} has no language {lang!r}{hint}; "
+                    f"it has {', '.join(info.languages)}"
+                )
+    if ds.split is not None and ds.split not in info.splits:
+        raise ConfigError(
+            f"{where}.split: {ds.name} has no split {ds.split!r} (splits: {', '.join(info.splits) or 'none'})"
+        )
+    if ds.data_dir is not None and not ds.data_dir.expanduser().exists():
+        raise ConfigError(f"{where}.data_dir: {ds.data_dir}: no such file or folder")
+    if ds.pivot_file is not None and not ds.pivot_file.expanduser().is_file():
+        raise ConfigError(f"{where}.pivot_file: {ds.pivot_file}: no such file")
+    return ds.languages or info.languages
 
 
 # -- model depth without weights ----------------------------------------------------------------------

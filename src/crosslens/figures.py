@@ -29,6 +29,7 @@ __all__ = [
     "language_colors",
     "transfer_heatmap",
     "lens_figure",
+    "fidelity_figure",
     "pca_figure",
     "gamma_sweep_figure",
     "steer_change_figure",
@@ -181,6 +182,47 @@ def lens_figure(
     for ax in (ax_a, ax_b):
         ax.set_xticks(layers)
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def fidelity_figure(
+    tuned: Mapping[str, Any], logit: Mapping[str, Any] | None, path: str | Path, title: str | None = None
+) -> Path:
+    """The two lenses side by side: (a) validation KL(final || lens) per layer (the tuned-lens paper's
+    fidelity plot, from the lens's held-out text), (b) log ratio and (c) latent accuracy of native
+    answers per layer through each lens (solid: tuned, dashed: logit; bands: 95 % CI across languages)."""
+    fig = _figure(14.0, 3.8)
+    ax_a, ax_b, ax_c = fig.subplots(1, 3)
+    kl = tuned.get("val_kl") or {}
+    for name, style in (("tuned", "-"), ("logit", "--")):
+        per = kl.get(name) or {}
+        xs = sorted(int(k) for k in per)
+        ax_a.plot(xs, [per[str(x)] for x in xs], style, marker="o", color="black", label=f"{name} lens")
+    ax_a.set_yscale("log")
+    ax_a.set_ylabel("KL(final || lens), nats/token")
+    ax_a.set_title("(a) fidelity on held-out text", fontsize=10)
+    for summary, style, name in ((tuned, "-", "tuned"), (logit, "--", "logit")):
+        if not summary:
+            continue
+        layers = [int(x) for x in summary["layers"]]
+        ratio = [_at(summary["log_ratio"], layer) for layer in layers]
+        _band(ax_b, layers, ratio, 1.0, "tab:purple", f"{name} lens", linestyle=style)
+        for form in ("native", "en"):
+            stats = [_at(summary["latent_accuracy"][form], layer) for layer in layers]
+            _band(
+                ax_c, layers, stats, 100.0, FORM_COLORS[form], f"{FORM_LABELS[form]}, {name}", linestyle=style
+            )
+    ax_b.axhline(0.0, color="black", linewidth=0.8)
+    ax_b.set_ylabel("log p(native) / p(English)")
+    ax_b.set_title("(b) log ratio through each lens", fontsize=10)
+    ax_c.set_ylabel("latent accuracy (%)")
+    ax_c.set_title("(c) latent accuracy through each lens", fontsize=10)
+    for ax in (ax_a, ax_b, ax_c):
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)

@@ -1,4 +1,4 @@
-"""Multilingual logit lens (paper §2.2, §4.2, Fig. 2, Table 2).
+"""Multilingual lens readings (paper §2.2, §4.2, Fig. 2, Table 2), through any lens.
 
 For a native prompt q and an answer text w = x_t..x_T, the latent probability at layer l is
 Eq. 7 normalised by length: exp(mean_k log softmax(lens(h_l at the position before x_k))[x_k]).
@@ -11,6 +11,10 @@ Aggregation choices (documented in docs/lens.md):
 * per-language values are means over items; "across languages" means the mean over non-pivot
   languages with a t-based 95 % CI (the pivot's log ratio is 0 by construction and is left out);
 * Table 2 uses each language's log ratio averaged over all lens layers and items.
+
+Each lens writes its own readings: the logit lens into ``lens/`` (``lens_summary.json``), the tuned
+lens into ``lens_tuned/`` (``lens_tuned_summary.json``, with the lens's validation KL for the
+fidelity figure). The lens kind and the lens file's hash are part of the stage's fingerprint.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from crosslens import __version__, metrics
 from crosslens.anatomy import paper_layers
 from crosslens.data import ParallelDataset
 from crosslens.evaluate import RECORDS, EvalOptions, data_fingerprint, label_fields
+from crosslens.lenses import Lens, LensError, TunedLens, load_lens, parse_lens
 from crosslens.models import LoadedModel
 from crosslens.prompts import Template, get_template, render
 from crosslens.scoring import LabelPlan, encode_continuation, label_plan, score_prompts
@@ -39,10 +44,24 @@ if TYPE_CHECKING:
     from crosslens.config import ExperimentConfig
     from crosslens.runner import Job
 
-__all__ = ["LENS", "LensStage", "lens_stage", "run_lens", "summarize_lens", "lens_rank_records"]
+__all__ = [
+    "LENS",
+    "LensStage",
+    "TunedLensStage",
+    "lens_stage",
+    "run_lens",
+    "summarize_lens",
+    "lens_rank_records",
+    "lens_table",
+]
 
 LENS = "lens"
 FORMS = ("native", "en", "label")
+
+
+def lens_table(kind: str) -> str:
+    """The table (and summary file stem) of a lens kind's readings: ``lens``, ``lens_tuned``."""
+    return LENS if kind == "logit" else f"{LENS}_{kind}"
 
 
 @dataclass(kw_only=True)
@@ -54,6 +73,7 @@ class LensStage(Stage):
     plan: LabelPlan
     opts: EvalOptions
     languages: list[str]
+    lens: Lens | None
 
     def digest(self, language: str, item_id: str) -> str:
         """A lens row reads the item's English answers too: both items' content counts."""
@@ -72,8 +92,9 @@ class LensStage(Stage):
         labels = [self.plan.for_n(len(it.choices)) for it in items]
         rows: list[dict[str, Any]] = []
         for i, sc in score_prompts(
-            self.lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements
-        ):
+            self.lm, pids, layers, labels, conts, opts.batch_size, opts.padding_side, opts.max_elements,
+            self.lens,
+        ):  # fmt: skip
             it = items[i]
             sc.check(f"item {it.item_id!r} ({it.language})")
             n = len(it.choices)
@@ -98,8 +119,78 @@ class LensStage(Stage):
                 ]
         return pd.DataFrame(rows)
 
+    def _use(self, lens: Lens) -> None:
+        """Read through ``lens``: its model, layers and training text checked, its identity fingerprinted."""
+        if lens.anatomy.unembed_weight is not self.lm.anatomy.unembed_weight:
+            raise LensError(f"the {lens.name} lens was built for another loaded model than {self.lm.spec}")
+        lens.check_layers(self.selected_settings())
+        _check_disjoint(lens, self.ds, self.selected_items())
+        self.lens = lens
+        self.fingerprint = self.fingerprint | {"lens": lens.fingerprint()}
+
     def summarize(self) -> dict[str, Any]:
-        return summarize_lens(self.store, self.ds.pivot, self.languages, lens=self.read())
+        extra = {}
+        if isinstance(self.lens, TunedLens):
+            extra = {"val_kl": self.lens.info.val_kl, "lens_sha256": self.lens.sha256}
+        return summarize_lens(
+            self.store, self.ds.pivot, self.languages, lens=self.read(), table=self.table, extra=extra
+        )
+
+
+@dataclass(kw_only=True)
+class TunedLensStage(LensStage):
+    """The lens stage through a tuned lens that the run trains first (``lens: {train: ...}``).
+
+    Training is the stage's once-per-stage work: resumable, and reused when finished with the same
+    settings; the readings' fingerprint (the lens file's hash) is known once it is done.
+    """
+
+    folder: Path
+    train: Callable[[], TunedLens]
+
+    def check(self) -> Any:
+        if self.lens is None:
+            if self.store.has_rows(self.table):
+                raise LensError(
+                    f"{self.store.root} holds tuned-lens readings but {self.folder} holds no finished lens "
+                    "they were read with; delete both to start again"
+                )
+            return {}
+        return super().check()
+
+    def begin(self) -> Any:
+        if self.lens is None:
+            self._use(self.train())
+        return super().begin()
+
+    def write(self, unit: Unit, done: Any = None) -> None:
+        self._trained()
+        super().write(unit, done)
+
+    def summarize(self) -> dict[str, Any]:
+        self._trained()
+        return super().summarize()
+
+    def _trained(self) -> None:
+        """A Ray worker may have planned this stage before another one trained the lens: load it."""
+        if self.lens is None:
+            self._use(load_lens(parse_lens(f"tuned:{self.folder}"), self.lm))
+
+
+
+def _check_disjoint(lens: Lens, ds: ParallelDataset, item_ids: Sequence[str]) -> None:
+    """Refuse to read a tuned lens on items whose text it was trained on."""
+    if not isinstance(lens, TunedLens):
+        return
+    corpus = lens.info.training.get("corpus") or {}
+    if corpus.get("source") != "dataset" or corpus.get("dataset") != ds.name:
+        return
+    seen = set(corpus.get("item_ids", [])) & set(item_ids)
+    if seen:
+        raise LensError(
+            f"the tuned lens was trained on the text of {len(seen)} of the items it would read "
+            f"(e.g. {sorted(seen)[0]!r} of {ds.name}); train it on other items or text"
+        )
 
 
 def lens_stage(
@@ -110,11 +201,31 @@ def lens_stage(
     layers: Sequence[int] | None = None,
     opts: EvalOptions = EvalOptions(),
     seed: int = 0,
+    lens: Lens | str = "logit",
 ) -> LensStage:
-    """The lens of ``lm`` on ``ds`` into ``out``, planned but not run."""
+    """The readings of ``lens`` (a :class:`Lens` or ``logit`` / ``tuned:PATH``) of ``lm`` on ``ds``
+    into ``out``, planned but not run."""
+    lens = load_lens(lens, lm) if isinstance(lens, str) else lens
+    stage = _plan(lm, ds, out, languages, layers, opts, seed, lens.kind)
+    stage._use(lens)
+    return stage
+
+
+def _plan(
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    out: str | Path,
+    languages: Sequence[str] | None,
+    layers: Sequence[int] | None,
+    opts: EvalOptions,
+    seed: int,
+    kind: str,
+    **train: Any,
+) -> LensStage:
+    """A lens stage without its lens yet (``train``: the :class:`TunedLensStage` fields)."""
     if ds.pivot is None:
         raise ValueError(
-            f"dataset '{ds.name}' has no English pivot: the logit lens compares native and English answers"
+            f"dataset '{ds.name}' has no English pivot: the lens compares native and English answers"
         )
     languages = list(languages or ds.languages)
     layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
@@ -130,11 +241,11 @@ def lens_stage(
         "seed": seed,
         "skipped_no_pivot": len(missing_pivot),
     }
-    return LensStage(
+    return (TunedLensStage if train else LensStage)(
         ds=ds,
-        table=LENS,
+        table=lens_table(kind),
         store=Store(out),
-        fingerprint=data_fingerprint(lm, ds, template) | {"label_form": plan.form, "lens": "logit"},
+        fingerprint=data_fingerprint(lm, ds, template) | {"label_form": plan.form},
         meta=meta,
         units=plan_units(ds, languages, opts.chunk_size, exclude=missing_pivot, settings=layers),
         setting_columns=("layer",),
@@ -143,14 +254,67 @@ def lens_stage(
         plan=plan,
         opts=opts,
         languages=languages,
+        lens=None,
+        **train,
     )
 
 
 def job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, out: Path) -> LensStage:
-    """The lens of one model x dataset of an experiment (registry builder)."""
+    """The logit lens of one model x dataset of an experiment (registry builder)."""
     layers = config.lens_layers(lm.anatomy.n_layers)
     ds = job.data
     return lens_stage(lm, ds, out, ds.languages, layers, config.eval_options(job.index), config.seed)
+
+
+TUNED_FOLDER = "tuned_lens"  # where ``crosslens run`` trains a model x dataset's own tuned lens
+
+
+def tuned_job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, out: Path) -> LensStage:
+    """The tuned lens of one model x dataset (registry builder): a trained folder (``tuned:PATH``), or
+    one the run trains into ``out/tuned_lens`` from ``lens.train`` (the dataset's unread items by default)."""
+    from crosslens.lens_training import train_lens
+
+    layers = config.lens_layers(lm.anatomy.n_layers)
+    ds, opts, entry, train = job.data, config.eval_options(job.index), config.lens.tuned, config.lens.train
+    if train is None:
+        return lens_stage(lm, ds, out, ds.languages, layers, opts, config.seed, str(entry))
+    folder = out / TUNED_FOLDER
+    settings = train.settings([ell for ell in layers if ell < lm.anatomy.n_layers], config.seed)
+
+    def run_training() -> TunedLens:
+        return train_lens(lm, _train_corpus(config, job), folder, settings)
+
+    stage = _plan(
+        lm, ds, out, ds.languages, layers, opts, config.seed, "tuned", folder=folder, train=run_training
+    )
+    if (folder / "lens.json").is_file():  # finished: reused if trained as configured, else refused
+        stage._use(run_training())
+    return stage
+
+
+def _train_corpus(config: ExperimentConfig, job: Job) -> Any:
+    """``lens.train.corpus`` files, ``lens.train.dataset``'s item inputs, or the inputs of the read
+    dataset's items the run does not read."""
+    from crosslens.data import load_dataset
+    from crosslens.lens_training import corpus_from_dataset, corpus_from_files
+    from crosslens.runner import load_full_dataset
+
+    train = config.lens.train
+    assert train is not None
+    if train.corpus:
+        return corpus_from_files(train.corpus)
+    if train.dataset:
+        d = train.dataset
+        other = load_dataset(d.name, d.languages, data_dir=d.data_dir, split=d.split, strict=d.strict)
+        return corpus_from_dataset(other.require_items().limit(d.limit))
+    full = load_full_dataset(config, job.index)
+    unread = [i for i in full.item_ids() if i not in set(job.data.item_ids())]
+    if len(unread) < 2:
+        raise LensError(
+            f"lens.train: {job.data.name} has no items beyond the {len(job.data)} the run reads to train "
+            "the tuned lens on; give lens.train.corpus (text files) or a smaller limit"
+        )
+    return corpus_from_dataset(full.subset(unread), job.data.languages)
 
 
 def run_lens(
@@ -162,9 +326,10 @@ def run_lens(
     opts: EvalOptions = EvalOptions(),
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    lens: Lens | str = "logit",
 ) -> dict[str, Any]:
-    """Compute lens records for every (language, item, layer) into ``out/lens`` and summarise."""
-    return run_stage(lens_stage(lm, ds, out, languages, layers, opts, seed), progress)
+    """Compute ``lens``'s records for every (language, item, layer) into ``out`` and summarise."""
+    return run_stage(lens_stage(lm, ds, out, languages, layers, opts, seed, lens), progress)
 
 
 def lens_rank_records(lens: pd.DataFrame) -> pd.DataFrame:
@@ -194,12 +359,15 @@ def summarize_lens(
     pivot: str | None,
     languages: Sequence[str] | None = None,
     lens: pd.DataFrame | None = None,
+    table: str = LENS,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Latent accuracy, log ratios, latent consistency/transfer and Table 2; writes lens_summary.json.
+    """Latent accuracy, log ratios, latent consistency/transfer and Table 2; writes ``<table>_summary.json``.
 
-    ``lens``: the rows to summarise (default: every row of the folder's lens table).
+    ``lens``: the rows to summarise (default: every row of the folder's ``table``); ``extra``: more
+    keys for the summary (a tuned lens's validation KL).
     """
-    lens = store.read(LENS) if lens is None else lens
+    lens = store.read(table) if lens is None else lens
     if lens.empty:
         raise ValueError(f"{store.root} has no lens records")
     if languages:
@@ -243,7 +411,8 @@ def summarize_lens(
         },
     }
     summary["table2"] = _table2(store, str(lens["dataset"].iat[0]), summary["mean_log_ratio"], pivot, lens)
-    store.write_json("lens_summary.json", metrics.to_jsonable(summary))
+    summary |= {"lens": "logit" if table == LENS else table.removeprefix(f"{LENS}_")} | (extra or {})
+    store.write_json(f"{table}_summary.json", metrics.to_jsonable(summary))
     return summary
 
 

@@ -43,6 +43,8 @@ EXPERIMENT_FILE = "experiment.json"
 FIGURE_FILES = {
     "fig1": "fig1_transfer.png",
     "fig2": "fig2_lens.png",
+    "fig2_tuned": "fig2_lens_tuned.png",
+    "fidelity": "fig10_lens_fidelity.png",
     "fig3": "fig3_pca.png",
     "fig4": "fig4_gamma_sweep.png",
     "fig5": "fig5_steer_change.png",
@@ -165,6 +167,10 @@ class ResultFolder:
         return self.summaries.get("lens")
 
     @property
+    def tuned_lens(self) -> dict[str, Any] | None:
+        return self.summaries.get("tuned_lens")
+
+    @property
     def pca(self) -> dict[str, Any] | None:
         return self.summaries.get("pca")
 
@@ -266,12 +272,16 @@ def tables(results: Sequence[ResultFolder]) -> dict[str, Table]:
 
     t2_cols = ["acc.", "cons.", "→tr+"]
     t2_rows = []
+    lenses = [("lens", "")] + (
+        [("tuned_lens", " · tuned lens")] if any(r.tuned_lens for r in by.values()) else []
+    )
     for m in models:
-        row = [m]
-        for d in datasets:
-            t2 = (by[(m, d)].lens or {}).get("table2") if (m, d) in by else None
-            row += [_corr((t2 or {}).get(k)) for k in ("acc", "cons", "tr_plus_in")]
-        t2_rows.append(row)
+        for key, suffix in lenses:
+            row = [m + suffix]
+            for d in datasets:
+                t2 = (by[(m, d)].summaries.get(key) or {}).get("table2") if (m, d) in by else None
+                row += [_corr((t2 or {}).get(k)) for k in ("acc", "cons", "tr_plus_in")]
+            t2_rows.append(row)
     table2 = Table(
         "Table 2. Pearson's r between a language's mean log p(native)/p(English) and its accuracy, "
         "consistency and incoming positive transfer",
@@ -283,6 +293,38 @@ def tables(results: Sequence[ResultFolder]) -> dict[str, Table]:
     return {"table1": table1, "table2": table2}
 
 
+def _lens_table(summary: dict[str, Any], name: str) -> Table:
+    """One lens's readings per layer; a tuned lens adds its validation KL and the logit lens's."""
+    acc, kl = summary["latent_accuracy"], summary.get("val_kl") or {}
+    rows = []
+    for layer in summary["layers"]:
+        lr = summary["log_ratio"][str(layer)]
+        rows.append(
+            [
+                str(layer),
+                _signed(lr["mean"]),
+                _ci(lr["ci_low"], lr["ci_high"], 1.0, 3),
+                *(_pct(acc[f][str(layer)]["mean"]) for f in ("native", "en", "label")),
+                *([_kl(kl, k, layer) for k in ("tuned", "logit")] if kl else []),
+            ]
+        )
+    cols = ["layer", "log p(nat.)/p(en)", "95 % CI", "acc. native (%)", "acc. en (%)", "acc. label (%)"]
+    return Table(
+        f"{name} per layer (means across languages)",
+        cols + (["val. KL tuned", "val. KL logit"] if kl else []),
+        rows,
+        note="val. KL: KL(final || lens) in nats per token on the lens's held-out text (– at the last "
+        "layer, which every lens reads as is)."
+        if kl
+        else "",
+    )
+
+
+def _kl(kl: dict[str, Any], name: str, layer: Any) -> str:
+    value = (kl.get(name) or {}).get(str(layer))
+    return "–" if value is None else f"{value:.3f}"
+
+
 def folder_tables(r: ResultFolder) -> dict[str, Table]:
     """The per-folder tables: run metadata, per-language results, lens, PCA alignment, steering."""
     out = {"meta": _meta_table(r)}
@@ -292,6 +334,7 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
         cloze = s.get("cloze_accuracy") or {}
         cons, trp = s.get("consistency_with_pivot") or {}, s.get("tr_plus_from_pivot") or {}
         ratio = (r.lens or {}).get("mean_log_ratio", {})
+        tuned = (r.tuned_lens or {}).get("mean_log_ratio")
         rows = [
             [
                 lang,
@@ -303,6 +346,7 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
                 _rate(s.get("mean_consistency", {}).get(lang)),
                 _rate(s.get("incoming_tr_plus", {}).get(lang)),
                 _signed(ratio.get(lang)),
+                *([_signed(tuned.get(lang))] if tuned is not None else []),
             ]
             for lang in s["languages"]
         ]
@@ -319,29 +363,16 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
                 "mean cons.",
                 "→tr+",
                 "mean log ratio",
+                *(["mean log ratio (tuned)"] if tuned is not None else []),
             ],
             rows,
             note="95 % CI: item bootstrap; mean cons. and →tr+: over the other languages; "
-            "log ratio from the lens.",
+            "log ratio from the logit lens" + (" and from the tuned lens." if tuned is not None else "."),
         )
     if r.lens:
-        acc = r.lens["latent_accuracy"]
-        rows = []
-        for layer in r.lens["layers"]:
-            lr = r.lens["log_ratio"][str(layer)]
-            rows.append(
-                [
-                    str(layer),
-                    _signed(lr["mean"]),
-                    _ci(lr["ci_low"], lr["ci_high"], 1.0, 3),
-                    *(_pct(acc[f][str(layer)]["mean"]) for f in ("native", "en", "label")),
-                ]
-            )
-        out["lens"] = Table(
-            "Logit lens per layer (means across languages)",
-            ["layer", "log p(nat.)/p(en)", "95 % CI", "acc. native (%)", "acc. en (%)", "acc. label (%)"],
-            rows,
-        )
+        out["lens"] = _lens_table(r.lens, "Logit lens")
+    if r.tuned_lens:
+        out["lens_tuned"] = _lens_table(r.tuned_lens, "Tuned lens")
     if r.similarity:
         out |= _similarity_tables(r.similarity)
     if r.neurons:
@@ -611,7 +642,14 @@ def draw_figures(r: ResultFolder) -> dict[str, Path]:
         )
     if r.lens:
         out["fig2"] = figures.lens_figure(
-            r.lens, r.path / FIGURE_FILES["fig2"], title, chance=_chance(r.path)
+            r.lens, r.path / FIGURE_FILES["fig2"], f"{title} (logit lens)", chance=_chance(r.path)
+        )
+    if r.tuned_lens:
+        out["fig2_tuned"] = figures.lens_figure(
+            r.tuned_lens, r.path / FIGURE_FILES["fig2_tuned"], f"{title} (tuned lens)", chance=_chance(r.path)
+        )
+        out["fidelity"] = figures.fidelity_figure(
+            r.tuned_lens, r.lens, r.path / FIGURE_FILES["fidelity"], f"{title}: tuned vs logit lens"
         )
     scripts: dict[str, str] = {}
     if r.pca:
@@ -656,6 +694,14 @@ CAPTIONS = {
         "Fig. 2. (a) Mean log ratio of latent probabilities of native vs English answers per layer "
         "(above 0: the native subspace dominates); (b) latent accuracy of native answers, English answers "
         "and answer letters, dashed line = chance. Shaded: 95 % CI across languages."
+    ),
+    "fig2_tuned": (
+        "Fig. 2 through the tuned lens (the same readings, Eq. 7, each layer first mapped by its translator)."
+    ),
+    "fidelity": (
+        "Tuned vs logit lens: (a) KL from the final-layer distribution per layer on the lens's held-out "
+        "text (lower: the lens reads the layer more faithfully); (b) log ratio and (c) latent accuracy "
+        "through each lens (solid: tuned, dashed: logit)."
     ),
     "fig3": "Fig. 3. PCA of last-token activations per layer; colour = language, ○ Latin / △ other scripts.",
     "cka": (

@@ -50,6 +50,7 @@ __all__ = [
     "load_jobs",
     "job_stages",
     "job_folder",
+    "load_full_dataset",
     "demo_config_path",
     "BACKENDS",
 ]
@@ -77,20 +78,21 @@ class Job:
         return {d.key: d.work(config, self) for d in STAGES if d.enabled(config)}
 
 
+def load_full_dataset(config: ExperimentConfig, index: int) -> ParallelDataset:
+    """``datasets[index]`` as its files hold it, before ``limit`` (a tuned lens trains on the rest)."""
+    d = config.datasets[index]
+    return load_dataset(
+        d.name, d.languages, data_dir=d.data_dir, split=d.split, strict=d.strict, pivot_file=d.pivot_file,
+        pivot=d.pivot,
+    )  # fmt: skip
+
+
 def load_jobs(config: ExperimentConfig, source: str) -> list[Job]:
     """Load every dataset (English pivot always evaluated) and check it suits the stages asked for."""
     jobs = []
     for i, d in enumerate(config.datasets):
         where = f"{source}: datasets[{i}]"
-        ds = load_dataset(
-            d.name,
-            d.languages,
-            data_dir=d.data_dir,
-            split=d.split,
-            strict=d.strict,
-            pivot_file=d.pivot_file,
-            pivot=d.pivot,
-        )
+        ds = load_full_dataset(config, i)
         try:
             ds = ds.require_items().limit(d.limit)
         except DataError as exc:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from crosslens.data import DataError, ParallelDataset
+from crosslens.lenses import Lens, LogitLens
 from crosslens.models import LoadedModel
 from crosslens.passes import continuation_pass, length_batches, prefix_groups, prompt_pass
 from crosslens.prompts import Template, render
@@ -156,6 +157,7 @@ def score_prompts(
     batch_size: int = 8,
     padding_side: str = "left",
     max_elements: int = 2**26,
+    lens: Lens | None = None,
 ) -> Iterator[tuple[int, ItemScores]]:
     """Yield ``(index, ItemScores)`` for every prompt, in batch order.
 
@@ -164,19 +166,21 @@ def score_prompts(
     shared by several prompts once (:func:`~crosslens.passes.prefix_groups`: a passage with several
     questions) and each prompt's own tokens after it. On out-of-memory a batch is split in half and
     retried (finished batches are already yielded, so no work is lost); neither the batch size nor
-    the sharing is part of the results beyond float rounding.
+    the sharing is part of the results beyond float rounding. ``lens`` reads the layers (default:
+    the logit lens; the last layer is the model's own output under every lens).
     """
-    layers = lm.anatomy.check_layers(layers)
+    lens = lens or LogitLens(lm.anatomy)
+    layers = lens.check_layers(layers)
     share = continuations is None and padding_side == "left"
     pending = _plan(prompt_ids, batch_size, share)[::-1]
     while pending:
         kind, batch = pending.pop()
         try:
             if kind == "shared":
-                results = _score_shared(lm, batch, prompt_ids, layers, label_ids, max_elements)
+                results = _score_shared(lm, lens, batch, prompt_ids, layers, label_ids, max_elements)
             else:
                 results = _score_batch(
-                    lm, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements
+                    lm, lens, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements
                 )
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             if not _is_oom(exc) or len(batch) == 1:
@@ -215,6 +219,7 @@ def _plan(prompt_ids: Sequence[Sequence[int]], batch_size: int, share: bool) -> 
 
 def _score_shared(
     lm: LoadedModel,
+    lens: Lens,
     groups: list[tuple[int, list[int]]],
     prompt_ids: Sequence[Sequence[int]],
     layers: list[int],
@@ -229,9 +234,8 @@ def _score_shared(
     labels = [list(label_ids[i]) if label_ids is not None else [] for i in members]
     width = max(1, *map(len, labels))
     targets = torch.tensor([lab + [0] * (width - len(lab)) for lab in labels], dtype=torch.long)
-    last = torch.cat([torch.stack([s[-1] for s in states[layer]]) for layer in layers])
-    logp = lm.anatomy.token_logprobs(last, layers[-1], targets.repeat(len(layers), 1), max_elements)
-    logp = logp.cpu().numpy()
+    last = [(layer, torch.stack([s[-1] for s in states[layer]])) for layer in layers]
+    logp = lens.token_logprobs(last, targets.repeat(len(layers), 1), max_elements).cpu().numpy()
     scores = [ItemScores() for _ in members]
     for k, layer in enumerate(layers):
         for row, lab in enumerate(labels):
@@ -242,6 +246,7 @@ def _score_shared(
 
 def _score_batch(
     lm: LoadedModel,
+    lens: Lens,
     batch: list[int],
     prompt_ids: Sequence[Sequence[int]],
     layers: list[int],
@@ -267,14 +272,16 @@ def _score_batch(
     first_t = torch.tensor([f + [0] * (width - len(f)) for f in first], dtype=torch.long)
     rest_t = torch.zeros((sum(len(c) - 1 for c in flat), width), dtype=torch.long)
     rest_t[:, 0] = torch.tensor([t for c in flat for t in c[1:]], dtype=torch.long)
-    # The lens head does not depend on the layer, so all layers' positions go through one
-    # projection: large matrix products run near the machine's GEMM peak, many small ones do not.
+    # Each layer's states are translated by the lens's map for that layer; the head after it is
+    # shared, so all layers' positions then go through one projection: large matrix products run
+    # near the machine's GEMM peak, many small ones do not.
     per_layer = [
-        torch.cat([pp.last[layer], *(states[layer] if states is not None else [])]) for layer in layers
+        (layer, torch.cat([pp.last[layer], *(states[layer] if states is not None else [])]))
+        for layer in layers
     ]
-    rows = per_layer[0].shape[0]
+    rows = per_layer[0][1].shape[0]
     targets = torch.cat([first_t, rest_t]).repeat(len(layers), 1)
-    logp = lm.anatomy.token_logprobs(torch.cat(per_layer), layers[-1], targets, max_elements).cpu().numpy()
+    logp = lens.token_logprobs(per_layer, targets, max_elements).cpu().numpy()
     scores = [ItemScores() for _ in batch]
     offsets = np.cumsum([0] + [len(c) - 1 for c in flat])
     b = len(batch)

@@ -242,7 +242,7 @@ class StageDef:
         if self.section is None:
             return True
         section = getattr(config, self.section)
-        return section is not None and section.enabled
+        return section is not None and section.enabled and section.runs(self.key)
 
     def build(self, config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, out: Path) -> Stage:
         module, name = self.builder.split(":")
@@ -278,6 +278,8 @@ STAGES: tuple[StageDef, ...] = (
              (("meta", None), ("languages", "fig1"))),
     StageDef("lens", "lens", "lens_summary.json", "lens", "crosslens.lens:job_stage", _items_x_languages,
              (("lens", "fig2"),)),
+    StageDef("tuned_lens", "lens_tuned", "lens_tuned_summary.json", "lens", "crosslens.lens:tuned_job_stage",
+             _items_x_languages, (("lens_tuned", "fig2_tuned"), (None, "fidelity"))),
     StageDef("pca", "pca", "pca_summary.json", "pca", "crosslens.pca:job_stage", _pca_items,
              ((None, "fig3"),)),
     StageDef("similarity", "similarity", "similarity_summary.json", "similarity",
