@@ -177,7 +177,6 @@ class TunedLensStage(LensStage):
             self._use(load_lens(parse_lens(f"tuned:{self.folder}"), self.lm))
 
 
-
 def _check_disjoint(lens: Lens, ds: ParallelDataset, item_ids: Sequence[str]) -> None:
     """Refuse to read a tuned lens on items whose text it was trained on."""
     if not isinstance(lens, TunedLens):
@@ -308,7 +307,8 @@ def _train_corpus(config: ExperimentConfig, job: Job) -> Any:
         other = load_dataset(d.name, d.languages, data_dir=d.data_dir, split=d.split, strict=d.strict)
         return corpus_from_dataset(other.require_items().limit(d.limit))
     full = load_full_dataset(config, job.index)
-    unread = [i for i in full.item_ids() if i not in set(job.data.item_ids())]
+    read = set(job.data.item_ids())
+    unread = [i for i in full.item_ids() if i not in read]
     if len(unread) < 2:
         raise LensError(
             f"lens.train: {job.data.name} has no items beyond the {len(job.data)} the run reads to train "
