@@ -267,40 +267,41 @@ def load_lens(spec: LensSpec | str, lm: LoadedModel) -> Lens:
     spec = parse_lens(spec) if isinstance(spec, str) else spec
     if spec.kind == "logit":
         return LogitLens(lm.anatomy)
+    folder, fmt = _folder(spec)
+    return _load_crosslens(folder, lm) if fmt == "crosslens" else _load_tuned_lens_project(folder, lm)
+
+
+def _folder(spec: LensSpec) -> tuple[Path, str]:
+    """A tuned lens's folder and its format (``crosslens`` or ``tuned-lens``), or one line saying why not."""
     if spec.path is None:
-        raise LensError(
-            "lens 'tuned' needs its folder: --lens tuned:LENS_DIR (train one with crosslens train-lens)"
-        )
+        raise LensError("lens 'tuned' needs its folder: tuned:LENS_DIR (train one with crosslens train-lens)")
     folder = spec.path
     if (folder / LENS_FILE).is_file():
-        return _load_crosslens(folder, lm)
+        return folder, "crosslens"
     if (folder / "config.json").is_file() and (folder / "params.pt").is_file():
-        return _load_tuned_lens_project(folder, lm)
+        return folder, "tuned-lens"
     raise LensError(
         f"{folder} holds no lens: expected {LENS_FILE} + {LENS_WEIGHTS} (crosslens train-lens) or "
         "config.json + params.pt (the tuned-lens project)"
     )
 
 
+def _tuned_lens_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LensError(f"cannot read {folder / 'config.json'}: {exc}") from None
+
+
 def precheck_lens(spec: LensSpec, n_layers: int | None) -> None:
     """Before the model loads: the folder holds a lens, made for a model of this depth (if known)."""
     if spec.kind == "logit":
         return
-    if spec.path is None:
-        raise LensError("lens 'tuned' needs its folder: tuned:LENS_DIR (train one with crosslens train-lens)")
-    folder = spec.path
-    if (folder / LENS_FILE).is_file():
+    folder, fmt = _folder(spec)
+    if fmt == "crosslens":
         depth = read_info(folder)["model"].get("n_layers")
-    elif (folder / "config.json").is_file() and (folder / "params.pt").is_file():
-        try:
-            depth = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
-        except (OSError, json.JSONDecodeError) as exc:
-            raise LensError(f"cannot read {folder / 'config.json'}: {exc}") from None
     else:
-        raise LensError(
-            f"{folder} holds no lens: expected {LENS_FILE} + {LENS_WEIGHTS} (crosslens train-lens) or "
-            "config.json + params.pt (the tuned-lens project)"
-        )
+        depth = _tuned_lens_config(folder).get("num_hidden_layers")
     if n_layers is not None and depth != n_layers:
         raise LensError(f"lens {folder} was made for a model of {depth} layers; this one has {n_layers}")
 
@@ -371,10 +372,7 @@ def _load_tuned_lens_project(folder: Path, lm: LoadedModel) -> TunedLens:
     """A lens saved by tuned-lens (``TunedLens.save``): translators 0..L-1 for hidden_states[0..L-1],
     which are crosslens layers 0..L-1. Read with ``weights_only=True``; anything but tensors is refused."""
     a = lm.anatomy
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LensError(f"cannot read {folder / 'config.json'}: {exc}") from None
+    config = _tuned_lens_config(folder)
     if config.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens" or not config.get("bias", True):
         raise LensError(f"{folder}: only tuned-lens's linear_tuned_lens with bias is supported")
     for key, here in (("d_model", a.d_model), ("num_hidden_layers", a.n_layers)):
