@@ -348,3 +348,21 @@ train_lens(tiny_model("llama"), TEXT, {str(tmp_path / "killed")!r}, QUICK, on_st
     resumed = train_lens(lm, TEXT, tmp_path / "killed", QUICK)
     whole = train_lens(lm, TEXT, tmp_path / "whole", QUICK)
     assert resumed.sha256 == whole.sha256
+
+
+def test_head_dtype_bfloat16_and_auto(tmp_path, monkeypatch, one_torch_thread):
+    """bfloat16 for the frozen head still trains below the logit lens (loss in float32); ``auto`` picks
+    bfloat16 only where the hardware multiplies it, and the lens records the dtype it used."""
+    import crosslens.lens_training as training
+
+    lm = tiny_model("gemma2")
+    bf16 = train_lens(
+        lm, TEXT, tmp_path / "bf16", TrainSettings(**{**QUICK.__dict__, "head_dtype": "bfloat16"})
+    )
+    assert all(bf16.info.val_kl["tuned"][k] < bf16.info.val_kl["logit"][k] for k in bf16.info.val_kl["tuned"])
+    assert bf16.info.training["settings"]["head_dtype"] == "bfloat16"
+    small = {**QUICK.__dict__, "tokens": 100, "head_dtype": "auto"}
+    for units, want in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(training, "bf16_units", lambda device, units=units: units)
+        lens = train_lens(lm, TEXT, tmp_path / want, TrainSettings(**small))
+        assert lens.info.training["settings"]["head_dtype"] == want
