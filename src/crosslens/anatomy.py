@@ -165,9 +165,11 @@ class Anatomy:
             logits = torch.einsum("nd,nkd->nk", hn.float(), w[rows].float())
             if bias is not None:
                 logits = logits + bias[rows].float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self.cap(logits)
+
+    def cap(self, logits: torch.Tensor) -> torch.Tensor:
+        """The final-logit softcap (Gemma 2), or the logits unchanged."""
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
 
     def token_logprobs(
         self, h: torch.Tensor, layer: int, targets: torch.Tensor, max_elements: int = 2**26

@@ -200,9 +200,7 @@ class _Head(nn.Module):
         a = self.anatomy
         hn = a.final_norm(h.to(a.unembed_weight.dtype))
         logits = nn.functional.linear(hn.to(self.weight.dtype), self.weight, self.bias).float()
-        if a.softcap:
-            logits = torch.tanh(logits / a.softcap) * a.softcap
-        return torch.log_softmax(logits, dim=-1)
+        return torch.log_softmax(a.cap(logits), dim=-1)
 
 
 @dataclass
@@ -231,11 +229,14 @@ def _positions(length: int, k: int, gen: torch.Generator) -> list[int]:
 def _step_batch(data: _Data, s: TrainSettings, step: int) -> tuple[list[list[int]], list[list[int]]]:
     """Documents and positions of training step ``step``: a function of (seed, step) alone."""
     n = len(data.train)
+    orders: dict[int, list[int]] = {}  # epoch -> its shuffle (a step spans at most two epochs)
     docs = []
     for j in range(step * s.batch, (step + 1) * s.batch):
         epoch, k = divmod(j, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 100003 + epoch)).tolist()
-        docs.append(data.train[order[k]])
+        if epoch not in orders:
+            gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)
+            orders[epoch] = torch.randperm(n, generator=gen).tolist()
+        docs.append(data.train[orders[epoch][k]])
     gen = torch.Generator().manual_seed(s.seed * 1000003 + step + 1)
     return docs, [_positions(len(d), s.positions, gen) for d in docs]
 
