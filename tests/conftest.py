@@ -25,6 +25,7 @@ CORPUS = [
     "问题：法国的首都是哪里？ 答案：巴黎",
     "Вопрос: Какая столица Франции? Ответ: Париж",
     "A: one B: two C: three D: four E: five Answer: A Answer: B Answer: C Answer: D Answer: E",
+    "F: six G: seven H: eight I: nine J: ten Answer: F Answer: G Answer: H Answer: I Answer: J",
 ] * 3
 
 SHARED_DATA = Path(

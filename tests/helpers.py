@@ -56,17 +56,16 @@ def toy_dataset(languages=("en", "de", "zh"), n: int | None = None) -> ParallelD
 def plain_label_logprobs(lm, prompt: str, label_ids: list[int]) -> np.ndarray:
     """The obvious implementation: one prompt, full forward, full logits, log-softmax."""
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
-        logits = lm.model(ids).logits[0, -1].float()
+    with torch.no_grad():  # logits_to_keep: the same logits, without projecting positions never read
+        logits = lm.model(ids, logits_to_keep=1).logits[0, -1].float()
     return logits.log_softmax(-1)[label_ids].numpy()
 
 
 def plain_continuation_logprobs(lm, prompt_ids: list[int], cont: list[int]) -> np.ndarray:
     ids = torch.tensor([list(prompt_ids) + list(cont)])
-    with torch.no_grad():
-        logp = lm.model(ids).logits[0].float().log_softmax(-1)
-    n = len(prompt_ids)
-    return np.array([logp[n - 1 + k, t].item() for k, t in enumerate(cont)])
+    with torch.no_grad():  # the logits of the last len(cont) + 1 positions: those predicting cont
+        logp = lm.model(ids, logits_to_keep=len(cont) + 1).logits[0].float().log_softmax(-1)
+    return np.array([logp[k, t].item() for k, t in enumerate(cont)])
 
 
 def kill_after_first_shard(cmd: list[str], records, timeout: float = 300) -> None:

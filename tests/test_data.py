@@ -196,7 +196,8 @@ def test_item_validates_itself():
 
 def test_list_datasets():
     infos = {i.name: i for i in list_datasets()}
-    names = "belebele mmmlu mhellaswag okapi-mmlu okapi-arc xstorycloze xcopa jsonl crosslens-mini"
+    names = "belebele mmmlu mhellaswag okapi-mmlu okapi-arc global-mmlu mmlu-prox xstorycloze xcopa jsonl "
+    names += "crosslens-mini"
     assert list(infos) == names.split()
     assert (
         infos["belebele"].pivot == "eng_Latn"
@@ -251,8 +252,8 @@ def test_crosslens_data_env_root(tmp_path, monkeypatch):
 
 def test_no_data_and_no_hub_loader(monkeypatch):
     monkeypatch.delenv("CROSSLENS_DATA", raising=False)
-    with pytest.raises(DataError, match=r"^okapi-mmlu: no data_dir given.*pass data_dir="):
-        load_dataset("okapi-mmlu")
+    with pytest.raises(DataError, match=r"^jsonl: no data_dir given.*pass data_dir="):
+        load_dataset("jsonl")
 
 
 def test_hub_without_datasets_library(monkeypatch):

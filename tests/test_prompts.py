@@ -55,8 +55,8 @@ def test_belebele_template_needs_a_passage():
 
 
 def test_labels():
-    assert labels(2) == ["A", "B"] and labels(5) == list("ABCDE")
-    for bad in (1, 6):
+    assert labels(2) == ["A", "B"] and labels(5) == list("ABCDE") and labels(10) == list("ABCDEFGHIJ")
+    for bad in (1, 11):
         with pytest.raises(ValueError):
             labels(bad)
 

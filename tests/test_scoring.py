@@ -162,3 +162,71 @@ def test_shared_prefixes_give_the_labels_of_separate_prompts(tiny):
         np.testing.assert_allclose(
             shared[i].label_logprobs[layers[-1]], plain_label_logprobs(tiny, prompt, labels[i]), atol=1e-4
         )
+
+
+def test_a_prefix_every_prompt_shares_is_encoded_once_and_changes_no_reading(tiny, monkeypatch):
+    """Few-shot prompts (one exemplar block, questions of different lengths) with answer texts:
+    labels and continuations at every layer as a plain forward of each whole prompt gives them,
+    for every family (tiny Gemma 3's 8-token sliding window is far shorter than these prompts)."""
+    import crosslens.scoring as scoring
+
+    block = (
+        "Q: Which is a colour? A: red B: dog Answer: A\n\nQ: Which is an animal? A: cat B: blue Answer: A\n\n"
+    )
+    questions = ["Which one swims?", "Name the one that flies over the sea at night?", "Which?"]
+    prompts = [f"{block}Q: {q} A: fish B: stone Answer:" for q in questions]
+    pids = [tiny.tokenizer(p).input_ids for p in prompts]
+    labels = [label_plan(tiny.tokenizer).for_n(2)] * len(prompts)
+    conts = [
+        [encode_continuation(tiny.tokenizer, p, ids, c)[0] for c in ("fish", "a stone")]
+        for p, ids in zip(prompts, pids)
+    ]
+    groups = scoring._share(pids)
+    assert len(groups) == 1 and sorted(groups[0][1]) == [0, 1, 2] and groups[0][0] >= SHARED_PREFIX_MIN
+    encoded: list[int] = []
+    real = scoring.prompt_pass
+    monkeypatch.setattr(
+        scoring, "prompt_pass", lambda lm, ps, *a, **k: encoded.append(len(ps)) or real(lm, ps, *a, **k)
+    )
+    layers = [0, 1, tiny.anatomy.n_layers]
+    got = dict(score_prompts(tiny, pids, layers, labels, conts, batch_size=2))
+    assert encoded == [1], "the shared block is encoded once for all three prompts (two chunks of 2 + 1)"
+    final = layers[-1]
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_allclose(
+            got[i].label_logprobs[final], plain_label_logprobs(tiny, prompt, labels[i]), atol=1e-4
+        )
+        for j, cont in enumerate(conts[i]):
+            np.testing.assert_allclose(
+                got[i].text_logprobs[final][j], plain_continuation_logprobs(tiny, pids[i], cont), atol=1e-4
+            )
+    if tiny.anatomy.model_type == "gemma3_text":
+        return  # right padding past its 8-token window is refused; its final layer is checked above
+    alone = dict(score_prompts(tiny, pids, layers, labels, conts, batch_size=1, padding_side="right"))
+    for i in range(len(prompts)):
+        for layer in layers:
+            np.testing.assert_allclose(
+                got[i].label_logprobs[layer], alone[i].label_logprobs[layer], atol=1e-4
+            )
+            for j in range(2):
+                np.testing.assert_allclose(
+                    got[i].text_logprobs[layer][j], alone[i].text_logprobs[layer][j], atol=1e-4
+                )
+
+
+def test_share_prefers_the_prefix_every_prompt_has_when_it_saves_more():
+    from crosslens.scoring import _share
+
+    block = list(range(100, 200))  # a 100-token exemplar block
+    passage_a, passage_b = list(range(300, 340)), list(range(400, 440))
+    prompts = [
+        block + passage_a + [1],
+        block + passage_a + [2],
+        block + passage_b + [3],
+        block + passage_b + [4],
+    ]
+    assert _share(prompts) == [(100, [0, 1, 2, 3])]  # saves 3 x 100 tokens, the pairs 2 x 140
+    head = list(range(100, 135))  # 35 tokens every prompt has, 80 each pair has
+    pa, pb = head + list(range(300, 345)), head + list(range(400, 445))
+    pairs = [pa + [1], pa + [2], pb + [3], pb + [4]]
+    assert _share(pairs) == [(80, [0, 1]), (80, [2, 3])]  # 2 x 80 saved beats 3 x 35

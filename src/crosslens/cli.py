@@ -6,7 +6,7 @@ import contextlib
 import errno
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +57,32 @@ PivotFile = Annotated[
 ]
 Pivot = Annotated[str | None, typer.Option(help="the English language code, if not the dataset's own")]
 Strict = Annotated[bool, typer.Option(help="fail on the first data problem instead of dropping the item")]
+ClozeNorm = Annotated[
+    str,
+    typer.Option(
+        help="full-answer score: log-prob per char, byte or token, pmi (minus the log-prob after an empty "
+        "prompt) or none (the total)"
+    ),
+]
+NumFewshot = Annotated[
+    int,
+    typer.Option(
+        min=0, help="exemplars with their answer letters before each question (same items in every language)"
+    ),
+]
+FewshotSplit = Annotated[
+    str | None,
+    typer.Option(
+        help="split the exemplars are drawn from (default: items beyond --limit, else held-out items)"
+    ),
+]
+ChatTemplate = Annotated[
+    bool,
+    typer.Option("--apply-chat-template", help="the prompt as the user turn of the model's chat template"),
+]
+SystemInstruction = Annotated[
+    str | None, typer.Option(help="a system turn (without a chat template: a paragraph before the prompt)")
+]
 SkipLong = Annotated[
     bool, typer.Option(help="leave out items longer than the model's context (default: refuse them)")
 ]
@@ -110,6 +136,15 @@ def _padding(side: str) -> str:
     return side
 
 
+def _cloze_norm(norm: str, allowed: Sequence[str] | None = None) -> str:
+    from crosslens.evaluate import CLOZE_NORMS
+
+    allowed = allowed or CLOZE_NORMS
+    if norm not in allowed:
+        raise typer.BadParameter(f"--cloze-norm must be one of {', '.join(allowed)}, got {norm!r}")
+    return norm
+
+
 def _device(device: str) -> str:
     from crosslens.models import check_device
 
@@ -143,6 +178,29 @@ def _inputs(key: str, model: str, device: str, dtype: str, out: Path, template: 
     ds = _dataset(*data)
     precheck(out, [key], model, dtype, ds, template)
     return ds, size
+
+
+def _shots(data: tuple, ds, k: int, split: str | None):
+    """Where ``k`` exemplars come from (checked before the model loads): ``split`` of the dataset,
+    the items beyond ``--limit``, or None (drawn from the evaluated items, which then skip them)."""
+    from crosslens.evaluate import fewshot_pool
+
+    if split is not None and not k:
+        raise typer.BadParameter("--fewshot-split needs --num-fewshot")
+    if not k:
+        return None
+    name, languages, data_dir, limit, own_split, strict, pivot_file, pivot = data
+    if split is not None:
+        return _dataset(name, languages, data_dir, None, split, strict, pivot_file, pivot)
+    pool = None
+    if limit is not None:
+        full = _dataset(name, languages, data_dir, None, own_split, strict, pivot_file, pivot)
+        pool = fewshot_pool(full, ds, k)
+    if pool is None and k >= len(ds):
+        raise typer.BadParameter(
+            f"--num-fewshot {k} leaves no item to evaluate ({len(ds)} aligned items); use --fewshot-split"
+        )
+    return pool
 
 
 def _loaded(model: str, device: str, dtype: str, ds, template: str | None, skip_long: bool):
@@ -260,14 +318,14 @@ def datasets() -> None:
     """List datasets, their languages and where they load from."""
     from crosslens.data import list_datasets
 
-    table = Table()
-    for col in ("name", "pivot", "languages", "loads from"):
-        table.add_column(col)
     for info in list_datasets():
-        langs = ", ".join(info.languages) if info.languages else "(any)"
-        # Sources hold brackets ("mmlu/okapi/[dev|val]"): cells are plain text, not rich markup.
-        table.add_row(*(escape(cell) for cell in (info.name, str(info.pivot), langs, info.source)))
-    out_console.print(table)
+        langs = ", ".join(info.languages) if info.languages else "(any the folder holds)"
+        splits = ", ".join(info.splits) + " (default first)" if info.splits else "–"
+        # Sources hold brackets ("data_dir[/test]"): plain text, not rich markup.
+        out_console.print(f"[bold]{info.name}[/bold]  {escape(info.description)}", highlight=False)
+        for key, value in (("pivot", str(info.pivot)), ("splits", splits), ("languages", langs),
+                           ("loads from", info.source)):  # fmt: skip
+            out_console.print(f"  {key}: {escape(value)}", highlight=False)
 
 
 @app.command()
@@ -314,22 +372,33 @@ def eval_cmd(
     split: Split = None,
     padding_side: Padding = "left",
     no_cloze: Annotated[bool, typer.Option("--no-cloze", help="skip full-answer (cloze) scoring")] = False,
+    cloze_norm: ClozeNorm = "char",
+    num_fewshot: NumFewshot = 0,
+    fewshot_split: FewshotSplit = None,
+    apply_chat_template: ChatTemplate = False,
+    system_instruction: SystemInstruction = None,
     strict: Strict = False,
     pivot_file: PivotFile = None,
     pivot: Pivot = None,
     skip_long: SkipLong = False,
     seed: int = 0,
 ) -> None:
-    """Zero-shot letter-choice (and cloze) evaluation with consistency and transfer (paper Table 1)."""
+    """Letter-choice (and cloze) evaluation with consistency and transfer (paper Table 1)."""
     from crosslens.evaluate import EvalOptions, eval_stage
 
     _padding(padding_side)
+    _cloze_norm(cloze_norm)
     _model(model)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     ds, size = _inputs("eval", model, device, dtype, out, template, batch_size, data)
+    shots = _shots(data, ds, num_fewshot, fewshot_split)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
-    opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side, cloze=not no_cloze)
-    _print_eval(_run(eval_stage(lm, ds, out, opts=opts, seed=seed), "eval"))
+    opts = EvalOptions(
+        template=template, batch_size=size, padding_side=padding_side, cloze=not no_cloze,
+        cloze_norm=cloze_norm, num_fewshot=num_fewshot, apply_chat_template=apply_chat_template,
+        system_instruction=system_instruction,
+    )  # fmt: skip
+    _print_eval(_run(eval_stage(lm, ds, out, opts=opts, seed=seed, shots_from=shots), "eval"))
 
 
 @app.command()
@@ -376,6 +445,10 @@ def lens(
         list[str] | None,
         typer.Option("--lens", help="logit or tuned:LENS_DIR (repeat to read through several)"),
     ] = None,
+    num_fewshot: NumFewshot = 0,
+    fewshot_split: FewshotSplit = None,
+    apply_chat_template: ChatTemplate = False,
+    system_instruction: SystemInstruction = None,
 ) -> None:
     """Lens readings: native vs English answer probabilities per layer, latent accuracy, Table 2."""
     from crosslens.anatomy import paper_layers
@@ -395,11 +468,16 @@ def lens(
     keys = ["lens" if s.kind == "logit" else "tuned_lens" for s in specs]
     ds, size = _inputs(keys[0], model, device, dtype, out, template, batch_size, data)
     _precheck(out, keys[1:], model, dtype, ds, template)
+    shots = _shots(data, ds, num_fewshot, fewshot_split)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or paper_layers(lm.anatomy.n_layers, every)
-    opts = EvalOptions(template=template, batch_size=size, padding_side=padding_side)
+    opts = EvalOptions(
+        template=template, batch_size=size, padding_side=padding_side, num_fewshot=num_fewshot,
+        apply_chat_template=apply_chat_template, system_instruction=system_instruction,
+    )  # fmt: skip
     stages = [
-        lens_stage(lm, ds, out, layers=chosen, opts=opts, seed=seed, lens=load_lens(s, lm)) for s in specs
+        lens_stage(lm, ds, out, layers=chosen, opts=opts, seed=seed, lens=load_lens(s, lm), shots_from=shots)
+        for s in specs
     ]
     for stage in stages:
         stage.check()
@@ -643,6 +721,9 @@ def steer(
         str, typer.Option(help="where gamma * v is added: last (the paper's), all, or last,all")
     ] = "last",
     cloze: Annotated[bool, typer.Option(help="also score the full answer texts under steering")] = True,
+    cloze_norm: Annotated[
+        str, typer.Option(help="full-answer score: log-prob per char, byte or token, or none (the total)")
+    ] = "char",
     data_dir: DataDir = None,
     languages: Languages = None,
     limit: Limit = None,
@@ -659,7 +740,7 @@ def steer(
 ) -> None:
     """Cross-lingual activation steering sweep over layers and gammas (Figs. 4, 5, 7-11)."""
     from crosslens.evaluate import EvalOptions
-    from crosslens.steering import POSITIONS, check_gammas, steer_stage
+    from crosslens.steering import POSITIONS, STEER_CLOZE_NORMS, check_gammas, steer_stage
 
     gamma_list = _numbers(gammas, "--gammas", float)
     if not gamma_list:
@@ -675,6 +756,7 @@ def steer(
     bad = [p for p in where if p not in POSITIONS]
     if bad or not where:
         raise typer.BadParameter(f"--positions must be last, all or last,all; got {positions!r}")
+    _cloze_norm(cloze_norm, STEER_CLOZE_NORMS)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     ds, size = _inputs("steer", model, device, dtype, out, template, batch_size, data)
     if n_vectors >= len(ds):
@@ -682,7 +764,7 @@ def steer(
             f"--n-vectors {n_vectors} leaves no items to evaluate ({len(ds)} aligned items)"
         )
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
-    opts = EvalOptions(template=template, batch_size=size, cloze=cloze)
+    opts = EvalOptions(template=template, batch_size=size, cloze=cloze, cloze_norm=cloze_norm)
     stage = steer_stage(
         lm, ds, out, ds.languages, layer_list, gamma_list, n_vectors, seed, opts, controls, where
     )
@@ -746,6 +828,7 @@ def neurons(
     ] = 0.95,
     n_boot: Annotated[int, typer.Option(min=0, help="bootstrap replicates for the paired CIs")] = 1000,
     cloze: Annotated[bool, typer.Option(help="also score the full answer texts")] = True,
+    cloze_norm: ClozeNorm = "char",
     data_dir: DataDir = None,
     languages: Languages = None,
     limit: Limit = None,
@@ -769,6 +852,7 @@ def neurons(
         check_rates(top_rate, filter_rate, activation_bar)
     except ValueError as exc:
         raise typer.BadParameter(f"--{str(exc).replace('_', '-')}") from None
+    _cloze_norm(cloze_norm)
     _model(model)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     ds, size = _inputs("neurons", model, device, dtype, out, template, batch_size, data)
@@ -783,7 +867,7 @@ def neurons(
             f"--n-text-items {n_text_items} leaves no items to evaluate ({len(ds)} aligned items)"
         )
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
-    opts = EvalOptions(template=template, batch_size=size, cloze=cloze)
+    opts = EvalOptions(template=template, batch_size=size, cloze=cloze, cloze_norm=cloze_norm)
     stage = neuron_stage(
         lm, ds, out, targets, n_text_items, top_rate, filter_rate, activation_bar, n_boot, seed, opts
     )

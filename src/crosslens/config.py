@@ -74,6 +74,7 @@ class DatasetConfig(_Section):
     pivot: str | None = None  # the English code, where the dataset's own is not the one wanted (jsonl)
     pivot_file: Path | None = None  # English items for datasets that ship none (xcopa, okapi-arc, jsonl)
     strict: bool = False  # fail on the first data problem instead of dropping the item
+    fewshot_split: str | None = None  # the split few-shot exemplars come from (default: unread items)
 
 
 class EveryLayers(_Section):
@@ -265,6 +266,13 @@ class ExperimentConfig(_Section):
     output: Path = Path("runs")
     chunk_size: Annotated[int, Field(ge=1)] = 32
     cloze: bool = True  # also score the full answer texts (the --no-cloze of the CLI turns it off)
+    cloze_norm: Literal["char", "byte", "token", "pmi", "none"] = "char"  # how full answers are ranked
+    # Prompts as lm-eval users run them (the evaluation and the lens; see docs/prompts.md):
+    num_fewshot: Annotated[int, Field(ge=0)] = (
+        0  # exemplars with their answers, the same items in every language
+    )
+    apply_chat_template: bool = False  # the prompt as the user turn of the model's chat template
+    system_instruction: str | None = None  # a system turn (without a chat template: a paragraph before)
     skip_long: bool = False  # leave out items longer than a model's context (default: refuse them)
     padding_side: Literal["left", "right"] = "left"
     ray: RayConfig = RayConfig()
@@ -282,6 +290,48 @@ class ExperimentConfig(_Section):
         if v and info.data.get("device") != "auto":
             raise ValueError("is only used with device: auto (which splits a model across devices)")
         return v
+
+    @model_validator(mode="after")
+    def _steering_without_pmi(self) -> ExperimentConfig:
+        from crosslens.steering import STEER_CLOZE_NORMS
+
+        if self.steering_enabled and self.cloze and self.cloze_norm not in STEER_CLOZE_NORMS:
+            raise ValueError(
+                f"cloze_norm: steering normalises full answers by {', '.join(STEER_CLOZE_NORMS)}, "
+                f"not {self.cloze_norm!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _prompts_for_eval_and_lens(self) -> ExperimentConfig:
+        asked = [
+            key
+            for key, on in (
+                ("num_fewshot", self.num_fewshot),
+                ("apply_chat_template", self.apply_chat_template),
+                ("system_instruction", self.system_instruction is not None),
+            )
+            if on
+        ]
+        others = [
+            name
+            for name, section in (
+                ("pca", self.pca),
+                ("similarity", self.similarity),
+                ("steering", self.steering),
+                ("neurons", self.neurons),
+            )
+            if section is not None and section.enabled
+        ]
+        if asked and others:
+            raise ValueError(
+                f"{asked[0]} shapes the prompts of the evaluation and the lens only; set {others[0]}.enabled "
+                "to false (or run it in an experiment of its own with zero-shot prompts)"
+            )
+        for i, d in enumerate(self.datasets):
+            if d.fewshot_split is not None and not self.num_fewshot:
+                raise ValueError(f"datasets[{i}].fewshot_split is set but num_fewshot is 0")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -316,6 +366,10 @@ class ExperimentConfig(_Section):
             padding_side=self.padding_side,
             chunk_size=self.chunk_size,
             cloze=self.cloze,
+            cloze_norm=self.cloze_norm,
+            num_fewshot=self.num_fewshot,
+            apply_chat_template=self.apply_chat_template,
+            system_instruction=self.system_instruction,
         )
 
     def resolved_batch_size(self) -> int:
@@ -476,10 +530,13 @@ def _check_dataset(ds: DatasetConfig, where: str, known: dict[str, Any]) -> list
                     f"{where}.languages: {ds.name} has no language {lang!r}{hint}; "
                     f"it has {', '.join(info.languages)}"
                 )
-    if ds.split is not None and ds.split not in info.splits:
-        raise ConfigError(
-            f"{where}.split: {ds.name} has no split {ds.split!r} (splits: {', '.join(info.splits) or 'none'})"
-        )
+    for key in ("split", "fewshot_split"):
+        split = getattr(ds, key, None)
+        if split is not None and split not in info.splits:
+            raise ConfigError(
+                f"{where}.{key}: {ds.name} has no split {split!r} "
+                f"(splits: {', '.join(info.splits) or 'none'})"
+            )
     if ds.data_dir is not None and not ds.data_dir.expanduser().exists():
         raise ConfigError(f"{where}.data_dir: {ds.data_dir}: no such file or folder")
     if ds.pivot_file is not None and not ds.pivot_file.expanduser().is_file():

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from crosslens.loaders import Sources, Table
 
 __all__ = [
+    "LETTERS",
     "DataError",
     "DatasetInfo",
     "Item",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+LETTERS = "ABCDEFGHIJ"  # answer labels: up to 10 choices (MMLU-Pro / MMLU-ProX)
 
 
 class DataError(ValueError):
@@ -52,12 +56,14 @@ class Item:
     choices: tuple[str, ...]
     gold: int
     context: str | None = None
+    tags: tuple[str, ...] = ()  # e.g. Global-MMLU's culturally sensitive (CS) / agnostic (CA) label
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", tuple(self.tags))
         object.__setattr__(self, "choices", tuple(self.choices))
         n = len(self.choices)
-        if not 2 <= n <= 5:
-            raise DataError(f"expected 2 to 5 choices, got {n}")
+        if not 2 <= n <= len(LETTERS):
+            raise DataError(f"expected 2 to {len(LETTERS)} choices, got {n}")
         for what, text in (
             ("item id", self.item_id),
             ("language", self.language),
@@ -81,6 +87,8 @@ class Item:
         and item id is never mistaken for the data the results were computed on.
         """
         fields = [self.item_id, self.language, self.context, self.question, list(self.choices), self.gold]
+        if self.tags:  # untagged items keep the digests of the results made before tags existed
+            fields.append(list(self.tags))
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -108,6 +116,10 @@ class ParallelDataset:
         """The aligned item ids, in the order shared by every language."""
         first = next(iter(self.items.values()), [])
         return [it.item_id for it in first]
+
+    def max_choices(self) -> int:
+        """The most answer choices any item has (how many answer letters are read)."""
+        return max((len(it.choices) for items in self.items.values() for it in items), default=2)
 
     def item(self, language: str, item_id: str) -> Item:
         if language not in self._index:
@@ -197,6 +209,11 @@ def _specs() -> dict[str, _Spec]:
         )
 
     okapi = "ar bn ca da de es eu fr gu hi hr hu hy id it kn ml mr ne nl pt ro ru sk sr sv ta te uk vi zh"
+    gmmlu = (
+        "am ar bn cs de el en es fa fil fr ha he hi id ig it ja ko ky lt mg ms ne nl ny pl pt ro ru si "
+        "sn so sr sv sw te tr uk vi yo zh"
+    )
+    prox = "af ar bn cs de en es fr hi hu id it ja ko mr ne pt ru sr sw te th uk ur vi wo yo zh zu"
     mmmlu = "EN_US AR_XY BN_BD DE_DE ES_LA FR_FR HI_IN ID_ID IT_IT JA_JP KO_KR PT_BR SW_KE YO_NG ZH_CN"
     specs = [
         _Spec(
@@ -215,20 +232,35 @@ def _specs() -> dict[str, _Spec]:
         _Spec(
             info("mhellaswag", f"en {okapi}", "en", "mhellaswag", "",
                  "Okapi machine-translated HellaSwag validation set, English from the original HellaSwag",
-                 "data_dir/<lang>_validation.json + data_dir/hellaswag_val.jsonl"),
-            L.mhellaswag_files, folders=("mhellaswag",),
+                 "data_dir/<lang>_validation.json + data_dir/hellaswag_val.jsonl, "
+                 "else Hub alexandrainst/m_hellaswag + Rowan/hellaswag"),
+            L.mhellaswag_files, hub=L.mhellaswag_hub, folders=("mhellaswag",),
         ),
         _Spec(
             info("okapi-mmlu", f"en {okapi}", "en", "generic", "val dev test",
                  "Okapi machine-translated MMLU (ids subject/split/row), English from Hendrycks MMLU CSVs",
-                 "data_dir[/okapi]/<lang>_<split>.json + data_dir/<split>/<subject>_<split>.csv"),
-            L.okapi_mmlu_files, folders=("okapi-mmlu", "mmlu"),
+                 "data_dir[/okapi]/<lang>_<split>.json + data_dir/<split>/<subject>_<split>.csv, "
+                 "else Hub alexandrainst/m_mmlu + cais/mmlu"),
+            L.okapi_mmlu_files, hub=L.okapi_mmlu_hub, folders=("okapi-mmlu", "mmlu"),
         ),
         _Spec(
             info("okapi-arc", f"en {okapi}", "en", "generic", "test val train",
                  "Okapi machine-translated ARC; English only from a user-supplied en_<split>.json",
-                 "data_dir/<lang>_<split>.json"),
-            L.okapi_arc_files, pivot_reader=L.read_okapi, folders=("okapi-arc",),
+                 "data_dir/<lang>_<split>.json, else Hub alexandrainst/m_arc"),
+            L.okapi_arc_files, hub=L.okapi_arc_hub, pivot_reader=L.read_okapi, folders=("okapi-arc",),
+        ),
+        _Spec(
+            info("global-mmlu", gmmlu, "en", "generic", "test dev",
+                 "Global-MMLU: MMLU in 42 languages (professional, community and machine translations), "
+                 "culturally sensitive (CS) / agnostic (CA) tags", "data_dir/<lang>/<split>-*.parquet, "
+                 "else Hub CohereLabs/Global-MMLU"),
+            L.global_mmlu_files, hub=L.global_mmlu_hub, folders=("global-mmlu",),
+        ),
+        _Spec(
+            info("mmlu-prox", prox, "en", "generic", "test validation",
+                 "MMLU-ProX: MMLU-Pro in 29 languages, up to 10 choices (letters A-J)",
+                 "data_dir/<lang>/<split>-*.parquet, else Hub li-lab/MMLU-ProX"),
+            L.mmlu_prox_files, hub=L.mmlu_prox_hub, folders=("mmlu-prox",),
         ),
         _Spec(
             info("xstorycloze", "en ar es eu hi id my ru sw te zh", "en", "generic", "eval train",
@@ -412,7 +444,7 @@ def _align(
             if len(it.choices) != len(r.choices):
                 problem = f"{len(it.choices)} choices, but {len(r.choices)} in {reference}"
             elif it.gold != r.gold:
-                problem = f"answer {'ABCDE'[it.gold]}, but {'ABCDE'[r.gold]} in {reference}"
+                problem = f"answer {LETTERS[it.gold]}, but {LETTERS[r.gold]} in {reference}"
             else:
                 continue
             if strict:

@@ -32,11 +32,11 @@ from scipy.special import logsumexp
 from crosslens import __version__, metrics
 from crosslens.anatomy import paper_layers
 from crosslens.data import ParallelDataset
-from crosslens.evaluate import RECORDS, EvalOptions, data_fingerprint, label_fields
+from crosslens.evaluate import RECORDS, EvalOptions, build_prompter, data_fingerprint, held_out, label_fields
 from crosslens.lenses import Lens, LensError, TunedLens, load_lens, parse_lens
 from crosslens.models import LoadedModel
-from crosslens.prompts import Template, get_template, render
-from crosslens.scoring import LabelPlan, encode_continuation, label_plan, score_prompts
+from crosslens.prompts import Prompter
+from crosslens.scoring import LabelPlan, encode_continuation, prompt_label_plan, score_prompts
 from crosslens.stages import Stage, Unit, plan_units, run_stage
 from crosslens.store import Store
 
@@ -69,7 +69,7 @@ class LensStage(Stage):
     """Lens records of one dataset: native, English and label scores read at every lens layer."""
 
     lm: LoadedModel
-    template: Template
+    prompter: Prompter
     plan: LabelPlan
     opts: EvalOptions
     languages: list[str]
@@ -83,10 +83,14 @@ class LensStage(Stage):
     def rows(self, unit: Unit) -> pd.DataFrame:
         tok, ds, opts, layers = self.lm.tokenizer, self.ds, self.opts, list(unit.settings)
         items = [ds.item(unit.language, i) for i in unit.item_ids]
-        prompts = [render(it, self.template) for it in items]
-        pids = [tok(p).input_ids for p in prompts]
+        prompter = self.prompter
+        prompts = [prompter.text(it) for it in items]
+        pids = [prompter.ids(p) for p in prompts]
         conts = [
-            [encode_continuation(tok, p, pid, c)[0] for c in (*it.choices, *ds.english_choices(it.item_id))]
+            [
+                encode_continuation(tok, p, pid, c, prompter.answer_sep, not prompter.chat)[0]
+                for c in (*it.choices, *ds.english_choices(it.item_id))
+            ]
             for it, p, pid in zip(items, prompts, pids)
         ]
         labels = [self.plan.for_n(len(it.choices)) for it in items]
@@ -201,11 +205,12 @@ def lens_stage(
     opts: EvalOptions = EvalOptions(),
     seed: int = 0,
     lens: Lens | str = "logit",
+    shots_from: ParallelDataset | None = None,
 ) -> LensStage:
     """The readings of ``lens`` (a :class:`Lens` or ``logit`` / ``tuned:PATH``) of ``lm`` on ``ds``
-    into ``out``, planned but not run."""
+    into ``out``, planned but not run (``shots_from``: see :func:`~crosslens.evaluate.eval_stage`)."""
     lens = load_lens(lens, lm) if isinstance(lens, str) else lens
-    stage = _plan(lm, ds, out, languages, layers, opts, seed, lens.kind)
+    stage = _plan(lm, ds, out, languages, layers, opts, seed, lens.kind, shots_from)
     stage._use(lens)
     return stage
 
@@ -219,6 +224,7 @@ def _plan(
     opts: EvalOptions,
     seed: int,
     kind: str,
+    shots_from: ParallelDataset | None = None,
     **train: Any,
 ) -> LensStage:
     """A lens stage without its lens yet (``train``: the :class:`TunedLensStage` fields)."""
@@ -228,8 +234,8 @@ def _plan(
         )
     languages = list(languages or ds.languages)
     layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
-    template = get_template(opts.template or ds.template)
-    plan = label_plan(lm.tokenizer)
+    prompter = build_prompter(lm, ds, languages, opts, seed, shots_from)
+    plan = prompt_label_plan(prompter, max(5, ds.max_choices()))
     missing_pivot = [i for i in ds.item_ids() if ds.english_choices(i) is None]
     meta = {
         "model": lm.describe(),
@@ -244,12 +250,20 @@ def _plan(
         ds=ds,
         table=lens_table(kind),
         store=Store(out),
-        fingerprint=data_fingerprint(lm, ds, template) | {"label_form": plan.form},
+        fingerprint=data_fingerprint(lm, ds, prompter.template)
+        | prompter.fingerprint()
+        | {"label_form": plan.form},
         meta=meta,
-        units=plan_units(ds, languages, opts.chunk_size, exclude=missing_pivot, settings=layers),
+        units=plan_units(
+            ds,
+            languages,
+            opts.chunk_size,
+            exclude=missing_pivot + held_out(prompter, shots_from),
+            settings=layers,
+        ),
         setting_columns=("layer",),
         lm=lm,
-        template=template,
+        prompter=prompter,
         plan=plan,
         opts=opts,
         languages=languages,
@@ -262,7 +276,8 @@ def job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: Job, ou
     """The logit lens of one model x dataset of an experiment (registry builder)."""
     layers = config.lens_layers(lm.anatomy.n_layers)
     ds = job.data
-    return lens_stage(lm, ds, out, ds.languages, layers, config.eval_options(job.index), config.seed)
+    opts = config.eval_options(job.index)
+    return lens_stage(lm, ds, out, ds.languages, layers, opts, config.seed, shots_from=job.shots)
 
 
 TUNED_FOLDER = "tuned_lens"  # where ``crosslens run`` trains a model x dataset's own tuned lens
@@ -276,7 +291,7 @@ def tuned_job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: J
     layers = config.lens_layers(lm.anatomy.n_layers)
     ds, opts, entry, train = job.data, config.eval_options(job.index), config.lens.tuned, config.lens.train
     if train is None:
-        return lens_stage(lm, ds, out, ds.languages, layers, opts, config.seed, str(entry))
+        return lens_stage(lm, ds, out, ds.languages, layers, opts, config.seed, str(entry), job.shots)
     folder = out / TUNED_FOLDER
     settings = train.settings([ell for ell in layers if ell < lm.anatomy.n_layers], config.seed)
 
@@ -284,7 +299,17 @@ def tuned_job_stage(config: ExperimentConfig, lm: LoadedModel, spec: str, job: J
         return train_lens(lm, _train_corpus(config, job), folder, settings)
 
     stage = _plan(
-        lm, ds, out, ds.languages, layers, opts, config.seed, "tuned", folder=folder, train=run_training
+        lm,
+        ds,
+        out,
+        ds.languages,
+        layers,
+        opts,
+        config.seed,
+        "tuned",
+        job.shots,
+        folder=folder,
+        train=run_training,
     )
     if (folder / "lens.json").is_file():  # finished: reused if trained as configured, else refused
         stage._use(run_training())

@@ -20,12 +20,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crosslens.data import DataError, Item
+from crosslens.data import LETTERS, DataError, Item
 
 Sources = dict[str, Callable[[], "Table"]]
 """Language code -> a function that reads that language's items."""
-
-_LETTERS = "ABCDE"
 
 
 @dataclass
@@ -80,7 +78,7 @@ class _Row:
 
     def letter(self, key: str, n: int) -> int:
         value = self.value(key)
-        allowed = _LETTERS[:n]
+        allowed = LETTERS[:n]
         if not isinstance(value, str) or value.strip() not in allowed:
             raise self.error(f"field {key!r} must be one of {', '.join(allowed)}, got {value!r}")
         return allowed.index(value.strip())
@@ -226,7 +224,9 @@ def _hub_rows(repo: str, config: str | None, split: str) -> Iterator[_Row]:
     return (_Row(raw, f"hub {repo}/{config}/{split} row {k}") for k, raw in enumerate(rows))
 
 
-def _hub_table(repo: str, config: str, split: str, language: str, parse: Callable[[_Row], Item]) -> Table:
+def _hub_table(
+    repo: str, config: str | None, split: str, language: str, parse: Callable[[_Row], Item]
+) -> Table:
     return _table(language, f"hub {repo}/{config}/{split}", _hub_rows(repo, config, split), parse)
 
 
@@ -337,15 +337,19 @@ def mmmlu_files(root: Path, split: str | None, dataset: str) -> Sources:
     return sources
 
 
-def _cais_mmlu_item(row: _Row, counts: dict[str, int], dataset: str) -> Item:
+def _cais_mmlu_item(
+    row: _Row, counts: dict[str, int], dataset: str, split: str = "test", language: str = "EN_US"
+) -> Item:
+    """A row of cais/mmlu ``all``; id ``<subject>/<split>/<k>`` for the k-th row of its subject, the
+    row of the Hendrycks CSV (the Hub keeps subjects in file order)."""
     subject = row.text("subject")
     counts[subject] = counts.get(subject, -1) + 1
-    row.item_id = f"{subject}/test/{counts[subject]}"
+    row.item_id = f"{subject}/{split}/{counts[subject]}"
     choices = row.value("choices")
     return row.item(
         dataset=dataset,
         item_id=row.item_id,
-        language="EN_US",
+        language=language,
         question=row.text("question"),
         choices=tuple(choices),
         gold=row.integer("answer"),
@@ -402,6 +406,37 @@ def okapi_arc_files(root: Path, split: str | None, dataset: str) -> Sources:
     return {lang: partial(read_okapi, path, lang, dataset) for lang, path in files.items()}
 
 
+# The Okapi sets on the Hub (alexandrainst/m_mmlu, m_arc, m_hellaswag: what lm-eval's okapi tasks
+# load) name their splits differently from the Okapi release files.
+_OKAPI_HUB_SPLITS = {"okapi-mmlu": {"dev": "train", "val": "val", "test": "test"},
+                     "okapi-arc": {"train": "train", "val": "validation", "test": "test"}}  # fmt: skip
+_CAIS_SPLITS = {"dev": "dev", "val": "validation", "test": "test"}
+
+
+def _okapi_hub(repo: str, split: str, dataset: str) -> Sources:
+    hub_split = _OKAPI_HUB_SPLITS[dataset][split]
+    return {
+        lang: partial(
+            _hub_table, repo, lang, hub_split, lang, partial(_okapi_item, language=lang, dataset=dataset)
+        )
+        for lang in _hub_configs(repo, r"[a-z]{2,3}")
+        if lang != "en"
+    }
+
+
+def okapi_mmlu_hub(split: str | None, dataset: str) -> Sources:
+    """alexandrainst/m_mmlu, ids ``<subject>/<split>/<N>`` as in the release; English from cais/mmlu."""
+    sources = _okapi_hub("alexandrainst/m_mmlu", str(split), dataset)
+    cais = partial(_cais_mmlu_item, counts={}, dataset=dataset, split=str(split), language="en")
+    sources["en"] = partial(_hub_table, "cais/mmlu", "all", _CAIS_SPLITS[str(split)], "en", cais)
+    return sources
+
+
+def okapi_arc_hub(split: str | None, dataset: str) -> Sources:
+    """alexandrainst/m_arc (no English: give pivot_file, as with the release files)."""
+    return _okapi_hub("alexandrainst/m_arc", str(split), dataset)
+
+
 # ---------------------------------------------------------------- HellaSwag
 
 
@@ -437,6 +472,130 @@ def mhellaswag_files(root: Path, split: str | None, dataset: str) -> Sources:
             raise DataError(f"{root}: two files for language 'en': {files['en'].name}, {english.name}")
         files["en"] = english
     return {lang: partial(read_hellaswag, path, lang, dataset) for lang, path in files.items()}
+
+
+def mhellaswag_hub(split: str | None, dataset: str) -> Sources:
+    """alexandrainst/m_hellaswag (split ``val``); English from the original Rowan/hellaswag validation."""
+    repo = "alexandrainst/m_hellaswag"
+    sources: Sources = {
+        lang: partial(
+            _hub_table, repo, lang, "val", lang, partial(_hellaswag_item, language=lang, dataset=dataset)
+        )
+        for lang in _hub_configs(repo, r"[a-z]{2,3}")
+        if lang != "en"
+    }
+    english = partial(_hellaswag_item, language="en", dataset=dataset)
+    sources["en"] = partial(_hub_table, "Rowan/hellaswag", None, "validation", "en", english)
+    return sources
+
+
+# ---------------------------------------------------------------- Global-MMLU, MMLU-ProX (Hub parquet layout)
+
+
+def _parquet_rows(paths: list[Path]) -> Iterator[_Row]:
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow's ArrowInvalid and OSError: a truncated or foreign file
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+        for k, raw in enumerate(table.to_pylist()):
+            yield _Row(raw, f"{path} row {k}")
+
+
+def _parquet_sources(
+    root: Path, split: str, what: str, parse: Callable[[_Row, str, str], Item], dataset: str
+) -> Sources:
+    """``<root>/<lang>/<split>[-NNNNN-of-NNNNN].parquet`` (a Hub repo's files) -> one reader per language."""
+    if root.is_file():
+        raise DataError(f"{root}: expected a folder holding {what}")
+    shards: dict[str, list[Path]] = {}
+    for path in sorted(root.glob("*/*.parquet")):
+        if re.fullmatch(rf"{re.escape(split)}(-\d+-of-\d+)?\.parquet", path.name):
+            shards.setdefault(path.parent.name, []).append(path)
+    if not shards:
+        raise DataError(f"{root}: no {what} found (<lang>/{split}-*.parquet)")
+
+    def read(lang: str) -> Table:
+        return _table(
+            lang,
+            str(root / lang),
+            _parquet_rows(shards[lang]),
+            partial(parse, language=lang, dataset=dataset),
+        )
+
+    return {lang: partial(read, lang) for lang in shards}
+
+
+_GLOBAL_MMLU_TAGS = ("CA", "CS")  # culturally agnostic / culturally sensitive (2,850 annotated questions)
+
+
+def _global_mmlu_item(row: _Row, language: str, dataset: str) -> Item:
+    row.item_id = row.text("sample_id").strip()
+    label = row.raw.get("cultural_sensitivity_label")
+    tags = (label.strip(),) if isinstance(label, str) and label.strip() in _GLOBAL_MMLU_TAGS else ()
+    return row.item(
+        dataset=dataset,
+        item_id=row.item_id,
+        language=language,
+        question=row.text("question"),
+        choices=tuple(row.text(f"option_{c}") for c in "abcd"),
+        gold=row.letter("answer", 4),
+        tags=tags,
+    )
+
+
+def global_mmlu_files(root: Path, split: str | None, dataset: str) -> Sources:
+    """CohereLabs/Global-MMLU's files: ``<lang>/<split>-*.parquet``; id = ``sample_id``."""
+    return _parquet_sources(root, str(split), "Global-MMLU files", _global_mmlu_item, dataset)
+
+
+def global_mmlu_hub(split: str | None, dataset: str) -> Sources:
+    repo = "CohereLabs/Global-MMLU"
+    return {
+        lang: partial(
+            _hub_table,
+            repo,
+            lang,
+            str(split),
+            lang,
+            partial(_global_mmlu_item, language=lang, dataset=dataset),
+        )
+        for lang in _hub_configs(repo, r"[a-z]{2,3}")
+    }
+
+
+def _mmlu_prox_item(row: _Row, language: str, dataset: str) -> Item:
+    row.item_id = str(row.integer("question_id"))
+    given = [row.raw.get(f"option_{k}") for k in range(len(LETTERS))]
+    present = [isinstance(x, str) and x.strip() not in ("", "N/A") for x in given]
+    n = present.index(False) if False in present else len(present)
+    if any(present[n:]):
+        raise row.error(f"option_{present.index(True, n)} follows an empty option_{n}")
+    choices = tuple(row.text(f"option_{k}") for k in range(n))
+    gold = row.letter("answer", n)
+    if row.has("answer_index") and row.integer("answer_index") != gold:
+        raise row.error(
+            f"answer {row.value('answer')!r} and answer_index {row.value('answer_index')} disagree"
+        )
+    return row.item(dataset=dataset, item_id=row.item_id, language=language, question=row.text("question"),
+                    choices=choices, gold=gold)  # fmt: skip
+
+
+def mmlu_prox_files(root: Path, split: str | None, dataset: str) -> Sources:
+    """li-lab/MMLU-ProX's files: ``<lang>/<split>-*.parquet``; up to 10 options; id = ``question_id``."""
+    return _parquet_sources(root, str(split), "MMLU-ProX files", _mmlu_prox_item, dataset)
+
+
+def mmlu_prox_hub(split: str | None, dataset: str) -> Sources:
+    repo = "li-lab/MMLU-ProX"
+    return {
+        lang: partial(
+            _hub_table, repo, lang, str(split), lang, partial(_mmlu_prox_item, language=lang, dataset=dataset)
+        )
+        for lang in _hub_configs(repo, r"[a-z]{2,3}")
+    }
 
 
 # ---------------------------------------------------------------- XStoryCloze

@@ -45,10 +45,10 @@ from safetensors.torch import load_file, save_file
 from crosslens import __version__, metrics
 from crosslens.anatomy import Anatomy
 from crosslens.data import Item, ParallelDataset
-from crosslens.evaluate import EvalOptions, data_fingerprint, item_rows
+from crosslens.evaluate import EvalOptions, data_fingerprint, item_rows, scoring_fingerprint
 from crosslens.models import LoadedModel
 from crosslens.passes import length_batches, prompt_pass
-from crosslens.prompts import Template, get_template
+from crosslens.prompts import Prompter, Template, get_template
 from crosslens.scoring import LabelPlan, label_plan
 from crosslens.stages import Done, Stage, plan_units, run_stage
 from crosslens.steering import items_digest, sample_vector_items
@@ -434,7 +434,9 @@ class NeuronStage(Stage):
         for ablated, kind in unit.settings:
             neurons = self.neuron_set(ablated, kind)
             with deactivate(self.lm.anatomy, neurons):
-                df = item_rows(self.lm, items, self.template, self.plan, self.opts)
+                df = item_rows(
+                    self.lm, items, Prompter(self.template, self.lm.tokenizer), self.plan, self.opts
+                )
             frames.append(df.assign(ablated=ablated, neurons=kind, n_ablated=_count(neurons)))
         return pd.concat(frames, ignore_index=True)
 
@@ -539,18 +541,20 @@ def neuron_stage(
     check_rates(top_rate, filter_rate, activation_bar)
     lm.anatomy.neurons(1)  # refuses a family without a known MLP activation module, before any work
     template = get_template(opts.template or ds.template)
-    plan = label_plan(lm.tokenizer)
+    plan = label_plan(lm.tokenizer, max(5, ds.max_choices()))
     find = sample_vector_items(ds.item_ids(), n_text_items, seed)
-    fp = data_fingerprint(lm, ds, template) | {
-        "label_form": plan.form,
-        "cloze": opts.cloze,
-        "languages": languages,
-        "text_items": find,
-        "top_rate": top_rate,
-        "filter_rate": filter_rate,
-        "activation_bar": activation_bar,
-        "seed": seed,
-    }
+    fp = (
+        data_fingerprint(lm, ds, template)
+        | scoring_fingerprint(plan, opts)
+        | {
+            "languages": languages,
+            "text_items": find,
+            "top_rate": top_rate,
+            "filter_rate": filter_rate,
+            "activation_bar": activation_bar,
+            "seed": seed,
+        }
+    )
     meta = {
         "model": lm.describe(),
         "languages": languages,

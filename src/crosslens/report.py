@@ -229,6 +229,31 @@ def find_results(root: str | Path) -> list[ResultFolder]:
     return [ResultFolder.read(p, root) for p in sorted(folders)]
 
 
+def _norm_mark(summary: dict) -> str:
+    """`` (byte)`` etc. after a cloze accuracy not normalised per character (the default)."""
+    norm = summary.get("cloze_norm", "char")
+    return "" if norm == "char" else f" ({norm})"
+
+
+def _tag_table(s: dict) -> Table:
+    """Table 1 per item tag (Global-MMLU: culturally sensitive CS / agnostic CA)."""
+    rows = []
+    for tag, t in s["by_tag"].items():
+        cloze = list(((t.get("cloze") or {}).get("accuracy") or {}).values())
+        rows.append([
+            tag, str(t["n_items"]), f"{_pct(t.get('accuracy_mean'))} ± {_pct(t.get('accuracy_std'))}",
+            _pct(sum(cloze) / len(cloze)) if cloze else "–", _rate(t["consistency"]["mean"]),
+            _rate(t["tr_plus"]["mean"]), _rate(t["tr_minus"]["mean"]),
+            _rate((t.get("cloze") or {}).get("consistency", {}).get("mean")),
+        ])  # fmt: skip
+    return Table(
+        "By tag (Table 1 over each tag's items)",
+        ["tag", "items", "acc. (%)", f"cloze acc. (%){_norm_mark(s)}", "cons.", "tr+", "tr−", "cloze cons."],
+        rows,
+        note="Global-MMLU: CS = culturally sensitive, CA = culturally agnostic (the annotated subset).",
+    )
+
+
 def tables(results: Sequence[ResultFolder]) -> dict[str, Table]:
     """Table 1 (accuracy, consistency, transfer, cloze accuracy) and Table 2 (log-ratio correlations).
 
@@ -255,7 +280,7 @@ def tables(results: Sequence[ResultFolder]) -> dict[str, Table]:
             cloze = list((s.get("cloze_accuracy") or {}).values())
             row += [
                 f"{_pct(s.get('accuracy_mean'))} ± {_pct(s.get('accuracy_std'))}",
-                _pct(sum(cloze) / len(cloze)) if cloze else "–",
+                _pct(sum(cloze) / len(cloze)) + _norm_mark(s) if cloze else "–",
                 _rate(s["consistency"]["mean"]),
                 _rate(s["tr_plus"]["mean"]),
                 _rate(s["tr_minus"]["mean"]),
@@ -267,7 +292,9 @@ def tables(results: Sequence[ResultFolder]) -> dict[str, Table]:
         ["model"] + t1_cols * len(datasets),
         t1_rows,
         [("", 1)] + [(d, len(t1_cols)) for d in datasets],
-        "acc.: letter choice at the final layer; cloze acc.: length-normalised full-answer log-likelihood.",
+        "acc.: letter choice at the final layer; cloze acc.: full-answer log-likelihood per character "
+        "(lm-eval's acc_norm), or as marked: (byte) per UTF-8 byte, (token) per token, (pmi) minus the "
+        "answer's log-likelihood after an empty prompt, (none) the total.",
     )
 
     t2_cols = ["acc.", "cons.", "→tr+"]
@@ -357,7 +384,7 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
                 "language",
                 "acc. (%)",
                 "95 % CI",
-                "cloze acc. (%)",
+                f"cloze acc. (%){_norm_mark(s)}",
                 f"cons. with {pivot}",
                 f"tr+ from {pivot}",
                 "mean cons.",
@@ -369,6 +396,8 @@ def folder_tables(r: ResultFolder) -> dict[str, Table]:
             note="95 % CI: item bootstrap; mean cons. and →tr+: over the other languages; "
             "log ratio from the logit lens" + (" and from the tuned lens." if tuned is not None else "."),
         )
+        if s.get("by_tag"):
+            out["tags"] = _tag_table(s)
     if r.lens:
         out["lens"] = _lens_table(r.lens, "Logit lens")
     if r.tuned_lens:
@@ -585,6 +614,15 @@ def _meta_table(r: ResultFolder) -> Table:
             else None,
         ),
         ("cloze continuation", rec.get("cloze_separator") if fp.get("cloze", True) else "not scored"),
+        (
+            "few-shot exemplars",
+            f"{fp['fewshot']['k']} from {fp['fewshot']['source']}: {', '.join(fp['fewshot']['items'])}"
+            if fp.get("fewshot")
+            else None,
+        ),
+        ("chat template", f"applied (sha256 {fp['chat_template']})" if fp.get("chat_template") else None),
+        ("system instruction", fp.get("system_instruction")),
+        ("cloze normalisation", (rec.get("cloze_norm") or "char") if fp.get("cloze", True) and rec else None),
         (
             "batching",
             f"batch size {rec.get('batch_size', '–')}, padding {rec.get('padding_side', '–')}, "

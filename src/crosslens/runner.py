@@ -72,6 +72,7 @@ class Job:
 
     index: int
     data: ParallelDataset
+    shots: ParallelDataset | None = None  # where few-shot exemplars come from (None: held out of data)
 
     def work(self, config: ExperimentConfig) -> dict[str, int]:
         """Items each enabled stage will go through (for one model), by stage key."""
@@ -87,14 +88,33 @@ def load_full_dataset(config: ExperimentConfig, index: int) -> ParallelDataset:
     )  # fmt: skip
 
 
+def _fewshot_source(
+    config: ExperimentConfig, index: int, full: ParallelDataset, read: ParallelDataset
+) -> ParallelDataset | None:
+    """The items few-shot exemplars of ``datasets[index]`` are drawn from: its ``fewshot_split``, or
+    the items beyond its ``limit``, or (None) its read items, the drawn ones then held out."""
+    from crosslens.evaluate import fewshot_pool
+
+    d = config.datasets[index]
+    if not config.num_fewshot:
+        return None
+    if d.fewshot_split is None:
+        return fewshot_pool(full, read, config.num_fewshot)
+    return load_dataset(
+        d.name, d.languages, data_dir=d.data_dir, split=d.fewshot_split, strict=d.strict,
+        pivot_file=d.pivot_file, pivot=d.pivot,
+    ).require_items()  # fmt: skip
+
+
 def load_jobs(config: ExperimentConfig, source: str) -> list[Job]:
     """Load every dataset (English pivot always evaluated) and check it suits the stages asked for."""
     jobs = []
     for i, d in enumerate(config.datasets):
         where = f"{source}: datasets[{i}]"
-        ds = load_full_dataset(config, i)
+        full = load_full_dataset(config, i)
         try:
-            ds = ds.require_items().limit(d.limit)
+            ds = full.require_items().limit(d.limit)
+            shots = _fewshot_source(config, i, full, ds)
         except DataError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if ds.pivot is not None and ds.pivot not in ds.languages:
@@ -110,7 +130,7 @@ def load_jobs(config: ExperimentConfig, source: str) -> list[Job]:
                 f"{source}: steering.n_vectors: {config.steering.n_vectors} leaves no items to "
                 f"evaluate: {d.name} has {len(ds)} aligned items"
             )
-        jobs.append(Job(i, ds))
+        jobs.append(Job(i, ds, shots))
     return jobs
 
 

@@ -21,13 +21,14 @@ import torch
 from crosslens.data import DataError, ParallelDataset
 from crosslens.lenses import Lens, LogitLens
 from crosslens.models import LoadedModel
-from crosslens.passes import continuation_pass, length_batches, prefix_groups, prompt_pass
-from crosslens.prompts import Template, render
+from crosslens.passes import continuation_pass, extend_pass, length_batches, prefix_groups, prompt_pass
+from crosslens.prompts import Prompter, Template, render
 from crosslens.prompts import labels as label_letters
 
 __all__ = [
     "LabelPlan",
     "label_plan",
+    "prompt_label_plan",
     "encode_continuation",
     "ItemScores",
     "score_prompts",
@@ -59,19 +60,22 @@ class LabelPlan:
         return asdict(self)
 
 
-def label_plan(tokenizer, n_max: int = 5) -> LabelPlan:
+def label_plan(tokenizer, n_max: int = 5, probe: str = _PROBE, chat: bool = False) -> LabelPlan:
     """Decide the label tokens by tokenising a real prompt followed by each label.
 
     " A" is preferred (that is what a model writes after "Answer:"), provided the prompt's own
     tokens stay unchanged and the label adds exactly one token; tokenizers that merge the space
-    differently fall back to "A". Anything else is an error rather than a guess.
+    differently fall back to "A". After a chat template's generation prompt (``chat``: ``probe``
+    ends in it) the assistant's first token is read, so "A" comes first. Anything else is an error
+    rather than a guess.
     """
     letters = label_letters(n_max)
-    base = tokenizer(_PROBE, add_special_tokens=False).input_ids
-    for form, sep in (("space", " "), ("nospace", "")):
+    base = tokenizer(probe, add_special_tokens=False).input_ids
+    forms = (("space", " "), ("nospace", ""))
+    for form, sep in forms[::-1] if chat else forms:
         ids = []
         for letter in letters:
-            full = tokenizer(_PROBE + sep + letter, add_special_tokens=False).input_ids
+            full = tokenizer(probe + sep + letter, add_special_tokens=False).input_ids
             if full[: len(base)] != base or len(full) != len(base) + 1:
                 break
             ids.append(full[-1])
@@ -82,23 +86,31 @@ def label_plan(tokenizer, n_max: int = 5) -> LabelPlan:
                 )
     raise ValueError(
         f"cannot find single-token choice labels for tokenizer {type(tokenizer).__name__}: "
-        f"neither ' A' nor 'A' after 'Answer:' is one token"
+        f"neither ' A' nor 'A' after {probe[-24:]!r} is one token"
     )
 
 
+def prompt_label_plan(prompter: Prompter, n_max: int = 5) -> LabelPlan:
+    """The label tokens read after ``prompter``'s prompts (after the generation prompt in a chat)."""
+    if not prompter.chat:
+        return label_plan(prompter.tokenizer, n_max)
+    return label_plan(prompter.tokenizer, n_max, prompter.wrap(_PROBE), chat=True)
+
+
 def encode_continuation(
-    tokenizer, prompt: str, prompt_ids: Sequence[int], text: str
+    tokenizer, prompt: str, prompt_ids: Sequence[int], text: str, sep: str = " ", special: bool = True
 ) -> tuple[list[int], bool]:
-    """Tokens of ``" " + text`` as they follow ``prompt`` (lm-evaluation-harness style).
+    """Tokens of ``sep + text`` as they follow ``prompt`` (lm-evaluation-harness style).
 
     The pair is tokenised jointly and the prompt's tokens are cut off, so merges across the
     boundary are the ones the model would see. If the joint tokenisation changes the prompt's own
     tokens, the continuation is tokenised alone instead; the flag says which happened.
+    ``special``: whether the tokenizer adds its special tokens (not to a chat-rendered prompt).
     """
-    full = tokenizer(prompt + " " + text.strip()).input_ids
+    full = tokenizer(prompt + sep + text.strip(), add_special_tokens=special).input_ids
     if full[: len(prompt_ids)] == list(prompt_ids) and len(full) > len(prompt_ids):
         return full[len(prompt_ids) :], True
-    return tokenizer(" " + text.strip(), add_special_tokens=False).input_ids, False
+    return tokenizer(sep + text.strip(), add_special_tokens=False).input_ids, False
 
 
 class NonFiniteReading(ValueError):
@@ -162,45 +174,84 @@ def score_prompts(
     """Yield ``(index, ItemScores)`` for every prompt, in batch order.
 
     ``label_ids[i]``: label tokens read at prompt i's last token; ``continuations[i]``: token lists
-    appended after prompt i. Labels-only scoring (no continuations, left padding) encodes a prefix
-    shared by several prompts once (:func:`~crosslens.passes.prefix_groups`: a passage with several
-    questions) and each prompt's own tokens after it. On out-of-memory a batch is split in half and
-    retried (finished batches are already yielded, so no work is lost); neither the batch size nor
-    the sharing is part of the results beyond float rounding. ``lens`` reads the layers (default:
-    the logit lens; the last layer is the model's own output under every lens).
+    appended after prompt i. With left padding a prefix shared by several prompts is encoded once
+    and each prompt's own tokens (then its continuations) follow its cache (:func:`_share`: the
+    exemplar block of a few-shot prompt, a system prompt, a passage with several questions). On
+    out-of-memory a batch is split in half and retried (finished batches are already yielded, so no
+    work is lost); neither the batch size nor the sharing is part of the results beyond float
+    rounding. ``lens`` reads the layers (default: the logit lens; the last layer is the model's own
+    output under every lens).
     """
     lens = lens or LogitLens(lm.anatomy)
     layers = lens.check_layers(layers)
-    share = continuations is None and padding_side == "left"
-    pending = _plan(prompt_ids, batch_size, share)[::-1]
+    pending = _plan(prompt_ids, batch_size, padding_side == "left")[::-1]
     while pending:
         kind, batch = pending.pop()
         try:
             if kind == "shared":
-                results = _score_shared(lm, lens, batch, prompt_ids, layers, label_ids, max_elements)
+                results = _score_shared(
+                    lm, lens, batch, prompt_ids, layers, label_ids, continuations, batch_size, max_elements
+                )
             else:
                 results = _score_batch(
                     lm, lens, batch, prompt_ids, layers, label_ids, continuations, padding_side, max_elements
                 )
         except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if not _is_oom(exc) or len(batch) == 1:
+            if not _is_oom(exc) or _size(kind, batch) == 1:
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            half = len(batch) // 2
-            log.warning(
-                "out of memory with batch %d; retrying as %d + %d", len(batch), half, len(batch) - half
-            )
-            pending += [(kind, batch[half:]), (kind, batch[:half])]
+            first, second = _halves(kind, batch)
+            log.warning("out of memory with %d prompts; retrying in two halves", _size(kind, batch))
+            pending += [(kind, second), (kind, first)]
+            batch_size = max(1, batch_size // 2)
             continue
         yield from results
 
 
+def _size(kind: str, batch: list) -> int:
+    return sum(len(m) for _, m in batch) if kind == "shared" else len(batch)
+
+
+def _halves(kind: str, batch: list) -> tuple[list, list]:
+    """Half the prompts each; one shared group is split into two groups with the same prefix."""
+    if kind == "shared" and len(batch) == 1:
+        k, members = batch[0]
+        half = len(members) // 2
+        return [(k, members[:half])], [(k, members[half:])]
+    half = len(batch) // 2
+    return batch[:half], batch[half:]
+
+
+def _share(prompt_ids: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
+    """Prefix groups ``(prefix length, members)`` that save the most prompt tokens: the prefix that
+    every prompt shares (a few-shot exemplar block, a chat system turn) as one group, or the
+    pairwise groups of :func:`~crosslens.passes.prefix_groups` (several questions on one passage)."""
+    pairwise = prefix_groups(prompt_ids, SHARED_PREFIX_MIN)
+    saved = sum(k * (len(m) - 1) for k, m in pairwise)
+    if len(prompt_ids) > 1:
+        common = min(len(p) for p in prompt_ids) - 1  # every prompt keeps one token of its own
+        first = prompt_ids[0]
+        for p in prompt_ids[1:]:
+            common = min(common, _common_prefix(first, p))
+        if common >= SHARED_PREFIX_MIN and common * (len(prompt_ids) - 1) > saved:
+            return [(common, list(range(len(prompt_ids))))]
+    return pairwise
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _plan(prompt_ids: Sequence[Sequence[int]], batch_size: int, share: bool) -> list[tuple[str, list]]:
-    """Batches of lone prompts (similar lengths together) and of prefix groups (``batch_size`` prompts)."""
-    groups = (
-        prefix_groups(prompt_ids, SHARED_PREFIX_MIN) if share else [(0, [i]) for i in range(len(prompt_ids))]
-    )
+    """Batches of lone prompts (similar lengths together) and of prefix groups (``batch_size``
+    prompts; a larger group is one item of its own, its prefix encoded once for all its members)."""
+    groups = _share(prompt_ids) if share else [(0, [i]) for i in range(len(prompt_ids))]
     alone = [members[0] for k, members in groups if k == 0]
     work: list[tuple[str, list]] = [
         ("alone", [alone[j] for j in b])
@@ -224,24 +275,64 @@ def _score_shared(
     prompt_ids: Sequence[Sequence[int]],
     layers: list[int],
     label_ids: Sequence[Sequence[int]] | None,
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    batch_size: int,
     max_elements: int,
 ) -> list[tuple[int, ItemScores]]:
-    """Labels of prompts that share a prefix: the prefixes once, then every prompt's own tokens."""
+    """Prompts that share a prefix: the prefixes once, then each prompt's own tokens after its
+    prefix's cache (``batch_size`` prompts at a time), then its continuations after that."""
     pp = prompt_pass(lm, [prompt_ids[members[0]][:k] for k, members in groups], [], "left", use_cache=True)
-    members = [i for _, ms in groups for i in ms]
-    owner = [g for g, (_, ms) in enumerate(groups) for _ in ms]
-    states = continuation_pass(lm, pp, owner, [prompt_ids[i][k:] for k, ms in groups for i in ms], layers)
-    labels = [list(label_ids[i]) if label_ids is not None else [] for i in members]
-    width = max(1, *map(len, labels))
-    targets = torch.tensor([lab + [0] * (width - len(lab)) for lab in labels], dtype=torch.long)
-    last = [(layer, torch.stack([s[-1] for s in states[layer]])) for layer in layers]
-    logp = lens.token_logprobs(last, targets.repeat(len(layers), 1), max_elements).cpu().numpy()
-    scores = [ItemScores() for _ in members]
-    for k, layer in enumerate(layers):
-        for row, lab in enumerate(labels):
-            if label_ids is not None:
-                scores[row].label_logprobs[layer] = logp[k * len(members) + row, : len(lab)]
-    return list(zip(members, scores))
+    pairs = [(g, i) for g, (_, ms) in enumerate(groups) for i in ms]
+    out: list[tuple[int, ItemScores]] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        members = [i for _, i in chunk]
+        feeds = [prompt_ids[i][groups[g][0] :] for g, i in chunk]
+        conts = [list(continuations[i]) if continuations is not None else [] for i in members]
+        if not any(conts):  # labels only: the states at each prompt's own last token
+            states = continuation_pass(lm, pp, [g for g, _ in chunk], feeds, layers)
+            last = {layer: torch.stack([s[-1] for s in states[layer]]) for layer in layers}
+            cont_states: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        else:
+            last, cont_states = _extend_and_continue(lm, pp, chunk, feeds, conts, layers)
+        out += zip(
+            members,
+            _project(lens, members, last, cont_states, layers, label_ids, continuations, max_elements),
+        )
+    return out
+
+
+def _extend_and_continue(
+    lm: LoadedModel,
+    pp,
+    chunk: list[tuple[int, int]],
+    feeds: list[Sequence[int]],
+    conts: list[list[list[int]]],
+    layers: list[int],
+) -> tuple[dict[int, torch.Tensor], dict[int, list[torch.Tensor]]]:
+    """Each prompt's own tokens after its prefix's cache, then its continuations after those.
+
+    Own tokens of different lengths are right-padded, which leaves padding between a shorter
+    prompt and its continuations; sliding-window layers count cache slots, so where the padded
+    rows could reach a model's window the prompts are extended one at a time (no padding inside)."""
+    window = getattr(lm.model.config, "sliding_window", None)
+    width = int(pp.attention_mask.shape[1]) + max(map(len, feeds)) + max(len(c) for cs in conts for c in cs)
+    together = not window or width <= window or len({len(f) for f in feeds}) == 1
+    row_sets = [list(range(len(chunk)))] if together else [[r] for r in range(len(chunk))]
+    last = {layer: [None] * len(chunk) for layer in layers}
+    flat_index = np.cumsum([0] + [len(cs) for cs in conts]).tolist()
+    cont_states: dict[int, list] = {layer: [None] * flat_index[-1] for layer in layers}
+    for rows in row_sets:
+        states, ext = extend_pass(lm, pp, [chunk[r][0] for r in rows], [feeds[r] for r in rows], layers)
+        owner = [j for j, r in enumerate(rows) for _ in conts[r]]
+        fed = continuation_pass(lm, ext, owner, [c[:-1] for r in rows for c in conts[r]], layers)
+        for layer in layers:
+            slots = [flat_index[r] + j for r in rows for j in range(len(conts[r]))]
+            for j, r in enumerate(rows):
+                last[layer][r] = states[layer][j][-1]
+            for slot, value in zip(slots, fed[layer]):
+                cont_states[layer][slot] = value
+    return {layer: torch.stack(v) for layer, v in last.items()}, cont_states
 
 
 def _score_batch(
@@ -257,14 +348,32 @@ def _score_batch(
 ) -> list[tuple[int, ItemScores]]:
     want_texts = continuations is not None and any(continuations[i] for i in batch)
     pp = prompt_pass(lm, [prompt_ids[i] for i in batch], layers, padding_side, use_cache=want_texts)
-    labels = [list(label_ids[i]) if label_ids is not None else [] for i in batch]
     conts = [list(continuations[i]) if continuations is not None else [] for i in batch]
     flat = [c for row in conts for c in row]
     owner = [row for row, cs in enumerate(conts) for _ in cs]
-    states = None
+    states: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     if want_texts:
         _check_window(lm, pp, flat, padding_side)
         states = continuation_pass(lm, pp, owner, [c[:-1] for c in flat], layers)
+    return list(
+        zip(batch, _project(lens, batch, pp.last, states, layers, label_ids, continuations, max_elements))
+    )
+
+
+def _project(
+    lens: Lens,
+    batch: list[int],
+    last: dict[int, torch.Tensor],
+    cont_states: dict[int, list[torch.Tensor]],
+    layers: list[int],
+    label_ids: Sequence[Sequence[int]] | None,
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    max_elements: int,
+) -> list[ItemScores]:
+    """The readings of prompts ``batch`` from their last-token states and their continuations' states."""
+    labels = [list(label_ids[i]) if label_ids is not None else [] for i in batch]
+    conts = [list(continuations[i]) if continuations is not None else [] for i in batch]
+    flat = [c for row in conts for c in row]
     # Every target read at a prompt's last token (its labels and the first token of each of its
     # answers) comes from ONE projection of that position, not one per answer.
     first = [lab + [c[0] for c in cs] for lab, cs in zip(labels, conts)]
@@ -275,10 +384,7 @@ def _score_batch(
     # Each layer's states are translated by the lens's map for that layer; the head after it is
     # shared, so all layers' positions then go through one projection: large matrix products run
     # near the machine's GEMM peak, many small ones do not.
-    per_layer = [
-        (layer, torch.cat([pp.last[layer], *(states[layer] if states is not None else [])]))
-        for layer in layers
-    ]
+    per_layer = [(layer, torch.cat([last[layer], *cont_states[layer]])) for layer in layers]
     rows = per_layer[0][1].shape[0]
     targets = torch.cat([first_t, rest_t]).repeat(len(layers), 1)
     logp = lens.token_logprobs(per_layer, targets, max_elements).cpu().numpy()
@@ -299,7 +405,7 @@ def _score_batch(
                     )
                     for j in range(len(conts[row]))
                 ]
-    return list(zip(batch, scores))
+    return scores
 
 
 def _owner_offsets(conts: Sequence[Sequence]) -> list[int]:

@@ -275,7 +275,7 @@ def _steered_items(config: ExperimentConfig, job: Job) -> int:
 # Order matters: the lens's Table 2 reads the evaluation's records, steering runs last.
 STAGES: tuple[StageDef, ...] = (
     StageDef("eval", "records", "summary.json", None, "crosslens.evaluate:job_stage", _items_x_languages,
-             (("meta", None), ("languages", "fig1"))),
+             (("meta", None), ("languages", "fig1"), ("tags", None))),
     StageDef("lens", "lens", "lens_summary.json", "lens", "crosslens.lens:job_stage", _items_x_languages,
              (("lens", "fig2"),)),
     StageDef("tuned_lens", "lens_tuned", "lens_tuned_summary.json", "lens", "crosslens.lens:tuned_job_stage",

@@ -32,7 +32,7 @@ from crosslens import __version__, metrics
 from crosslens.activations import collect_activations
 from crosslens.anatomy import Anatomy, _block_output
 from crosslens.data import ParallelDataset
-from crosslens.evaluate import EvalOptions, cloze_fields, data_fingerprint, label_fields
+from crosslens.evaluate import EvalOptions, cloze_fields, data_fingerprint, label_fields, scoring_fingerprint
 from crosslens.models import LoadedModel
 from crosslens.passes import continuation_pass, extend_pass, length_batches, prompt_pass
 from crosslens.prompts import Template, get_template, render
@@ -340,6 +340,9 @@ def _read_grid(
 
 WRONG_LANGUAGE = "wrong-language"
 POSITIONS = ("last", "all")
+# pmi is left out: its empty-prompt reference would itself be steered (or not), a choice no paper
+# makes for us; the length normalisations need no second reading.
+STEER_CLOZE_NORMS = ("char", "byte", "token", "none")
 
 
 def control_names(k: int, wrong: bool) -> list[str]:
@@ -547,7 +550,7 @@ class SteerStage(Stage):
                 if texts_lp is not None:
                     for x in texts_lp:
                         require_finite(x, where)
-                    row |= cloze_fields(texts_lp, it.choices, it.gold)
+                    row |= cloze_fields(texts_lp, it.choices, it.gold, self.opts.cloze_norm)
                 rows.append(row)
         return pd.DataFrame(rows)
 
@@ -592,18 +595,24 @@ def steer_stage(
         raise ValueError(
             f"--positions must be {' or '.join(POSITIONS)}, got {bad[0] if bad else 'nothing'!r}"
         )
+    if opts.cloze and opts.cloze_norm not in STEER_CLOZE_NORMS:
+        raise ValueError(
+            f"steering normalises full answers by {', '.join(STEER_CLOZE_NORMS)}, not {opts.cloze_norm!r}"
+        )
     gammas = sorted({float(g) for g in gammas} | {0.0})  # gamma = 0 is the unsteered baseline
     template = get_template(opts.template or ds.template)
-    plan = label_plan(lm.tokenizer)
+    plan = label_plan(lm.tokenizer, max(5, ds.max_choices()))
     vec_items = sample_vector_items(ds.item_ids(), n_vectors, seed)
     langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
-    fp = data_fingerprint(lm, ds, template) | {
-        "label_form": plan.form,
-        "cloze": opts.cloze,
-        "vector_items": vec_items,
-        "seed": seed,  # draws the random controls
-        "settings": "layer, gamma, positions, control",
-    }
+    fp = (
+        data_fingerprint(lm, ds, template)
+        | scoring_fingerprint(plan, opts)
+        | {
+            "vector_items": vec_items,
+            "seed": seed,  # draws the random controls
+            "settings": "layer, gamma, positions, control",
+        }
+    )
     names = control_names(controls, controls > 0 and len([m for m in langs if m != ds.pivot]) > 1)
     meta = {
         "model": lm.describe(),
