@@ -401,6 +401,22 @@ def eval_cmd(
     _print_eval(_run(eval_stage(lm, ds, out, opts=opts, seed=seed, shots_from=shots), "eval"))
 
 
+@app.command("import-lmeval")
+def import_lmeval_cmd(
+    results: Annotated[Path, typer.Argument(help="the --output_path of an lm_eval --log_samples run")],
+    out: Out,
+    family: Annotated[
+        str | None, typer.Option(help="task family to import where the folder holds several (a dataset name)")
+    ] = None,
+    seed: int = 0,
+) -> None:
+    """Records from lm-evaluation-harness per-sample files, for `crosslens metrics` and `report`."""
+    from crosslens.lmeval_import import import_stage
+
+    _output(out)
+    _print_eval(_run(import_stage(results, out, family, seed), "import"))
+
+
 @app.command()
 def metrics(
     out: Annotated[Path, typer.Argument(help="an output folder with records/")], seed: int = 0
