@@ -216,6 +216,14 @@ def test_tuned_lens_config_is_valid() -> None:
     assert [d.key for d in STAGES if d.enabled(config)] == ["eval", "lens", "tuned_lens"]
 
 
+def test_instruct_fewshot_config_is_valid() -> None:
+    config = load_config(EXAMPLES / "instruct-fewshot.yaml", check_models=False)
+    opts = config.eval_options(0)
+    assert (opts.num_fewshot, opts.apply_chat_template, opts.cloze_norm) == (3, True, "byte")
+    assert opts.system_instruction.startswith("Answer with the letter")
+    assert [d.key for d in STAGES if d.enabled(config)] == ["eval", "lens"]
+
+
 def test_address_needs_the_ray_backend(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

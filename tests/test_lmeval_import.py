@@ -241,3 +241,29 @@ def test_older_argument_lists_and_mutual_information_requests(tmp_path):
     df = pd.read_parquet(tmp_path / "out" / "records")
     assert df["n_choices"].eq(3).all() and df["gold"].eq(1).all()
     assert summary["dataset"] == "okapi-mmlu" and summary["accuracy"]["en"] == pytest.approx(1 / 3)
+
+
+def test_global_mmlu_tags_and_the_english_hellaswag_task_are_recognised(tmp_path):
+    run = tmp_path / "g"
+    for lang in ("en", "de"):
+        for subject, labels in (("astronomy", ("CS", "CA")), ("anatomy", ("-", "CS"))):
+            samples = [
+                _sample(k, {"sample_id": f"{subject}/test/{k}", "cultural_sensitivity_label": label},
+                        f"[{lang}] {subject} {k}? Answer:", [" A", " B", " C", " D"],
+                        [-1.0, k - 2.0, -3.0, -4.0], "0")
+                for k, label in enumerate(labels)
+            ]  # fmt: skip
+            _write(run, f"global_mmlu_full_{lang}_{subject}", samples)
+    summary = import_lmeval(run, tmp_path / "out")
+    assert summary["dataset"] == "global-mmlu" and len(pd.read_parquet(tmp_path / "out" / "records")) == 8
+    assert {tag: t["n_items"] for tag, t in summary["by_tag"].items()} == {"CA": 1, "CS": 2}
+    hs = tmp_path / "h"
+    for task, lang in (("hellaswag", "en"), ("hellaswag_de", "de")):
+        endings = [" runs away", " sits down"]
+        _write(
+            hs,
+            task,
+            [_sample(k, {"ind": 40 + k}, f"[{lang}] ctx {k}", endings, [-2.0, -3.0], "0") for k in range(2)],
+        )
+    summary = import_lmeval(hs, tmp_path / "hout")
+    assert summary["dataset"] == "mhellaswag" and sorted(summary["languages"]) == ["de", "en"]

@@ -52,6 +52,14 @@ class Family:
     pivot: str | None
     item_id: Callable[[dict, int], str] | None  # (doc, doc_id) -> id; None: align by row
     language: Callable[[str], str] = str  # lm-eval's code -> crosslens' code
+    english_task: str | None = None  # the English task where its name has no language code
+    tags: Callable[[dict], tuple[str, ...]] = lambda doc: ()  # e.g. Global-MMLU's CS / CA label
+
+
+def _global_mmlu_tags(label: Any) -> tuple[str, ...]:
+    from crosslens.loaders import _GLOBAL_MMLU_TAGS
+
+    return (label.strip(),) if isinstance(label, str) and label.strip() in _GLOBAL_MMLU_TAGS else ()
 
 
 def _field(*keys: str) -> Callable[[dict, int], str]:
@@ -66,11 +74,11 @@ FAMILIES: tuple[Family, ...] = (
            _field("link", "question_number")),
     Family("okapi-mmlu", r"m_mmlu_(?P<lang>[a-z]{2,3})", "en", _field("id")),
     Family("okapi-arc", r"arc_(?P<lang>[a-z]{2,3})", "en", _field("id")),
-    Family("mhellaswag", r"hellaswag_(?P<lang>[a-z]{2,3})", "en", _field("ind")),
+    Family("mhellaswag", r"hellaswag_(?P<lang>[a-z]{2,3})", "en", _field("ind"), english_task="hellaswag"),
     Family("mmmlu", r"mmmlu_(?P<lang>[a-z]{2}_[a-z]{2})_(?P<part>\w+)", "EN_US",
            lambda doc, k: f"{str(doc['Subject']).strip()}/test/{k}", str.upper),
     Family("global-mmlu", r"global_mmlu_(?:full_)?(?P<lang>[a-z]{2,3})(?:_(?P<part>\w+))?", "en",
-           _field("sample_id")),
+           _field("sample_id"), tags=lambda doc: _global_mmlu_tags(doc.get("cultural_sensitivity_label"))),
     Family("xcopa", r"xcopa_(?P<lang>[a-z]{2,3})", None, _field("idx")),
     Family("xstorycloze", r"xstorycloze_(?P<lang>[a-z]{2,3})", "en", _field("story_id")),
 )  # fmt: skip
@@ -90,10 +98,13 @@ class Sample:
     gold: int
     prompt_hash: str
     where: str
+    tags: tuple[str, ...] = ()
 
 
 def _family(task: str) -> tuple[Family, str] | None:
     for fam in FAMILIES:
+        if task == fam.english_task and fam.pivot is not None:
+            return fam, fam.pivot
         m = re.fullmatch(fam.pattern, task)
         if m:
             return fam, fam.language(m["lang"])
@@ -182,7 +193,8 @@ def read_samples(path: Path, task: str, family: Family) -> list[Sample]:
             raise DataError(f"{where}: the doc has no {family.dataset} item id") from None
         gold = _gold(raw, choices, logliks, where)
         prompt_hash = str(raw.get("prompt_hash", ""))
-        out[doc_id] = Sample(task, item_id, requests[0][0], choices, logliks, gold, prompt_hash, where)
+        tags = family.tags(raw["doc"]) if isinstance(raw["doc"], dict) else ()
+        out[doc_id] = Sample(task, item_id, requests[0][0], choices, logliks, gold, prompt_hash, where, tags)
     if not out:
         raise DataError(f"{path}: no samples")
     return [out[k] for k in sorted(out)]
@@ -325,8 +337,8 @@ def _align(
             "%s: %d items in every language; dropped per language %s", fam.dataset, len(common), dropped
         )
     items = {
-        lang: [Item(fam.dataset, i, lang, index[lang][i].prompt, index[lang][i].choices, index[lang][i].gold)
-               for i in common]
+        lang: [Item(fam.dataset, i, lang, index[lang][i].prompt, index[lang][i].choices, index[lang][i].gold,
+                    tags=index[lang][i].tags) for i in common]
         for lang in languages
     }  # fmt: skip
     pivot = fam.pivot if fam.pivot in index else None
@@ -342,6 +354,7 @@ class ImportStage(Stage):
     samples: dict[tuple[str, str], Sample]
     form: str
     seed: int
+    tagged: bool = False
 
     def rows(self, unit: Unit) -> pd.DataFrame:
         rows = []
@@ -358,6 +371,8 @@ class ImportStage(Stage):
                 "lmeval_task": s.task,
                 "prompt_hash": s.prompt_hash,
             }
+            if self.tagged:
+                row["tags"] = list(s.tags)
             if self.form == "texts":  # lm-eval's acc_norm: log-likelihood per character of the answer
                 norm = [x / max(1, len(c)) for x, c in zip(s.logliks, s.choices)]
                 ranks = rank_choices(norm)
@@ -414,6 +429,7 @@ def import_stage(root: str | Path, out: str | Path, family: str | None = None, s
         samples=got.samples,
         form=got.form,
         seed=seed,
+        tagged=any(s.tags for s in got.samples.values()),
     )
 
 

@@ -230,6 +230,17 @@ def _hub_table(
     return _table(language, f"hub {repo}/{config}/{split}", _hub_rows(repo, config, split), parse)
 
 
+def _hub_languages(
+    repo: str, split: str, parse: Callable[..., Item], dataset: str, exclude: tuple[str, ...] = ()
+) -> Sources:
+    """One reader per language config (a 2-3 letter code) of a Hub repository, ``split`` of each."""
+    return {
+        lang: partial(_hub_table, repo, lang, split, lang, partial(parse, language=lang, dataset=dataset))
+        for lang in _hub_configs(repo, r"[a-z]{2,3}")
+        if lang not in exclude
+    }
+
+
 # ---------------------------------------------------------------- Belebele
 
 
@@ -414,14 +425,7 @@ _CAIS_SPLITS = {"dev": "dev", "val": "validation", "test": "test"}
 
 
 def _okapi_hub(repo: str, split: str, dataset: str) -> Sources:
-    hub_split = _OKAPI_HUB_SPLITS[dataset][split]
-    return {
-        lang: partial(
-            _hub_table, repo, lang, hub_split, lang, partial(_okapi_item, language=lang, dataset=dataset)
-        )
-        for lang in _hub_configs(repo, r"[a-z]{2,3}")
-        if lang != "en"
-    }
+    return _hub_languages(repo, _OKAPI_HUB_SPLITS[dataset][split], _okapi_item, dataset, exclude=("en",))
 
 
 def okapi_mmlu_hub(split: str | None, dataset: str) -> Sources:
@@ -476,14 +480,7 @@ def mhellaswag_files(root: Path, split: str | None, dataset: str) -> Sources:
 
 def mhellaswag_hub(split: str | None, dataset: str) -> Sources:
     """alexandrainst/m_hellaswag (split ``val``); English from the original Rowan/hellaswag validation."""
-    repo = "alexandrainst/m_hellaswag"
-    sources: Sources = {
-        lang: partial(
-            _hub_table, repo, lang, "val", lang, partial(_hellaswag_item, language=lang, dataset=dataset)
-        )
-        for lang in _hub_configs(repo, r"[a-z]{2,3}")
-        if lang != "en"
-    }
+    sources = _hub_languages("alexandrainst/m_hellaswag", "val", _hellaswag_item, dataset, exclude=("en",))
     english = partial(_hellaswag_item, language="en", dataset=dataset)
     sources["en"] = partial(_hub_table, "Rowan/hellaswag", None, "validation", "en", english)
     return sources
@@ -552,18 +549,7 @@ def global_mmlu_files(root: Path, split: str | None, dataset: str) -> Sources:
 
 
 def global_mmlu_hub(split: str | None, dataset: str) -> Sources:
-    repo = "CohereLabs/Global-MMLU"
-    return {
-        lang: partial(
-            _hub_table,
-            repo,
-            lang,
-            str(split),
-            lang,
-            partial(_global_mmlu_item, language=lang, dataset=dataset),
-        )
-        for lang in _hub_configs(repo, r"[a-z]{2,3}")
-    }
+    return _hub_languages("CohereLabs/Global-MMLU", str(split), _global_mmlu_item, dataset)
 
 
 def _mmlu_prox_item(row: _Row, language: str, dataset: str) -> Item:
@@ -589,13 +575,7 @@ def mmlu_prox_files(root: Path, split: str | None, dataset: str) -> Sources:
 
 
 def mmlu_prox_hub(split: str | None, dataset: str) -> Sources:
-    repo = "li-lab/MMLU-ProX"
-    return {
-        lang: partial(
-            _hub_table, repo, lang, str(split), lang, partial(_mmlu_prox_item, language=lang, dataset=dataset)
-        )
-        for lang in _hub_configs(repo, r"[a-z]{2,3}")
-    }
+    return _hub_languages("li-lab/MMLU-ProX", str(split), _mmlu_prox_item, dataset)
 
 
 # ---------------------------------------------------------------- XStoryCloze

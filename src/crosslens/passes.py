@@ -26,7 +26,15 @@ import torch
 from crosslens.anatomy import capture_residuals
 from crosslens.models import LoadedModel
 
-__all__ = ["PromptPass", "prompt_pass", "continuation_pass", "extend_pass", "length_batches", "prefix_groups"]
+__all__ = [
+    "PromptPass",
+    "prompt_pass",
+    "continuation_pass",
+    "extend_pass",
+    "length_batches",
+    "prefix_groups",
+    "common_prefix",
+]
 
 
 def _pad_id(lm: LoadedModel) -> int:
@@ -69,7 +77,7 @@ def prefix_groups(prompts: Sequence[Sequence[int]], min_shared: int) -> list[tup
     for i in order:
         if groups:
             shared, members = groups[-1]
-            common = _common_prefix(prompts[members[-1]], prompts[i])
+            common = common_prefix(prompts[members[-1]], prompts[i])
             k = min(common, len(prompts[i]) - 1, *(len(prompts[m]) - 1 for m in members))
             if k >= min_shared and (len(members) == 1 or k >= shared):
                 groups[-1] = (k if len(members) == 1 else shared, [*members, i])
@@ -78,7 +86,8 @@ def prefix_groups(prompts: Sequence[Sequence[int]], min_shared: int) -> list[tup
     return groups
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

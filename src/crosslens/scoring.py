@@ -21,7 +21,14 @@ import torch
 from crosslens.data import DataError, ParallelDataset
 from crosslens.lenses import Lens, LogitLens
 from crosslens.models import LoadedModel
-from crosslens.passes import continuation_pass, extend_pass, length_batches, prefix_groups, prompt_pass
+from crosslens.passes import (
+    common_prefix,
+    continuation_pass,
+    extend_pass,
+    length_batches,
+    prefix_groups,
+    prompt_pass,
+)
 from crosslens.prompts import Prompter, Template, render
 from crosslens.prompts import labels as label_letters
 
@@ -233,19 +240,10 @@ def _share(prompt_ids: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
         common = min(len(p) for p in prompt_ids) - 1  # every prompt keeps one token of its own
         first = prompt_ids[0]
         for p in prompt_ids[1:]:
-            common = min(common, _common_prefix(first, p))
+            common = min(common, common_prefix(first, p))
         if common >= SHARED_PREFIX_MIN and common * (len(prompt_ids) - 1) > saved:
             return [(common, list(range(len(prompt_ids))))]
     return pairwise
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _plan(prompt_ids: Sequence[Sequence[int]], batch_size: int, share: bool) -> list[tuple[str, list]]:
