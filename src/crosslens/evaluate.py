@@ -54,7 +54,8 @@ CLOZE_NORMS = ("char", "byte", "token", "pmi", "none")
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """Knobs that change speed, never results (beyond float rounding), except ``template`` and ``cloze``."""
+    """Scoring options. Batching, padding, chunking and ``max_elements`` change speed, never results
+    (beyond float rounding); the prompt (template, exemplars, chat turn) and the cloze options do."""
 
     template: str | None = None  # template name or text; None = the dataset's default
     batch_size: int = 8
@@ -62,9 +63,7 @@ class EvalOptions:
     chunk_size: int = 32  # items per unit (resume granularity)
     cloze: bool = True
     cloze_norm: str = "char"  # one of CLOZE_NORMS
-    num_fewshot: int = (
-        0  # exemplars with their answers before each question (the same items in every language)
-    )
+    num_fewshot: int = 0  # exemplars with their answer letters before each question, same items everywhere
     apply_chat_template: bool = False  # the prompt as the user turn of the model's chat template
     system_instruction: str | None = None  # a system turn (a paragraph before the prompt without a chat)
     max_elements: int = 2**26  # logits projected at once (memory budget of the vocabulary projection)
