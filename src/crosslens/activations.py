@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from crosslens.data import ParallelDataset
 from crosslens.models import LoadedModel
 from crosslens.passes import length_batches, prompt_pass
 from crosslens.prompts import Template, render
 from crosslens.stages import Done, Stage
-from crosslens.store import no_fingerprint, settings_mismatch
+from crosslens.store import atomic_write_bytes, no_fingerprint, settings_mismatch
 
 __all__ = [
     "POOLS",
@@ -106,11 +106,9 @@ class Activations:
         tensors = {
             f"layer_{layer}": torch.from_numpy(np.ascontiguousarray(s)) for layer, s in self.states.items()
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        # A unique temporary file per writer: two Ray workers of a stage pair sharing this file
+        # (PCA and similarity) may write it at once; the last rename wins, both hold the same data.
+        atomic_write_bytes(Path(path), save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> Activations:

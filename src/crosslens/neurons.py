@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from crosslens import __version__, metrics
 from crosslens.anatomy import Anatomy
@@ -52,7 +52,7 @@ from crosslens.prompts import Prompter, Template, get_template
 from crosslens.scoring import LabelPlan, label_plan
 from crosslens.stages import Done, Stage, plan_units, run_stage
 from crosslens.steering import items_digest, sample_vector_items
-from crosslens.store import no_fingerprint, settings_mismatch
+from crosslens.store import atomic_write_bytes, no_fingerprint, settings_mismatch
 
 if TYPE_CHECKING:
     from crosslens.config import ExperimentConfig
@@ -111,11 +111,8 @@ class NeuronStats:
             "active": torch.from_numpy(self.active.astype(np.int64)),
             "tokens": torch.from_numpy(self.tokens),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"languages": json.dumps(self.languages), "fingerprint": json.dumps(self.fingerprint)}
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        atomic_write_bytes(path, save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: Path) -> NeuronStats:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from crosslens import __version__, metrics
 from crosslens.activations import collect_activations
@@ -38,7 +38,7 @@ from crosslens.passes import continuation_pass, extend_pass, length_batches, pro
 from crosslens.prompts import Template, get_template, render
 from crosslens.scoring import LabelPlan, encode_continuation, label_plan, require_finite, score_prompts
 from crosslens.stages import Done, Stage, Unit, plan_units, run_stage
-from crosslens.store import RunMismatchError, Store, no_fingerprint, settings_mismatch
+from crosslens.store import RunMismatchError, Store, atomic_write_bytes, no_fingerprint, settings_mismatch
 
 if TYPE_CHECKING:
     from crosslens.config import ExperimentConfig
@@ -112,12 +112,8 @@ class SteeringVectors:
             for lang, per in self.vectors.items()
             for layer, v in per.items()
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         meta = {"fingerprint": json.dumps(self.fingerprint), "digests": json.dumps(self.digests)}
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        atomic_write_bytes(Path(path), save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVectors:
