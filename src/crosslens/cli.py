@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -259,6 +260,17 @@ def _dataset(
     pivot_file: Path | None = None,
     pivot: str | None = None,
 ):
+    return (
+        _loaded_dataset(name, languages, data_dir, split, strict, pivot_file, pivot)
+        .require_items()
+        .limit(limit)
+    )
+
+
+@functools.cache
+def _loaded_dataset(name: str, languages: str | None, data_dir: Path | None, split: str | None, strict: bool,
+                    pivot_file: Path | None, pivot: str | None):  # fmt: skip
+    """The files read once per command (the few-shot pool reads the same files beyond ``--limit``)."""
     from crosslens.data import load_dataset
 
     ds = load_dataset(
@@ -272,7 +284,7 @@ def _dataset(
     )
     for line in ds.drop_report():
         console.print(f"[yellow]{escape(line)}", highlight=False)
-    return ds.require_items().limit(limit)
+    return ds
 
 
 def _print_eval(summary: dict) -> None:
@@ -1047,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["--version"]:
         out_console.print(__version__)
         return 0
+    _loaded_dataset.cache_clear()  # files are read once per command, never across commands
     try:
         # typer turns Ctrl-C into a returned 130 here; --help and explicit exits return their code.
         code = app(args=args, standalone_mode=False, prog_name="crosslens")
