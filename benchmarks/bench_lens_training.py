@@ -14,7 +14,8 @@ import time
 import common
 
 from crosslens.data import load_dataset
-from crosslens.lens_training import TrainSettings, bf16_units, corpus_from_dataset, default_layers, train_lens
+from crosslens.lens_training import TrainSettings, corpus_from_dataset, default_layers, train_lens
+from crosslens.models import bf16_units
 
 
 def main() -> None:

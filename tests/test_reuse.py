@@ -486,3 +486,37 @@ def test_experiment_with_steering_refuses_another_limit_before_writing(
     with pytest.raises(RunMismatchError, match="vector_items"):
         run_experiment(config(12), progress=False)
     assert snapshot(tmp_path / "runs") == before
+
+
+def test_dtype_auto_is_the_hardwares_dtype_and_recorded_concretely(
+    saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """``--dtype auto`` is bfloat16 where the device multiplies it, else float32; the folder records the
+    concrete dtype, so the same command on a machine of the other kind is refused, never mixed."""
+    import torch
+
+    import crosslens.models as models
+    from crosslens.config import ExperimentConfig
+
+    for units, want in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(models, "bf16_units", lambda device, units=units: units)
+        assert models.resolve_dtype("auto") == want
+        assert models.dtype_name("auto", "cpu") == str(want).removeprefix("torch.")
+        config = {"models": ["x"], "datasets": [{"name": "jsonl"}], "dtype": "auto"}
+        assert ExperimentConfig.model_validate(config).dtype == str(want).removeprefix("torch.")
+    assert models.resolve_dtype("float16") == torch.float16  # an explicit dtype is never replaced
+
+    monkeypatch.setattr(models, "bf16_units", lambda device: False)
+    out = tmp_path / "out"
+    assert run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "auto") == 0
+    assert (
+        json.loads((out / "run.json").read_text())["stages"]["records"]["fingerprint"]["dtype"] == "float32"
+    )
+    before = snapshot(out)
+    assert run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "float32") == 0  # the same folder
+    assert snapshot(out) == before
+    capsys.readouterr()
+    monkeypatch.setattr(models, "bf16_units", lambda device: True)
+    monkeypatch.setattr("crosslens.models.load_model", lambda *a, **k: pytest.fail("loaded"))
+    refused(capsys, run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "auto"), "dtype", "bfloat16")
+    assert snapshot(out) == before

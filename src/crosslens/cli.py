@@ -46,7 +46,12 @@ Languages = Annotated[str | None, typer.Option(help="comma-separated language co
 Limit = Annotated[int | None, typer.Option(min=1, help="first N aligned items only")]
 BatchSize = Annotated[str, typer.Option(help="prompts per forward pass, or 'auto' (halves on out-of-memory)")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (split across GPUs)")]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help="float32, bfloat16, float16 or auto (bfloat16 where the device has bfloat16 matrix units)"
+    ),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="output folder (resumable)")]
 TemplateOpt = Annotated[
     str | None, typer.Option(help="prompt template name or text (default: the dataset's)")
@@ -150,6 +155,16 @@ def _device(device: str) -> str:
     from crosslens.models import check_device
 
     return check_device(device)
+
+
+def _dtype(dtype: str, device: str) -> str:
+    """The concrete dtype (``auto`` resolved for ``device``): what the folder's fingerprint holds."""
+    from crosslens.models import ModelLoadError, dtype_name
+
+    try:
+        return dtype_name(dtype, device)
+    except ModelLoadError as exc:
+        raise typer.BadParameter(f"--dtype: {exc}") from None
 
 
 def _batch_size(value: str, device: str) -> int:
@@ -354,6 +369,7 @@ def info(
 
     if not prompt.strip():
         raise typer.BadParameter("--prompt is empty: give a text whose next token to predict")
+    dtype = _dtype(dtype, device)
     lm = _load(model, _device(device), dtype)
     for key, value in lm.describe().items():
         out_console.print(f"{key:>20}: {value}")
@@ -402,6 +418,7 @@ def eval_cmd(
     _cloze_norm(cloze_norm)
     _model(model)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    dtype = _dtype(dtype, device)
     ds, size = _inputs("eval", model, device, dtype, out, template, batch_size, data)
     shots = _shots(data, ds, num_fewshot, fewshot_split)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
@@ -494,6 +511,7 @@ def lens(
         raise typer.BadParameter(f"--lens: {exc}") from None
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
     keys = ["lens" if s.kind == "logit" else "tuned_lens" for s in specs]
+    dtype = _dtype(dtype, device)
     ds, size = _inputs(keys[0], model, device, dtype, out, template, batch_size, data)
     _precheck(out, keys[1:], model, dtype, ds, template)
     shots = _shots(data, ds, num_fewshot, fewshot_split)
@@ -591,6 +609,7 @@ def train_lens_cmd(
         if len(kept) < 2:
             raise typer.BadParameter(f"--skip {skip} leaves {len(kept)} of {dataset}'s {len(ds)} items")
         text = corpus_from_dataset(ds.subset(kept))
+    dtype = _dtype(dtype, device)
     lm = _load(model, device, dtype)
     columns = (TextColumn("[bold]train-lens"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
@@ -640,6 +659,7 @@ def pca(
 
     requested = _layers(model, _numbers(layers, "--layers"), "--layers", 1)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    dtype = _dtype(dtype, device)
     ds, size = _inputs("pca", model, device, dtype, out, template, batch_size, data)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or [x for x in paper_layers(lm.anatomy.n_layers, every) if x > 0]
@@ -691,6 +711,7 @@ def similarity(
     if matrix_layer is not None:
         _layers(model, [matrix_layer], "--matrix-layer", 0)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    dtype = _dtype(dtype, device)
     ds, size = _inputs("similarity", model, device, dtype, out, template, batch_size, data)
     lm, ds = _loaded(model, device, dtype, ds, template, skip_long)
     chosen = requested or paper_layers(lm.anatomy.n_layers, every)
@@ -786,6 +807,7 @@ def steer(
         raise typer.BadParameter(f"--positions must be last, all or last,all; got {positions!r}")
     _cloze_norm(cloze_norm, STEER_CLOZE_NORMS)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    dtype = _dtype(dtype, device)
     ds, size = _inputs("steer", model, device, dtype, out, template, batch_size, data)
     if n_vectors >= len(ds):
         raise typer.BadParameter(
@@ -883,6 +905,7 @@ def neurons(
     _cloze_norm(cloze_norm)
     _model(model)
     data = (dataset, languages, data_dir, limit, split, strict, pivot_file, pivot)
+    dtype = _dtype(dtype, device)
     ds, size = _inputs("neurons", model, device, dtype, out, template, batch_size, data)
     targets = _csv(ablate)
     for m in targets or []:

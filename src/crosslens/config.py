@@ -261,7 +261,7 @@ class ExperimentConfig(_Section):
     seed: int = 0
     device: str = "cpu"
     max_memory: dict[str | int, str] | None = None  # device: auto only, e.g. {0: 70GiB, cpu: 200GiB}
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # auto: resolved for the device
     batch_size: int | Literal["auto"] = "auto"
     output: Path = Path("runs")
     chunk_size: Annotated[int, Field(ge=1)] = 32
@@ -290,6 +290,14 @@ class ExperimentConfig(_Section):
         if v and info.data.get("device") != "auto":
             raise ValueError("is only used with device: auto (which splits a model across devices)")
         return v
+
+    @model_validator(mode="after")
+    def _concrete_dtype(self) -> ExperimentConfig:
+        """``auto`` becomes the dtype this machine's device runs (what the results record)."""
+        from crosslens.models import dtype_name
+
+        object.__setattr__(self, "dtype", dtype_name(self.dtype, self.device))  # frozen model
+        return self
 
     @model_validator(mode="after")
     def _steering_without_pmi(self) -> ExperimentConfig:

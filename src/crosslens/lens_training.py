@@ -47,7 +47,7 @@ from crosslens.lenses import (
     parse_lens,
     read_info,
 )
-from crosslens.models import LoadedModel, sha256_file
+from crosslens.models import LoadedModel, bf16_units, sha256_file
 from crosslens.store import Store, atomic_write_bytes
 
 __all__ = [
@@ -98,20 +98,6 @@ class TrainSettings:
     @property
     def steps(self) -> int:
         return max(1, math.ceil(self.tokens / (self.batch * self.positions)))
-
-
-def bf16_units(device: str) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices in hardware (AMX / AVX512-BF16 CPUs, recent GPUs).
-
-    Elsewhere bfloat16 matmuls are emulated and several times *slower* than float32 (measured on an
-    AVX2-only CPU: 256 x 640 @ 640 x 262144 in 9.0 s vs 1.7 s), so ``auto`` picks float32 there.
-    """
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if str(device) == "cpu":
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence getattr
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return False
 
 
 def resolve_head_dtype(settings: TrainSettings, device: str) -> TrainSettings:

@@ -43,6 +43,8 @@ __all__ = [
     "ALIASES",
     "cache_root",
     "resolve_dtype",
+    "dtype_name",
+    "bf16_units",
 ]
 
 
@@ -51,15 +53,43 @@ class ModelLoadError(RuntimeError):
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = (*DTYPES, "auto")
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def bf16_units(device: str) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware (AMX / AVX512-BF16 CPUs, recent GPUs).
+
+    Elsewhere bfloat16 matmuls are emulated and several times *slower* than float32 (measured on an
+    AVX2-only CPU: 256 x 640 @ 640 x 262144 in 9.0 s vs 1.7 s), so ``auto`` picks float32 there.
+    """
+    device = str(device)
+    if device == "auto":  # accelerate's device map: the GPUs when there are any
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence getattr
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
+    """The torch dtype of ``dtype``; ``auto`` is bfloat16 where ``device`` has bfloat16 matrix units,
+    else float32 (docs/benchmarks.md: what bfloat16 costs in accuracy, and why it is not the default)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_units(device) else torch.float32
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ModelLoadError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPES)})") from None
+        raise ModelLoadError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPE_CHOICES)})") from None
+
+
+def dtype_name(dtype: str | torch.dtype, device: str = "cpu") -> str:
+    """The concrete dtype's name (``auto`` resolved): what fingerprints and run records hold, so a
+    folder made with ``auto`` on a bfloat16 machine is refused, not mixed, on a float32 one."""
+    return str(resolve_dtype(dtype, device)).removeprefix("torch.")
 
 
 DEVICE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
@@ -319,7 +349,7 @@ def load_model(
 
     start = time.perf_counter()
     check_device(device)
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, device)
     parsed = ModelSpec.parse(spec)
     source, revision, provenance = _resolve(parsed)
     hub_revision = parsed.revision
