@@ -108,3 +108,33 @@ def test_real_smollm2_alias_loads():
     lm = load_model("smollm2-135m")
     assert lm.anatomy.model_type == "llama" and lm.anatomy.n_layers == 30 and lm.anatomy.d_model == 576
     assert _top_tokens(lm, "The capital of France is", 1) == [" Paris"]
+
+
+def test_bf16_mixed_runs_decoder_matmuls_in_bfloat16_and_keeps_the_residual_in_float32(saved_model):
+    """``bf16-mixed``: float32 weights, residual stream and head; the decoder's matmuls in bfloat16 under
+    autocast — recorded as its own precision, and closer to float32 than a bfloat16 model."""
+    from crosslens.anatomy import capture_residuals
+
+    runs = {name: load_model(str(saved_model), dtype=name) for name in ("float32", "bfloat16", "bf16-mixed")}
+    mixed = runs["bf16-mixed"]
+    assert mixed.precision == mixed.describe()["dtype"] == "bf16-mixed"
+    assert mixed.dtype == torch.float32 and runs["bfloat16"].precision == "bfloat16"
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters())
+    seen = {}
+    proj = mixed.anatomy.blocks[0].self_attn.q_proj
+    handle = proj.register_forward_hook(lambda m, i, o: seen.update(q=o.dtype))  # returns None: output kept
+    ids = torch.randint(
+        3, mixed.anatomy.unembed_weight.shape[0], (6, 12), generator=torch.Generator().manual_seed(0)
+    )
+    try:
+        with torch.no_grad(), capture_residuals(mixed.anatomy, [1, 2]) as states:
+            out = mixed.model(ids).logits
+    finally:
+        handle.remove()
+    assert seen["q"] == torch.bfloat16 and out.dtype == torch.float32
+    assert all(h.dtype == torch.float32 for h in states.values())
+    with torch.no_grad():
+        ref = runs["float32"].model(ids).logits.log_softmax(-1)
+        half = runs["bfloat16"].model(ids).logits.float().log_softmax(-1)
+    err_mixed, err_half = (out.log_softmax(-1) - ref).abs().mean(), (half - ref).abs().mean()
+    assert 0 < err_mixed < err_half

@@ -519,4 +519,5 @@ def test_dtype_auto_is_the_hardwares_dtype_and_recorded_concretely(
     monkeypatch.setattr(models, "bf16_units", lambda device: True)
     monkeypatch.setattr("crosslens.models.load_model", lambda *a, **k: pytest.fail("loaded"))
     refused(capsys, run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "auto"), "dtype", "bfloat16")
+    refused(capsys, run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "bf16-mixed"), "dtype", "bf16-mixed")
     assert snapshot(out) == before

@@ -49,7 +49,8 @@ Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (split acro
 Dtype = Annotated[
     str,
     typer.Option(
-        help="float32, bfloat16, float16 or auto (bfloat16 where the device has bfloat16 matrix units)"
+        help="float32, bfloat16, float16, bf16-mixed (bfloat16 matmuls, float32 residual stream) or auto "
+        "(bfloat16 where the device has bfloat16 matrix units)"
     ),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="output folder (resumable)")]

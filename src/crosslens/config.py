@@ -261,7 +261,7 @@ class ExperimentConfig(_Section):
     seed: int = 0
     device: str = "cpu"
     max_memory: dict[str | int, str] | None = None  # device: auto only, e.g. {0: 70GiB, cpu: 200GiB}
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # auto: resolved for the device
+    dtype: Literal["float32", "bfloat16", "float16", "bf16-mixed", "auto"] = "float32"  # auto: for the device
     batch_size: int | Literal["auto"] = "auto"
     output: Path = Path("runs")
     chunk_size: Annotated[int, Field(ge=1)] = 32

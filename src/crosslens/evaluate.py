@@ -166,7 +166,7 @@ def data_fingerprint(lm: LoadedModel, ds: ParallelDataset, template: Template) -
     Batch size, chunk size, padding side and the device change float rounding only and are not
     part of it; the items' own content is checked per item (:attr:`Item.digest`).
     """
-    dtype = str(lm.dtype).removeprefix("torch.")
+    dtype = lm.precision
     return prompt_fingerprint(lm.spec, dtype, ds, template) | {"revision": lm.revision}
 
 

@@ -382,7 +382,7 @@ def train_lens(
             "positions_per_step": settings.batch * settings.positions,
             "seconds_this_run": round(seconds, 1),
             "tokens_per_second_this_run": round(tokens / seconds, 1) if seconds > 0 else None,
-            "model_dtype": str(lm.dtype).removeprefix("torch."),
+            "model_dtype": lm.precision,
             "device": str(lm.device),
             "loss": "KL(final || lens), nats per position",
         }

@@ -52,7 +52,15 @@ class ModelLoadError(RuntimeError):
     """A model spec that cannot be loaded; the message names the spec and what is wrong."""
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "bf16-mixed": torch.float32,
+}
+# bf16-mixed (Lightning's name): float32 weights, residual stream, norms and head; the decoder's matmuls
+# in bfloat16 under torch.autocast. About half the error of bfloat16 (docs/benchmarks.md).
+AUTOCAST = {"bf16-mixed": torch.bfloat16}
 DTYPE_CHOICES = (*DTYPES, "auto")
 
 
@@ -73,23 +81,22 @@ def bf16_units(device: str) -> bool:
     return False
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
-    """The torch dtype of ``dtype``; ``auto`` is bfloat16 where ``device`` has bfloat16 matrix units,
-    else float32 (docs/benchmarks.md: what bfloat16 costs in accuracy, and why it is not the default)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if bf16_units(device) else torch.float32
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPE_CHOICES)})") from None
-
-
 def dtype_name(dtype: str | torch.dtype, device: str = "cpu") -> str:
-    """The concrete dtype's name (``auto`` resolved): what fingerprints and run records hold, so a
-    folder made with ``auto`` on a bfloat16 machine is refused, not mixed, on a float32 one."""
-    return str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    """The concrete precision's name (``auto`` resolved for ``device``): what fingerprints and run
+    records hold, so a folder made with ``auto`` on a bfloat16 machine is refused, not mixed, on a
+    float32 one. ``auto`` is bfloat16 where ``device`` has bfloat16 matrix units, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    if dtype == "auto":
+        return "bfloat16" if bf16_units(device) else "float32"
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}' (use one of {', '.join(DTYPE_CHOICES)})")
+    return dtype
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
+    """The torch dtype of the weights and the residual stream for ``dtype`` (see :func:`dtype_name`)."""
+    return dtype if isinstance(dtype, torch.dtype) else DTYPES[dtype_name(dtype, device)]
 
 
 DEVICE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
@@ -165,6 +172,12 @@ class LoadedModel:
     anatomy: Anatomy
     load_seconds: float = 0.0
     source: dict[str, str] = field(default_factory=dict)
+    autocast: torch.dtype | None = None  # the matmuls' dtype under torch.autocast (bf16-mixed)
+
+    @property
+    def precision(self) -> str:
+        """The name results record: float32, bfloat16, float16 or bf16-mixed."""
+        return "bf16-mixed" if self.autocast == torch.bfloat16 else str(self.dtype).removeprefix("torch.")
 
     @property
     def input_device(self) -> torch.device:
@@ -181,7 +194,7 @@ class LoadedModel:
             "d_model": self.anatomy.d_model,
             "vocab_size": int(self.anatomy.unembed_weight.shape[0]),
             "final_logit_softcap": self.anatomy.softcap,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": self.precision,
             "device": self.device,
             **self.source,
         }
@@ -349,7 +362,8 @@ def load_model(
 
     start = time.perf_counter()
     check_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    precision = dtype_name(dtype, device)
+    torch_dtype = resolve_dtype(precision)
     parsed = ModelSpec.parse(spec)
     source, revision, provenance = _resolve(parsed)
     hub_revision = parsed.revision
@@ -377,6 +391,11 @@ def load_model(
         model.to(device)
     model.eval()
     model.requires_grad_(False)
+    autocast = AUTOCAST.get(precision)
+    if autocast is not None:  # the decoder's matmuls in bfloat16 (hooks included); the head stays float32
+        kind = "cuda" if device == "auto" and torch.cuda.is_available() else device.split(":")[0]
+        decoder = model.get_decoder()
+        decoder.forward = torch.autocast(kind, dtype=autocast)(decoder.forward)
     if not revision:
         revision = getattr(model.config, "_commit_hash", None) or hub_revision or "unknown"
     return LoadedModel(
@@ -389,4 +408,5 @@ def load_model(
         anatomy=Anatomy.of(model),
         load_seconds=time.perf_counter() - start,
         source=provenance,
+        autocast=autocast,
     )
