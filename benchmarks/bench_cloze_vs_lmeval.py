@@ -29,8 +29,8 @@ from crosslens.store import Store
 LANG = "eng_Latn"
 
 
-def bench_model(name: str, args: argparse.Namespace, workdir: str) -> list[object]:
-    lm, folder = common.load(name, workdir)
+def bench_model(name: str, args: argparse.Namespace, workdir: str, dtype: str = "float32") -> list[object]:
+    lm, folder = common.load(name, workdir, dtype)
     ds = common.belebele([LANG])
     ds = ds.subset(ds.item_ids()[: args.items])
     items = [ds.item(LANG, i) for i in ds.item_ids()]
@@ -45,7 +45,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: str) -> list[objec
         max(len(tok(c + x).input_ids) for c, x in pairs) + 16,
         getattr(lm.model.config, "max_position_embeddings", 0),
     )
-    hf = common.hflm(folder, args.batch_size, max_length=max_len)
+    hf = common.hflm(folder, args.batch_size, max_length=max_len, dtype=dtype)
 
     same_tokens = joint = 0
     for (i, k), (ctx, cont) in zip(owners, pairs, strict=True):
@@ -53,7 +53,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: str) -> list[objec
         joint += was_joint
         same_tokens += hf._encode_pair(ctx, cont) == (prompt_ids[i], ours)
 
-    runs_dir = Path(workdir) / name
+    runs_dir = Path(workdir) / f"{name}-{dtype}"
     counter = iter(range(10**6))
 
     def run_crosslens() -> list[np.ndarray]:
@@ -89,7 +89,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: str) -> list[objec
     ]
     print(f"{name}: crosslens {ips_ours.fmt(3)} items/s, lm-eval {ips_theirs.fmt(3)} items/s")
     return [
-        name,
+        f"{name} ({dtype})",
         n,
         f"{np.mean(list(map(len, prompt_ids))):.0f}",
         f"{np.mean(answer_tokens):.1f}",
@@ -108,10 +108,13 @@ def main() -> None:
     ap = common.parser(__doc__, 12, "Belebele eng_Latn items (first N)")
     ap.add_argument("--batch-size", type=int, default=8, help="batch size of both tools")
     ap.add_argument("--models", nargs="+", default=list(common.MODELS), choices=common.MODELS)
+    ap.add_argument(
+        "--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"], help="both tools in each"
+    )
     args = common.parse(ap)
 
     with common.scratch_dir() as workdir:
-        rows = [bench_model(name, args, workdir) for name in args.models]
+        rows = [bench_model(name, args, workdir, dtype) for name in args.models for dtype in args.dtypes]
     header = [
         "model",
         "items",
@@ -137,7 +140,8 @@ def main() -> None:
         "repeats": args.repeats,
         "batch size": args.batch_size,
         "crosslens": "evaluate(..., EvalOptions(cloze=True)) end to end into a fresh folder per repetition",
-        "lm-eval": "HFLM(pretrained=<model folder>, device='cpu', dtype='float32').loglikelihood(requests)",
+        "lm-eval": "HFLM(pretrained=<model folder>, device='cpu', dtype=<crosslens' dtype>)"
+        ".loglikelihood(requests)",
     }
     common.append_results("Cloze (full-answer) scoring vs lm-evaluation-harness", settings, body)
 

@@ -30,8 +30,10 @@ from crosslens.store import Store
 LANG = "eng_Latn"
 
 
-def bench_model(name: str, args: argparse.Namespace, workdir: str) -> tuple[list[object], dict[str, str]]:
-    lm, folder = common.load(name, workdir)
+def bench_model(
+    name: str, args: argparse.Namespace, workdir: str, dtype: str = "float32"
+) -> tuple[list[object], dict[str, str]]:
+    lm, folder = common.load(name, workdir, dtype)
     ds = common.belebele([LANG])
     ds = ds.subset(ds.item_ids()[: args.items])
     items = [ds.item(LANG, i) for i in ds.item_ids()]
@@ -46,7 +48,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: str) -> tuple[list
     prompt_ids = [tok(p).input_ids for p in prompts]
     longest = max(map(len, prompt_ids))
     max_len = max(longest + 16, getattr(lm.model.config, "max_position_embeddings", 0))
-    hf = common.hflm(folder, args.batch_size, max_length=max_len)
+    hf = common.hflm(folder, args.batch_size, max_length=max_len, dtype=dtype)
 
     # Same tokens? lm-eval splits the joint encoding of prompt + continuation at the prompt's length.
     same_tokens = 0
@@ -54,7 +56,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: str) -> tuple[list
         ctx_enc, cont_enc = hf._encode_pair(ctx, cont)
         same_tokens += ctx_enc == prompt_ids[i] and cont_enc == [plan.token_ids[k]]
 
-    runs_dir = Path(workdir) / name
+    runs_dir = Path(workdir) / f"{name}-{dtype}"
     counter = iter(range(10**6))
 
     def run_crosslens() -> list[np.ndarray]:
@@ -89,7 +91,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: str) -> tuple[list
     ips_ours = common.Stat([n / t for t in times["crosslens"].values])
     ips_theirs = common.Stat([n / t for t in times["lm-eval"].values])
     row = [
-        name,
+        f"{name} ({dtype})",
         n,
         f"{np.mean(list(map(len, prompt_ids))):.0f}",
         ips_ours.fmt(2),
@@ -115,12 +117,15 @@ def main() -> None:
     ap = common.parser(__doc__, 40, "Belebele eng_Latn items (first N)")
     ap.add_argument("--batch-size", type=int, default=8, help="batch size of both tools")
     ap.add_argument("--models", nargs="+", default=list(common.MODELS), choices=common.MODELS)
+    ap.add_argument(
+        "--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"], help="both tools in each"
+    )
     args = common.parse(ap)
 
     rows, facts = [], {}
     with common.scratch_dir() as workdir:
-        for name in args.models:
-            row, f = bench_model(name, args, workdir)
+        for name, dtype in ((n, d) for n in args.models for d in args.dtypes):
+            row, f = bench_model(name, args, workdir, dtype)
             rows.append(row)
             facts |= f
     header = [
@@ -148,7 +153,8 @@ def main() -> None:
         "repeats": args.repeats,
         "batch size": args.batch_size,
         "crosslens": "evaluate(..., EvalOptions(cloze=False)) end to end into a fresh folder per repetition",
-        "lm-eval": "HFLM(pretrained=<model folder>, device='cpu', dtype='float32').loglikelihood(requests)",
+        "lm-eval": "HFLM(pretrained=<model folder>, device='cpu', dtype=<crosslens' dtype>)"
+        ".loglikelihood(requests)",
         **facts,
     }
     common.append_results("Letter-choice evaluation vs lm-evaluation-harness", settings, body)

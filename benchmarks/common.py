@@ -216,7 +216,7 @@ def ratio(slow: Stat, fast: Stat) -> Stat:
 MODELS = ("gemma-3-270m", "tiny-llama")
 
 
-def load(name: str, workdir: str | Path):
+def load(name: str, workdir: str | Path, dtype: str = "float32"):
     """``(LoadedModel, folder)`` for a benchmark model; lm-eval loads its own copy from ``folder``.
 
     ``gemma-3-270m``: the real Gemma 3 270M, converted once into the crosslens cache (a plain
@@ -226,13 +226,17 @@ def load(name: str, workdir: str | Path):
     if name == "gemma-3-270m":
         from crosslens.models import load_model
 
-        lm = load_model(name)
+        lm = load_model(name, dtype=dtype)
         return lm, lm.source["cache"]
     if name == "tiny-llama":
         sys.path.insert(0, str(REPO / "tests"))
+        from dataclasses import replace
+
         from conftest import tiny_model
+        from crosslens.models import resolve_dtype
 
         lm = tiny_model("llama")
+        lm = replace(lm, model=lm.model.to(resolve_dtype(dtype)), dtype=resolve_dtype(dtype))
         folder = Path(workdir) / "tiny-llama"
         lm.model.save_pretrained(folder)
         lm.tokenizer.save_pretrained(folder)
@@ -248,13 +252,11 @@ def belebele(languages: Sequence[str] = ("eng_Latn",)):
     return load_dataset("belebele", list(languages), data_dir=BELEBELE_DIR)
 
 
-def hflm(folder: str, batch_size: int, max_length: int | None = None):
-    """lm-evaluation-harness' Hugging Face model on CPU in float32, from a local folder."""
+def hflm(folder: str, batch_size: int, max_length: int | None = None, dtype: str = "float32"):
+    """lm-evaluation-harness' Hugging Face model on CPU in ``dtype``, from a local folder."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(
-        pretrained=folder, device="cpu", dtype="float32", batch_size=batch_size, max_length=max_length
-    )
+    return HFLM(pretrained=folder, device="cpu", dtype=dtype, batch_size=batch_size, max_length=max_length)
 
 
 def lmeval_loglikelihood(hf, pairs: Sequence[tuple[str, str]]) -> list[float]:
