@@ -44,7 +44,6 @@ from crosslens.lens import run_lens
 from crosslens.models import bf16_units, load_model
 
 MODES = ("float32", "bfloat16", "bf16-mixed")
-GAMMAS = (-2.0, -1.0, 1.0, 2.0, 4.0)
 
 
 # -- the precisions ---------------------------------------------------------------------------------
@@ -134,27 +133,6 @@ def run_lens_records(lm, ds, layers: list[int], batch_size: int) -> pd.DataFrame
     with common.scratch_dir() as out:
         run_lens(lm, ds, Path(out) / "l", layers=layers, opts=EvalOptions(batch_size=batch_size))
         return pd.read_parquet(Path(out) / "l" / "lens")
-
-
-def grid_inputs(lm, n_prompts: int, g: int, batch_size: int):
-    from crosslens.data import load_dataset
-    from crosslens.prompts import get_template, render
-    from crosslens.scoring import label_plan
-    from crosslens.steering import build_vectors
-
-    ds = load_dataset("crosslens-mini", ["de"])
-    ids = ds.item_ids()
-    n = lm.anatomy.n_layers
-    layers = sorted({max(1, round(n * k / (g // len(GAMMAS) + 1))) for k in range(1, g // len(GAMMAS) + 1)})
-    sv = build_vectors(lm, ds, ["de"], layers, ids[:16], batch_size=batch_size)
-    settings = [(layer, gamma * sv.get("de", layer).float()) for gamma in GAMMAS for layer in layers][:g]
-    template, plan = get_template(ds.template), label_plan(lm.tokenizer)
-    items = [ds.item("de", i) for i in ids[16 : 16 + n_prompts]]
-    return (
-        [lm.tokenizer(render(it, template)).input_ids for it in items],
-        [plan.for_n(len(it.choices)) for it in items],
-        settings,
-    )
 
 
 def run_grid(lm, inputs, batch_size: int) -> list[np.ndarray]:
@@ -260,7 +238,10 @@ def main() -> None:
         "lens": lambda lm: run_lens_records(lm, ds, args.lens_layers, args.batch_size),
     }
     f32 = lms["float32"]
-    grid_in = grid_inputs(f32, args.grid_prompts, args.grid_settings, args.batch_size)
+    prompts, labels, settings = common.steering_inputs(
+        f32, args.grid_prompts, -(-args.grid_settings // len(common.GAMMAS)), args.batch_size
+    )
+    grid_in = (prompts, labels, settings[: args.grid_settings])
     stages["steering grid"] = lambda lm: run_grid(lm, grid_in, args.batch_size)
     pk = peaks(args.peak_repeats, args.device)
 

@@ -32,7 +32,6 @@ import torch
 from crosslens.evaluate import EvalOptions, evaluate
 
 PLOT = common.BENCH_DIR / "scaling.png"
-GAMMAS = (-2.0, -1.0, 1.0, 2.0, 4.0)
 
 
 def child_eval(args) -> None:
@@ -91,21 +90,9 @@ def lens_layers(args, lm) -> list[tuple[int, float]]:
 
 
 def grid_sizes(args, lm) -> list[tuple[int, float]]:
-    from crosslens.data import load_dataset
-    from crosslens.prompts import get_template, render
-    from crosslens.scoring import label_plan
-    from crosslens.steering import build_vectors, steer_grid
+    from crosslens.steering import steer_grid
 
-    ds = load_dataset("crosslens-mini", ["de"])
-    ids = ds.item_ids()
-    n = lm.anatomy.n_layers
-    layers = sorted({max(1, round(n * k / 11)) for k in range(1, 11)})  # 10 layers: 50 settings
-    sv = build_vectors(lm, ds, ["de"], layers, ids[:16], batch_size=args.batch_size)
-    settings = [(layer, g * sv.get("de", layer)) for g in GAMMAS for layer in layers]
-    template, plan = get_template(ds.template), label_plan(lm.tokenizer)
-    items = [ds.item("de", i) for i in ids[16 : 16 + args.grid_prompts]]
-    prompt_ids = [lm.tokenizer(render(it, template)).input_ids for it in items]
-    label_ids = [plan.for_n(len(it.choices)) for it in items]
+    prompt_ids, label_ids, settings = common.steering_inputs(lm, args.grid_prompts, 10, args.batch_size)
     steer_grid(lm, prompt_ids[:2], label_ids[:2], settings[:1], None, args.batch_size)  # warm-up
     out = []
     for g in args.grid_sizes:

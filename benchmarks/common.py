@@ -268,6 +268,30 @@ def lmeval_loglikelihood(hf, pairs: Sequence[tuple[str, str]]) -> list[float]:
     return [ll for ll, _greedy in hf.loglikelihood(reqs, disable_tqdm=True)]
 
 
+GAMMAS = (-2.0, -1.0, 1.0, 2.0, 4.0)
+
+
+def steering_inputs(lm, n_prompts: int, n_layers: int, batch_size: int):
+    """``(prompt_ids, label_ids, settings)`` of a steering grid on crosslens-mini 'de': vectors (Eq. 8)
+    from the first 16 items at ``n_layers`` layers spread over the depth, the next ``n_prompts`` items
+    as prompts, settings = every (layer, gamma * v) with ``GAMMAS``, gamma-major (float32 deltas)."""
+    from crosslens.data import load_dataset
+    from crosslens.prompts import get_template, render
+    from crosslens.scoring import label_plan
+    from crosslens.steering import build_vectors
+
+    ds = load_dataset("crosslens-mini", ["de"])
+    ids = ds.item_ids()
+    n = lm.anatomy.n_layers
+    layers = sorted({max(1, round(n * k / (n_layers + 1))) for k in range(1, n_layers + 1)})
+    sv = build_vectors(lm, ds, ["de"], layers, ids[:16], batch_size=batch_size)
+    settings = [(layer, g * sv.get("de", layer).float()) for g in GAMMAS for layer in layers]
+    template, plan = get_template(ds.template), label_plan(lm.tokenizer)
+    items = [ds.item("de", i) for i in ids[16 : 16 + n_prompts]]
+    prompt_ids = [lm.tokenizer(render(it, template)).input_ids for it in items]
+    return prompt_ids, [plan.for_n(len(it.choices)) for it in items], settings
+
+
 def scratch_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="crosslens-bench-")
 
