@@ -212,7 +212,7 @@ def profile(lm, ds, batch_size: int, top: int) -> tuple[list[list[object]], floa
 
 
 def main() -> None:
-    ap = common.parser(__doc__, 16, "Belebele items per language")
+    ap = common.parser(__doc__, 8, "Belebele items per language")
     ap.add_argument("--model", default="gemma-3-270m", help="any crosslens model spec")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--languages", nargs="+", default=["eng_Latn", "deu_Latn", "spa_Latn"])
@@ -220,11 +220,11 @@ def main() -> None:
         "--modes", nargs="+", default=list(MODES), choices=MODES, help="float32 always runs first"
     )
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lens-layers", type=int, nargs="+", default=[3, 6, 9, 12, 15, 18])
+    ap.add_argument("--lens-layers", type=int, nargs="+", default=[6, 12, 18])
     ap.add_argument("--grid-prompts", type=int, default=12)
     ap.add_argument("--grid-settings", type=int, default=10, help="G (layers × 5 gammas)")
     ap.add_argument(
-        "--profile-items", type=int, default=4, help="items per language in the profile (0: none)"
+        "--profile-items", type=int, default=2, help="items per language in the profile (0: none)"
     )
     ap.add_argument("--peak-repeats", type=int, default=3, help="timed calls per GEMM peak shape")
     args = common.parse(ap)
