@@ -184,14 +184,18 @@ def main() -> None:
              f"{r['ru_maxrss_gib']:.2f}"]
             for r in evals
         ]  # fmt: skip
-        a, b, r2 = linear_fit([r["prompts"] for r in evals], [r["wall"] for r in evals])
+        fit = "one size: no fit."
+        if len(evals) > 1:
+            a, b, r2 = linear_fit([r["prompts"] for r in evals], [r["wall"] for r in evals])
+            fit = (
+                f"linear fit of wall time on prompts: {a:.1f} s + {1000 * b:.0f} ms × prompts (R² {r2:.4f})."
+            )
         header = ["items / language", "prompts", "wall s", "CPU s", "ms / prompt", "RSS after load GiB",
                   "peak RSS in eval GiB", "peak vs smallest", "process max RSS GiB"]  # fmt: skip
         sections.append(
             "### Evaluation vs items\n\n"
             + common.table(header, rows)
-            + f"\n\nLinear fit of wall time on prompts: {a:.1f} s + {1000 * b:.0f} ms × prompts "
-            f"(R² {r2:.4f}). Target: peak RSS in eval at the largest size within 10 % of the smallest."
+            + f"\n\nTime: {fit} Target: peak RSS in eval at the largest size within 10 % of the smallest."
         )
     if lens:
         note = f"{args.lens_items} items × {len(args.languages)} languages."
