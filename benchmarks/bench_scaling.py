@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import common
-import numpy as np
 import torch
+from scipy import stats
 
 from crosslens.evaluate import EvalOptions, evaluate
 
@@ -105,14 +105,8 @@ def grid_sizes(args, lm) -> list[tuple[int, float]]:
 
 def linear_fit(x: list[float], y: list[float]) -> tuple[float, float, float]:
     """Intercept, slope and R² of a least-squares line (how linear a cost is)."""
-    slope, intercept = np.polyfit(x, y, 1)
-    pred = intercept + slope * np.asarray(x)
-    ss = float(np.sum((np.asarray(y) - np.mean(y)) ** 2))
-    return (
-        float(intercept),
-        float(slope),
-        1.0 - float(np.sum((np.asarray(y) - pred) ** 2)) / ss if ss else 1.0,
-    )
+    fit = stats.linregress(x, y)
+    return float(fit.intercept), float(fit.slope), float(fit.rvalue**2)
 
 
 def cost_section(title: str, unit: str, points: list[tuple[int, float]], note: str) -> str:
