@@ -28,7 +28,7 @@ from crosslens.prompts import get_template, render
 from crosslens.scoring import label_plan
 from crosslens.steering import build_vectors, control_vector, steer_grid, steered_full_forward
 
-GAMMAS = (-2.0, -1.0, 1.0, 2.0, 4.0)
+GAMMAS = common.GAMMAS
 
 
 def naive(lm, prompt_ids, label_ids, settings, batch_size):
