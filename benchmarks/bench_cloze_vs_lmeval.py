@@ -21,9 +21,11 @@ from pathlib import Path
 import common
 import numpy as np
 
-from crosslens.evaluate import RECORDS, EvalOptions, evaluate
-from crosslens.prompts import get_template, render
-from crosslens.scoring import encode_continuation
+from crosslens.data.prompts import get_template, render
+from crosslens.scoring.choices import encode_continuation
+from crosslens.scoring.options import EvalOptions
+from crosslens.scoring.records import RECORDS
+from crosslens.stages.evaluate.stage import evaluate
 from crosslens.store import Store
 
 LANG = "eng_Latn"

@@ -38,10 +38,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from crosslens.anatomy import Anatomy
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.lens import run_lens
-from crosslens.models import bf16_units, load_model
+from crosslens.models.anatomy import Anatomy
+from crosslens.models.loading import bf16_units, load_model
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
+from crosslens.stages.lens.stage import run_lens
 
 MODES = ("float32", "bfloat16", "bf16-mixed")
 
@@ -136,7 +137,7 @@ def run_lens_records(lm, ds, layers: list[int], batch_size: int) -> pd.DataFrame
 
 
 def run_grid(lm, inputs, batch_size: int) -> list[np.ndarray]:
-    from crosslens.steering import steer_grid
+    from crosslens.stages.steering.stage import steer_grid
 
     prompt_ids, label_ids, settings = inputs
     deltas = [(layer, delta.to(lm.dtype)) for layer, delta in settings]

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from crosslens.data import load_dataset
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.models import load_model
-from crosslens.scoring import encode_continuation, label_plan
+from crosslens.data.registry import load_dataset
+from crosslens.models.loading import load_model
+from crosslens.scoring.choices import encode_continuation, label_plan
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -15,8 +15,10 @@ import common
 import numpy as np
 
 import crosslens.scoring as scoring
-from crosslens.evaluate import EvalOptions, build_prompter, item_rows
-from crosslens.scoring import prompt_label_plan
+from crosslens.scoring.choices import prompt_label_plan
+from crosslens.scoring.options import EvalOptions
+from crosslens.scoring.records import item_rows
+from crosslens.stages.prompting import build_prompter
 
 
 def main() -> None:

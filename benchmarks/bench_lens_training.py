@@ -13,9 +13,9 @@ import time
 
 import common
 
-from crosslens.data import load_dataset
-from crosslens.lens_training import TrainSettings, corpus_from_dataset, default_layers, train_lens
-from crosslens.models import bf16_units
+from crosslens.data.registry import load_dataset
+from crosslens.lenses.training import TrainSettings, corpus_from_dataset, default_layers, train_lens
+from crosslens.models.loading import bf16_units
 
 
 def main() -> None:

@@ -30,12 +30,12 @@ from pathlib import Path
 import common
 import torch
 
-from crosslens.anatomy import paper_layers
-from crosslens.data import load_dataset
-from crosslens.evaluate import EvalOptions
-from crosslens.lens import LENS, run_lens
-from crosslens.prompts import get_template, render
-from crosslens.scoring import encode_continuation, label_plan
+from crosslens.data.prompts import get_template, render
+from crosslens.data.registry import load_dataset
+from crosslens.models.anatomy import paper_layers
+from crosslens.scoring.choices import encode_continuation, label_plan
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.lens.stage import LENS, run_lens
 from crosslens.store import Store
 
 Key = tuple[str, str, int, str, int]  # language, item id, layer, form, choice

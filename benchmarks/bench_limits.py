@@ -23,10 +23,11 @@ from pathlib import Path
 import common
 import torch
 
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.passes import length_batches
-from crosslens.prompts import get_template, render
-from crosslens.scoring import encode_continuation
+from crosslens.data.prompts import get_template, render
+from crosslens.models.passes import length_batches
+from crosslens.scoring.choices import encode_continuation
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
 
 LANG = "eng_Latn"
 

@@ -29,7 +29,8 @@ import common
 import torch
 from scipy import stats
 
-from crosslens.evaluate import EvalOptions, evaluate
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
 
 PLOT = common.BENCH_DIR / "scaling.png"
 
@@ -72,7 +73,7 @@ def eval_sizes(args) -> list[dict]:
 
 
 def lens_layers(args, lm) -> list[tuple[int, float]]:
-    from crosslens.lens import run_lens
+    from crosslens.stages.lens.stage import run_lens
 
     ds = common.belebele(args.languages).limit(args.lens_items)
     n = lm.anatomy.n_layers
@@ -90,7 +91,7 @@ def lens_layers(args, lm) -> list[tuple[int, float]]:
 
 
 def grid_sizes(args, lm) -> list[tuple[int, float]]:
-    from crosslens.steering import steer_grid
+    from crosslens.stages.steering.stage import steer_grid
 
     prompt_ids, label_ids, settings = common.steering_inputs(lm, args.grid_prompts, 10, args.batch_size)
     steer_grid(lm, prompt_ids[:2], label_ids[:2], settings[:1], None, args.batch_size)  # warm-up

@@ -22,11 +22,12 @@ import common
 import numpy as np
 import torch
 
-from crosslens.data import load_dataset
-from crosslens.passes import length_batches
-from crosslens.prompts import get_template, render
-from crosslens.scoring import label_plan
-from crosslens.steering import build_vectors, control_vector, steer_grid, steered_full_forward
+from crosslens.data.prompts import get_template, render
+from crosslens.data.registry import load_dataset
+from crosslens.models.passes import length_batches
+from crosslens.scoring.choices import label_plan
+from crosslens.stages.steering.grid import steered_full_forward
+from crosslens.stages.steering.stage import build_vectors, control_vector, steer_grid
 
 GAMMAS = common.GAMMAS
 

@@ -224,7 +224,7 @@ def load(name: str, workdir: str | Path, dtype: str = "float32"):
     tokenizer, 400 tokens), saved into ``workdir``.
     """
     if name == "gemma-3-270m":
-        from crosslens.models import load_model
+        from crosslens.models.loading import load_model
 
         lm = load_model(name, dtype=dtype)
         return lm, lm.source["cache"]
@@ -233,7 +233,7 @@ def load(name: str, workdir: str | Path, dtype: str = "float32"):
         from dataclasses import replace
 
         from conftest import tiny_model
-        from crosslens.models import resolve_dtype
+        from crosslens.models.loading import resolve_dtype
 
         lm = tiny_model("llama")
         lm = replace(lm, model=lm.model.to(resolve_dtype(dtype)), dtype=resolve_dtype(dtype))
@@ -245,7 +245,7 @@ def load(name: str, workdir: str | Path, dtype: str = "float32"):
 
 
 def belebele(languages: Sequence[str] = ("eng_Latn",)):
-    from crosslens.data import load_dataset
+    from crosslens.data.registry import load_dataset
 
     if not BELEBELE_DIR.is_dir():
         sys.exit(f"Belebele files not found in {BELEBELE_DIR} (set CROSSLENS_BELEBELE)")
@@ -275,10 +275,10 @@ def steering_inputs(lm, n_prompts: int, n_layers: int, batch_size: int):
     """``(prompt_ids, label_ids, settings)`` of a steering grid on crosslens-mini 'de': vectors (Eq. 8)
     from the first 16 items at ``n_layers`` layers spread over the depth, the next ``n_prompts`` items
     as prompts, settings = every (layer, gamma * v) with ``GAMMAS``, gamma-major (float32 deltas)."""
-    from crosslens.data import load_dataset
-    from crosslens.prompts import get_template, render
-    from crosslens.scoring import label_plan
-    from crosslens.steering import build_vectors
+    from crosslens.data.prompts import get_template, render
+    from crosslens.data.registry import load_dataset
+    from crosslens.scoring.choices import label_plan
+    from crosslens.stages.steering.stage import build_vectors
 
     ds = load_dataset("crosslens-mini", ["de"])
     ids = ds.item_ids()

@@ -32,12 +32,12 @@ from pathlib import Path
 import common
 import torch
 
-from crosslens.anatomy import paper_layers
-from crosslens.config import load_config
-from crosslens.data import load_dataset
-from crosslens.models import ModelSpec, load_model
-from crosslens.prompts import get_template, render
-from crosslens.runner import run_experiment
+from crosslens.data.prompts import get_template, render
+from crosslens.data.registry import load_dataset
+from crosslens.experiment.config import load_config
+from crosslens.experiment.runner import run_experiment
+from crosslens.models.anatomy import paper_layers
+from crosslens.models.loading import ModelSpec, load_model
 from crosslens.store import Store
 
 SHARED = Path(common.BELEBELE_DIR).parent

@@ -1,7 +1,7 @@
 """GPU check: lens fidelity (float32 and bfloat16), steering cached path vs full forward, eval/lens speed.
 
 Runs with only the package and the cached demo model (`crosslens info` once beforehand caches it).
-Writes a short Markdown report (default gpu_check_report.md) and exits non-zero on a fidelity failure.
+Writes a short Markdown report (default benchmarks/gpu_check_report.md); exits non-zero when fidelity fails.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crosslens.data import load_dataset
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.lens import run_lens
-from crosslens.models import load_model
-from crosslens.prompts import get_template, render
-from crosslens.scoring import label_plan
-from crosslens.steering import steer_grid, steered_full_forward
+from crosslens.data.prompts import get_template, render
+from crosslens.data.registry import load_dataset
+from crosslens.models.loading import load_model
+from crosslens.scoring.choices import label_plan
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
+from crosslens.stages.lens.stage import run_lens
+from crosslens.stages.steering.grid import steered_full_forward
+from crosslens.stages.steering.stage import steer_grid
 
 
 def lens_fidelity(lm, prompts: list[str]) -> float:
@@ -31,7 +33,7 @@ def lens_fidelity(lm, prompts: list[str]) -> float:
     Relative, because in bfloat16 the model's own logits are rounded to 8 significant bits (a logit
     of 20 moves by up to 0.06) while the lens computes its head in float32.
     """
-    from crosslens.anatomy import capture_residuals
+    from crosslens.models.anatomy import capture_residuals
 
     L = lm.anatomy.n_layers
     worst = 0.0
@@ -49,7 +51,7 @@ def main() -> int:
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--items", type=int, default=64)
-    ap.add_argument("--report", type=Path, default=Path("gpu_check_report.md"))
+    ap.add_argument("--report", type=Path, default=Path("benchmarks/gpu_check_report.md"))
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA device visible", file=sys.stderr)

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-exec "$PY" scripts/gpu_check.py --report "${1:-gpu_check_report.md}"
+exec "$PY" scripts/gpu_check.py --report "${1:-benchmarks/gpu_check_report.md}"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosslens.anatomy import Anatomy
-from crosslens.models import LoadedModel
+from crosslens.models.anatomy import Anatomy
+from crosslens.models.loading import LoadedModel
 
 CORPUS = [
     "Given the following question and answer choices, output the letter corresponding to the correct answer.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from crosslens.data import Item, ParallelDataset
+from crosslens.data.schema import Item, ParallelDataset
 
 QUESTIONS = {
     "en": [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosslens.anatomy import Anatomy, UnsupportedModelError, capture_residuals, paper_layers
+from crosslens.models.anatomy import Anatomy, UnsupportedModelError, capture_residuals, paper_layers
 
 
 def test_paper_layers_schedule():

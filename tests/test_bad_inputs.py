@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,7 +134,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("unknown command", lambda w: ["evaluate"], ("evaluate",)),
     ("metrics on an empty folder", lambda w: ["metrics", str(w.path("empty-dir"))], ("no evaluation run",)),
     ("unknown device", lambda w: [*EVAL(w), "--device", "banana"], ("--device", "banana")),
-    ("CUDA without CUDA", lambda w: [*EVAL(w), "--device", "cuda"], ("--device cuda", "not available")),
+    ("CUDA without CUDA", lambda w: [*EVAL(w), "--device", "cuda"], ("--device: cuda", "not available")),
     ("unknown dtype", lambda w: [*EVAL(w), "--dtype", "float8"], ("float8",)),
     ("--out is a file", lambda w: [*EVAL(w, out=w.path("a-file"))], ("a-file", "not a folder")),
     ("--out below a file", lambda w: [*EVAL(w, out=w.path("a-file") / "x")], ("a-file", "not a folder")),
@@ -144,9 +145,9 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("--gammas word", lambda w: [*STEER(w), "--gammas", "one"], ("--gammas", "'one'")),
     ("--n-vectors 0", lambda w: [*STEER(w), "--n-vectors", "0"], ("--n-vectors",)),
     ("--n-vectors -1", lambda w: [*STEER(w), "--n-vectors", "-1"], ("--n-vectors",)),
-    ("--n-vectors beyond the items", lambda w: [*STEER(w), "--n-vectors", "7"], ("--n-vectors 7", "no items")),
-    ("steering layer 0", lambda w: [*STEER(w), "--layers", "0"], ("--layers", "layer 0")),
-    ("steering layer beyond the depth", lambda w: [*STEER(w), "--layers", "9"], ("--layers", "layer 9")),
+    ("--n-vectors beyond the items", lambda w: [*STEER(w), "--n-vectors", "7"], ("--n-vectors: 7", "no items")),
+    ("steering layer 0", lambda w: [*STEER(w), "--layers", "0"], ("--layers", "must be >= 1, got 0")),
+    ("steering layer beyond the depth", lambda w: [*STEER(w), "--layers", "9"], ("--layers", "[9] beyond the depth")),
     ("pca --layers 999", lambda w: [*PCA(w), "--layers", "999"], ("--layers", "999")),
     ("pca --n-items 0", lambda w: [*PCA(w), "--n-items", "0"], ("--n-items",)),
     ("pca --n-items 1", lambda w: [*PCA(w), "--n-items", "1"], ("--n-items",)),
@@ -159,7 +160,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("neurons --ablate xx", lambda w: [*NEURONS(w), "--ablate", "xx"], ("--ablate", "'xx'")),
     ("neurons --top-rate 0", lambda w: [*NEURONS(w), "--top-rate", "0"], ("--top-rate",)),
     ("neurons --activation-bar 2", lambda w: [*NEURONS(w), "--activation-bar", "2"], ("--activation-bar",)),
-    ("neurons text beyond the items", lambda w: [*NEURONS(w), "--n-text-items", "7"], ("--n-text-items 7", "no items")),
+    ("neurons text beyond the items", lambda w: [*NEURONS(w), "--n-text-items", "7"], ("--n-text-items: 7", "no items")),
     ("info with an empty prompt", lambda w: ["info", "-m", str(w.model), "--prompt", ""], ("--prompt",)),
     ("unknown dataset", lambda w: [*EVAL(w, dataset="jsonll")], ("jsonll", "jsonl")),
     ("unknown language", lambda w: [*EVAL(w), "--languages", "en,xx"], ("'xx'",)),
@@ -235,6 +236,11 @@ def test_bad_input_is_one_line_and_touches_nothing(
     line = " ".join(err[err.index("error:") :].split())  # rich may wrap the one logical line
     for word in words:
         assert word in line, line
+    # The YAML names its keys, the command line its flags, never the other's spelling.
+    if args[0] == "run":
+        assert not re.search(r"(^|\s)--[a-z]", line.split(": ", 1)[1]), line
+    else:
+        assert not re.search(r"\b(steering|neurons|similarity|pca|lens)\.[a-z_]+:", line), line
     assert [snapshot(f) for f in folders] == before  # the fresh folders were never created
 
 
@@ -380,14 +386,14 @@ def test_bfloat16_lens_ranks_are_read_from_float32_logits() -> None:
 def copy_model_bf16(lm):
     import copy
 
-    from crosslens.anatomy import Anatomy
+    from crosslens.models.anatomy import Anatomy
 
     model = copy.deepcopy(lm.model).to(torch.bfloat16)
     return type(lm)(model, lm.tokenizer, lm.spec, lm.revision, torch.bfloat16, "cpu", Anatomy.of(model))
 
 
 def test_jsonl_splits_records_on_newlines_only(tmp_path: Path) -> None:
-    from crosslens.data import load_dataset
+    from crosslens.data.registry import load_dataset
 
     def odd(lang: str, lines: list[str]) -> None:
         row = json.loads(lines[0])

@@ -10,9 +10,11 @@ import pytest
 
 from conftest import tiny_model
 from crosslens.cli import main
-from crosslens.evaluate import CLOZE_NORMS, EvalOptions, cloze_fields, evaluate, neutral_prompt_ids
-from crosslens.report import write_report
-from crosslens.scoring import encode_continuation
+from crosslens.experiment.report import write_report
+from crosslens.scoring.answers import CLOZE_NORMS, cloze_fields, neutral_prompt_ids
+from crosslens.scoring.choices import encode_continuation
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
 from crosslens.store import RunMismatchError
 from helpers import plain_continuation_logprobs, toy_dataset
 
@@ -91,12 +93,13 @@ def test_cli_refuses_an_unknown_normalisation_before_loading(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1
-    assert "--cloze-norm must be one of char, byte, token, pmi, none, got 'bytes'" in err
+    assert "--cloze-norm: must be one of char, byte, token, pmi, none, got 'bytes'" in err
     assert not out.exists()
     code = main(["steer", "--model", "no/such", "-d", "crosslens-mini", "-o", str(out), "--layers", "1",
                  "--cloze-norm", "pmi"])  # fmt: skip
     assert (
         code != 0
-        and "--cloze-norm must be one of char, byte, token, none, got 'pmi'" in capsys.readouterr().err
+        and "--cloze-norm: steering normalises full answers by char, byte, token, none, not 'pmi'"
+        in capsys.readouterr().err
     )
     assert not out.exists()

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import crosslens.models
+import crosslens.models.loading
 from crosslens.cli import main
-from crosslens.config import ConfigError, EveryLayers, load_config, parse_config
-from crosslens.runner import demo_config_path, run_experiment
-from crosslens.stages import STAGES
+from crosslens.experiment.config import ConfigError, load_config, parse_config
+from crosslens.experiment.runner import demo_config_path, run_experiment
+from crosslens.scoring.options import ScoringOptions
+from crosslens.stages.options import EveryLayers, RunOptions
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -35,7 +36,7 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(spec)
         raise AssertionError(f"a model was loaded: {spec}")
 
-    monkeypatch.setattr(crosslens.models, "load_model", refuse)
+    monkeypatch.setattr(crosslens.models.loading, "load_model", refuse)
     return calls
 
 
@@ -83,7 +84,7 @@ BAD = [
     (
         "steering layer 0",
         lambda c: c["steering"].update(layers=[0]),
-        "steering.layers[0]: Input should be greater",
+        "steering.layers[0]: must be >= 1, got 0",
     ),
     ("empty gammas", lambda c: c["steering"].update(gammas=[]), "steering.gammas: must not be empty"),
     ("no models", lambda c: c.update(models=[]), "models: must not be empty"),
@@ -128,7 +129,7 @@ BAD = [
     (
         "no ray workers",
         lambda c: c.update(ray={"workers_per_model": 0}),
-        "ray.workers_per_model: Input should be",
+        "ray.workers_per_model: must be >= 1",
     ),
 ]
 
@@ -182,7 +183,7 @@ def test_defaults_and_layer_schedule(model_dir: Path, tmp_path: Path) -> None:
     assert config.layers == EveryLayers(every=4)
     assert config.lens_layers(42)[:3] == [2, 6, 10] and config.lens_layers(42)[-1] == 42
     assert config.steering is None and not config.steering_enabled
-    assert config.resolved_batch_size() == 16
+    assert config.group(RunOptions).batch(config.device) == 16
     assert config.output == Path("runs")
 
 
@@ -213,15 +214,15 @@ def test_tuned_lens_config_is_valid() -> None:
     config = load_config(EXAMPLES / "tuned-lens.yaml", check_models=False)
     assert config.lens.lenses == ["logit", "tuned"] and config.lens.tuned == "tuned"
     assert config.lens.train.dataset.name == "xstorycloze" and config.lens.train.tokens == 4096
-    assert [d.key for d in STAGES if d.enabled(config)] == ["eval", "lens", "tuned_lens"]
+    assert [d.key for d in config.stages()] == ["eval", "lens", "tuned_lens"]
 
 
 def test_instruct_fewshot_config_is_valid() -> None:
     config = load_config(EXAMPLES / "instruct-fewshot.yaml", check_models=False)
-    opts = config.eval_options(0)
+    opts = config.group(ScoringOptions)
     assert (opts.num_fewshot, opts.apply_chat_template, opts.cloze_norm) == (3, True, "byte")
     assert opts.system_instruction.startswith("Answer with the letter")
-    assert [d.key for d in STAGES if d.enabled(config)] == ["eval", "lens"]
+    assert [d.key for d in config.stages()] == ["eval", "lens"]
 
 
 def test_address_needs_the_ray_backend(

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crosslens.data import DataError, Item, ParallelDataset, list_datasets, load_dataset
-from crosslens.loaders import resource_dir
+from crosslens.data.loaders import resource_dir
+from crosslens.data.registry import list_datasets, load_dataset
+from crosslens.data.schema import DataError, Item, ParallelDataset
 
 SHARED = Path(
     os.environ.get("CROSSLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -173,7 +174,7 @@ def test_subset_and_limit_return_new_objects(small):
     assert sub.item_ids() == ["10", "1"] and sub.items["en"][0].item_id == "10" and small.item_ids()[0] == "1"
     assert small.limit(2).item_ids() == ["1", "2"] and small.limit(None).item_ids() == small.item_ids()
     assert sub.dropped == small.dropped
-    with pytest.raises(DataError, match="--limit must be >= 1"):
+    with pytest.raises(DataError, match="limit must be >= 1"):
         small.limit(0)  # an empty selection would run stages over nothing
     with pytest.raises(DataError, match="no aligned item 'x'"):
         small.subset(["x"])

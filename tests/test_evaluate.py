@@ -12,7 +12,8 @@ import pytest
 
 from conftest import tiny_model
 from crosslens.cli import main
-from crosslens.evaluate import EvalOptions, evaluate
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
 from crosslens.store import RunMismatchError, Store, StoreBusyError
 from helpers import kill_after_first_shard, toy_dataset
 

@@ -11,9 +11,10 @@ import pytest
 
 from conftest import tiny_model
 from crosslens.cli import main
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.prompts import INSTRUCTION, Prompter, draw_exemplars, get_template, render
-from crosslens.scoring import encode_continuation
+from crosslens.data.prompts import INSTRUCTION, Prompter, draw_exemplars, get_template, render
+from crosslens.scoring.choices import encode_continuation
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
 from crosslens.store import RunMismatchError
 from helpers import plain_continuation_logprobs, plain_label_logprobs, toy_dataset
 
@@ -111,8 +112,8 @@ def test_cli_few_shot_draws_beyond_the_limit_and_refuses_bad_requests(
     assert "beyond the 3 read" in fp["fewshot"]["source"]
     capsys.readouterr()
     for extra, message in (
-        (["--fewshot-split", "dev"], "--fewshot-split needs --num-fewshot"),
-        (["--num-fewshot", "7"], "--num-fewshot 7 leaves no item to evaluate (7 aligned items)"),
+        (["--fewshot-split", "dev"], "--fewshot-split: jsonl has no split 'dev'"),
+        (["--num-fewshot", "7"], "--num-fewshot: 7 leaves no item of jsonl to evaluate (7 aligned items)"),
     ):
         bad = tmp_path / "bad"
         assert main([*base, "-o", str(bad), *extra]) == 2
@@ -126,8 +127,8 @@ def test_smollm2_chat_template_prompts_letters_and_answers(tmp_path):
     """SmolLM2-135M-Instruct's real chat template: the rendered prompt and its tokens are
     ``tokenizer.apply_chat_template``'s, letters are the assistant's first token, answer texts follow
     the generation prompt directly, and the records equal a plain forward of those tokens."""
-    from crosslens.data import load_dataset
-    from crosslens.models import load_model
+    from crosslens.data.registry import load_dataset
+    from crosslens.models.loading import load_model
 
     lm = load_model("smollm2-135m")
     tok = lm.tokenizer
@@ -170,8 +171,8 @@ def test_smollm2_chat_template_prompts_letters_and_answers(tmp_path):
 
 
 def test_an_experiment_reads_few_shot_prompts_in_its_evaluation_and_lens(tmp_path):
-    from crosslens.config import ConfigError, parse_config
-    from crosslens.runner import run_experiment
+    from crosslens.experiment.config import ConfigError, parse_config
+    from crosslens.experiment.runner import run_experiment
 
     lm = tiny_model("gemma3")
     data = {
@@ -197,7 +198,10 @@ def test_an_experiment_reads_few_shot_prompts_in_its_evaluation_and_lens(tmp_pat
     assert run["records"]["fingerprint"]["fewshot"] == run["lens"]["fingerprint"]["fewshot"]
     # other stages would read zero-shot prompts: refused in the config, one line
     for extra, message in (
-        ({"pca": {"enabled": True}}, "num_fewshot shapes the prompts of the evaluation and the lens only"),
+        (
+            {"pca": {"enabled": True}},
+            "num_fewshot shapes the prompts of eval, lens, tuned_lens only; set pca.enabled to false",
+        ),
         ({"datasets": [{"name": "crosslens-mini", "fewshot_split": "dev"}]}, "has no split 'dev'"),
         (
             {"num_fewshot": 0, "datasets": [{"name": "xstorycloze", "fewshot_split": "train"}]},

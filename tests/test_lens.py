@@ -8,18 +8,19 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from crosslens.data import ParallelDataset
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.lens import run_lens
-from crosslens.prompts import get_template, render
-from crosslens.scoring import encode_continuation
+from crosslens.data.prompts import get_template, render
+from crosslens.data.schema import ParallelDataset
+from crosslens.scoring.choices import encode_continuation
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
+from crosslens.stages.lens.stage import run_lens
 from helpers import plain_continuation_logprobs, toy_dataset
 
 
 def _naive_latent(lm, prompt_ids, cont, layer):
     """One full forward with all hidden states, lens applied to every position: Eq. 7 by hand."""
     ids = torch.tensor([list(prompt_ids) + list(cont)])
-    from crosslens.anatomy import capture_residuals
+    from crosslens.models.anatomy import capture_residuals
 
     with torch.no_grad(), capture_residuals(lm.anatomy, [layer]) as states:
         lm.model(ids)

@@ -18,10 +18,12 @@ import pytest
 
 from conftest import tiny_model
 from crosslens.cli import main
-from crosslens.data import DataError, load_dataset
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.lmeval_import import import_lmeval
-from crosslens.metrics import table1_line
+from crosslens.data.registry import load_dataset
+from crosslens.data.schema import DataError
+from crosslens.interop.lmeval_import import import_lmeval
+from crosslens.scoring.metrics import table1_line
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
 
 ITEMS = [  # passage, question, choices, correct answer (1-based, as Belebele writes it)
     (

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from crosslens.data import DataError, load_dataset
-from crosslens.loaders import read_belebele, read_mmlu_csvs
+from crosslens.data.loaders import read_belebele, read_mmlu_csvs
+from crosslens.data.registry import load_dataset
+from crosslens.data.schema import DataError
 
 SHARED = Path(
     os.environ.get("CROSSLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

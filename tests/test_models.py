@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosslens.models import ModelLoadError, cache_root, convert_gguf, load_model
+from crosslens.models.loading import ModelLoadError, cache_root, convert_gguf, load_model
+from crosslens.options import OptionError
 
 
 def test_local_folder_loads_with_anatomy_and_revision(tiny_llama_dir):
@@ -56,7 +57,7 @@ def test_unsupported_architecture_fails_before_loading_weights(tmp_path):
 
 
 def test_bad_dtype():
-    with pytest.raises(ModelLoadError, match="unknown dtype 'float8'"):
+    with pytest.raises(OptionError, match="unknown dtype 'float8'"):
         load_model("gemma-3-270m", dtype="float8")
 
 
@@ -113,7 +114,7 @@ def test_real_smollm2_alias_loads():
 def test_bf16_mixed_runs_decoder_matmuls_in_bfloat16_and_keeps_the_residual_in_float32(saved_model):
     """``bf16-mixed``: float32 weights, residual stream and head; the decoder's matmuls in bfloat16 under
     autocast — recorded as its own precision, and closer to float32 than a bfloat16 model."""
-    from crosslens.anatomy import capture_residuals
+    from crosslens.models.anatomy import capture_residuals
 
     runs = {name: load_model(str(saved_model), dtype=name) for name in ("float32", "bfloat16", "bf16-mixed")}
     mixed = runs["bf16-mixed"]

@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import tiny_model
-from crosslens import loaders
 from crosslens.cli import main
-from crosslens.data import DataError, load_dataset
-from crosslens.evaluate import evaluate
-from crosslens.report import write_report
+from crosslens.data import loaders
+from crosslens.data.registry import load_dataset
+from crosslens.data.schema import DataError
+from crosslens.experiment.report import write_report
+from crosslens.stages.evaluate.stage import evaluate
 
 GMMLU = {  # sample_id -> (question, options, answer, cultural_sensitivity_label)
     "astronomy/test/0": ("Which planet is largest?", ["Mars", "Jupiter", "Venus", "Earth"], "B", "CA"),
@@ -210,7 +211,7 @@ def test_hub_loaders_map_repositories_splits_and_english(monkeypatch):
 
 
 def test_datasets_lists_the_new_benchmarks_with_their_sources(capsys):
-    from crosslens.data import list_datasets
+    from crosslens.data.registry import list_datasets
 
     info = {d.name: d for d in list_datasets()}
     assert info["global-mmlu"].splits == ("test", "dev") and len(info["global-mmlu"].languages) == 42

@@ -12,11 +12,11 @@ import torch
 from scipy.stats import binomtest
 
 from conftest import FAMILIES, tiny_model
-from crosslens import metrics
 from crosslens.cli import main
-from crosslens.data import load_dataset
-from crosslens.evaluate import EvalOptions
-from crosslens.neurons import (
+from crosslens.data.registry import load_dataset
+from crosslens.scoring import metrics
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.neurons.stage import (
     count_active,
     deactivate,
     lape_entropy,
@@ -259,7 +259,7 @@ def test_stage_end_to_end_and_resume(tmp_path: Path, mini) -> None:
 
 
 def test_baseline_rows_equal_plain_evaluation(tmp_path: Path, mini) -> None:
-    from crosslens.evaluate import evaluate
+    from crosslens.stages.evaluate.stage import evaluate
 
     lm = tiny_model("gemma2")
     run_neurons(lm, mini, tmp_path / "n", ablate=["de"], n_text_items=5, top_rate=0.05, n_boot=0, opts=OPTS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crosslens.data import Item
-from crosslens.prompts import TEMPLATES, Template, get_template, labels, render, template_hash
+from crosslens.data.prompts import TEMPLATES, Template, get_template, labels, render, template_hash
+from crosslens.data.schema import Item
 
 # Table 3 of the paper, verbatim; rendering items whose texts are the placeholders must reproduce it.
 PAPER = {

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from crosslens.config import parse_config
-from crosslens.ray_runner import RayBackendError
-from crosslens.runner import EXPERIMENT, run_experiment
+from crosslens.experiment.config import parse_config
+from crosslens.experiment.ray import RayBackendError
+from crosslens.experiment.runner import EXPERIMENT, run_experiment
 from crosslens.store import Store, StoreBusyError
 from test_runner import _config, _files, _summaries
 
@@ -169,3 +169,37 @@ def test_missing_ray_is_one_clear_error(
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(RayBackendError, match=r"pip install 'crosslens\[ray\]'"):
         run_experiment(parse_config(_ray_config(tmp_path, saved_model)), backend="ray", progress=False)
+
+
+def test_ray_runs_a_stage_and_a_lens_kind_registered_in_the_driver(
+    ray_runtime: None, saved_model: Path, tmp_path: Path
+) -> None:
+    """The toy stage and lens of tests/toy_plugin.py, registered here only: Ray workers register
+    them again from what the driver sends, and write what the local backend writes."""
+    import toy_plugin
+    from crosslens.lenses.kinds import register_lens, unregister_lens
+    from crosslens.stages.registry import register, unregister
+    from test_architecture import _config as toy_config
+
+    cloudpickle = ray.cloudpickle  # Ray's own copy pickles what goes to the workers
+    cloudpickle.register_pickle_by_value(toy_plugin)  # workers cannot import the tests folder
+    register(toy_plugin.STAGE)
+    register_lens(toy_plugin.LENS)
+    try:
+        for backend in ("local", "ray"):
+            data = toy_config(tmp_path / backend, str(saved_model)) | {"ray": {"workers_per_model": 2}}
+            run_experiment(parse_config(data), backend=backend, progress=False)
+        local, remote = (_folder(tmp_path / b, saved_model) for b in ("local", "ray"))
+        for table in ("toy", "lens_half"):
+            keys = [
+                k for k in ("language", "item_id", "layer", "form", "choice") if k in Store(local).read(table)
+            ]
+            pd.testing.assert_frame_equal(
+                Store(local).read(table).sort_values(keys).reset_index(drop=True),
+                Store(remote).read(table).sort_values(keys).reset_index(drop=True),
+            )
+        assert "Toy tokens per language" in (tmp_path / "ray" / "report.md").read_text()
+    finally:
+        unregister("toy")
+        unregister_lens("half")
+        cloudpickle.unregister_pickle_by_value(toy_plugin)

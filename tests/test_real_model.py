@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crosslens.data import load_dataset
-from crosslens.lens import run_lens
-from crosslens.models import load_model
-from crosslens.scoring import encode_continuation, label_plan
+from crosslens.data.registry import load_dataset
+from crosslens.models.loading import load_model
+from crosslens.scoring.choices import encode_continuation, label_plan
+from crosslens.stages.lens.stage import run_lens
 from helpers import kill_after_first_shard, plain_continuation_logprobs, plain_label_logprobs
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,8 @@ def test_belebele_eval_resumes_after_kill_and_matches_a_plain_loop(gemma, shared
     assert worst <= 1e-4
 
     # An uninterrupted run (here in this process, same batches) gives the killed-and-resumed records.
-    from crosslens.evaluate import EvalOptions, evaluate
+    from crosslens.scoring.options import EvalOptions
+    from crosslens.stages.evaluate.stage import evaluate
 
     ds = load_dataset("belebele", ["eng_Latn", "deu_Latn"], data_dir=shared_data / "belebele").limit(limit)
     evaluate(gemma, ds, tmp_path / "ref", opts=EvalOptions(batch_size=4))
@@ -76,7 +77,7 @@ def test_lens_at_last_layer_is_the_model_output(gemma, tmp_path):
     L = gemma.anatomy.n_layers
     run_lens(gemma, ds, tmp_path, layers=[10, L])
     lens = pd.read_parquet(tmp_path / "lens")
-    from crosslens.prompts import get_template, render
+    from crosslens.data.prompts import get_template, render
 
     template = get_template(ds.template)
     for lang in ("de", "zh"):
@@ -102,9 +103,9 @@ def test_similarity_matches_cka_of_the_model_hidden_states(gemma, tmp_path):
     """CKA on the real model against the textbook formula applied to transformers' own hidden states."""
     import torch
 
-    from crosslens.pca import pca_items
-    from crosslens.prompts import get_template, render
-    from crosslens.similarity import run_similarity
+    from crosslens.data.prompts import get_template, render
+    from crosslens.stages.sampling import sample_items
+    from crosslens.stages.similarity.stage import run_similarity
     from crosslens.store import Store
 
     ds = load_dataset("crosslens-mini", ["en", "de", "zh", "sw"]).limit(16)
@@ -114,7 +115,7 @@ def test_similarity_matches_cka_of_the_model_hidden_states(gemma, tmp_path):
 
     def states(lang: str) -> np.ndarray:
         rows = []
-        for item_id in pca_items(ds, 12, 0):  # the stage's seeded sample
+        for item_id in sample_items(ds, 12, 0):  # the stage's seeded sample
             ids = gemma.tokenizer(render(ds.item(lang, item_id), template), return_tensors="pt").input_ids
             with torch.no_grad():
                 out = gemma.model(ids, output_hidden_states=True, logits_to_keep=1)
@@ -149,8 +150,9 @@ def test_neurons_on_gemma_baseline_is_the_plain_evaluation(gemma, tmp_path):
     evaluation's own records; the control matches the ablation layer by layer; nothing is left behind."""
     import torch
 
-    from crosslens.evaluate import EvalOptions, evaluate
-    from crosslens.neurons import neuron_stage, random_control, run_neurons
+    from crosslens.scoring.options import EvalOptions
+    from crosslens.stages.evaluate.stage import evaluate
+    from crosslens.stages.neurons.stage import neuron_stage, random_control, run_neurons
     from crosslens.store import Store
 
     ds = load_dataset("crosslens-mini", ["en", "de", "zh"]).limit(14)

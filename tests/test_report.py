@@ -14,18 +14,27 @@ import numpy as np
 import pytest
 
 from conftest import CORPUS, tiny_model
-from crosslens import figures
-from crosslens.data import load_dataset
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.lens import run_lens
-from crosslens.lens_training import Corpus, TrainSettings, train_lens
-from crosslens.neurons import run_neurons
-from crosslens.pca import run_pca
-from crosslens.report import FIGURE_FILES, Table, find_results, folder_tables, tables, write_report
-from crosslens.similarity import run_similarity
-from crosslens.steering import run_steering
+from crosslens.data.registry import load_dataset
+from crosslens.experiment.report import folder_sections, summary_tables, write_report
+from crosslens.lenses.training import Corpus, TrainSettings, train_lens
+from crosslens.render import figures
+from crosslens.render.tables import Table
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
+from crosslens.stages.lens.stage import run_lens
+from crosslens.stages.neurons.stage import run_neurons
+from crosslens.stages.pca.stage import run_pca
+from crosslens.stages.reporting import Figure, find_results
+from crosslens.stages.similarity.stage import run_similarity
+from crosslens.stages.steering import report as steering_report
+from crosslens.stages.steering.stage import run_steering
 
 PNG = b"\x89PNG\r\n\x1a\n"
+FIGURE_FILES = [
+    "fig1_transfer.png", "fig2_lens.png", "fig2_lens_tuned.png", "fig10_lens_fidelity.png", "fig3_pca.png",
+    "fig4_gamma_sweep.png", "fig5_steer_change.png", "fig6_cka.png", "fig7_cka_matrix.png",
+    "fig8_neurons.png", "fig9_ablation.png",
+]  # fmt: skip
 CAPTIONS = [
     "Table 1.",
     "Table 2.",
@@ -84,43 +93,48 @@ def test_report_has_every_figure_and_table(root: Path) -> None:
     assert "<script" not in page
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page), "the report must be self-contained"
     assert "tiny-gemma3" in page and "answer-letter tokens" in page
-    for name in FIGURE_FILES.values():
+    for name in FIGURE_FILES:
         assert (root / "tiny-gemma3" / "crosslens-mini" / name).read_bytes().startswith(PNG)
 
 
 def test_markdown_links_the_figures(root: Path) -> None:
     md = (root / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert sorted(Path(link).name for link in links) == sorted(FIGURE_FILES.values())
+    assert sorted(Path(link).name for link in links) == sorted(FIGURE_FILES)
     assert all((root / link).is_file() for link in links)
     assert "| tiny-gemma3 |" in md and "**Table 2." in md
+
+
+def _table(folder, title: str) -> Table:
+    """The folder's table whose title starts with ``title``."""
+    return next(t for t in folder_sections(folder) if isinstance(t, Table) and t.title.startswith(title))
 
 
 def test_tables_follow_the_paper_layout(root: Path) -> None:
     results = find_results(root)
     assert [(r.model, r.dataset) for r in results] == [("tiny-gemma3", "crosslens-mini")]
-    t = tables(results)
-    t1, t2 = t["table1"], t["table2"]
+    t1, t2 = summary_tables(results)
     assert t1.columns == ["model", "acc.", "cloze acc.", "cons.", "tr+", "tr−"]
     assert t1.groups == [("", 1), ("crosslens-mini", 5)]
     acc = t1.rows[0][1]
-    s = results[0].summary
+    s = results[0].summaries["eval"]
     assert acc == f"{100 * s['accuracy_mean']:.1f} ± {100 * s['accuracy_std']:.1f}"
-    r = results[0].lens["table2"]["acc"]["r"]
+    r = results[0].summaries["lens"]["table2"]["acc"]["r"]
     assert t2.rows[0][1].startswith(f"{r:.2f}".replace("-", "−"))
     assert '<th colspan="5" class="group">crosslens-mini</th>' in t1.html()
-    steer = folder_tables(results[0])["steer"]
+    steer = _table(results[0], "Steering:")
     assert {"positions", "cloze acc. (%)", "sig. (Holm)", "controls: Δ acc."} <= set(steer.columns)
     assert {row[2] for row in steer.rows} == {"last", "all"}
     assert any("(p " in cell for row in steer.rows for cell in row)  # controls' empirical p
     assert t2.rows[0][1].endswith("n = 3")  # Table 2: r and the languages it rests on (a CI needs 4)
     # The tuned lens has its own Table 2 row and per-layer table with both lenses' validation KL.
     assert t2.rows[1][0] == "tiny-gemma3 · tuned lens"
-    r = results[0].tuned_lens["table2"]["acc"]["r"]
+    r = results[0].summaries["tuned_lens"]["table2"]["acc"]["r"]
     assert t2.rows[1][1].startswith(f"{r:.2f}".replace("-", "−"))
-    tuned = folder_tables(results[0])["lens_tuned"]
+    tuned = _table(results[0], "Tuned lens per layer")
     assert tuned.columns[-2:] == ["val. KL tuned", "val. KL logit"] and tuned.rows[-1][-1] == "–"
-    assert "mean log ratio (tuned)" in folder_tables(results[0])["languages"].columns
+    assert "mean log ratio (tuned)" in _table(results[0], "Per-language results").columns
+    assert all(isinstance(x, Table | Figure) for x in folder_sections(results[0]))
 
 
 def test_table_rendering_escapes() -> None:
@@ -146,12 +160,15 @@ def test_no_results_is_an_error(tmp_path: Path) -> None:
 def test_figures_without_pyplot(root: Path, tmp_path: Path) -> None:
     out = root / "tiny-gemma3" / "crosslens-mini"
     steer = json.loads((out / "steer_summary.json").read_text())
-    assert figures.default_gamma(steer) == 1.0
-    path = figures.steer_change_figure(steer, tmp_path / "f5.png", gamma=-1.0)
+    assert steering_report.default_gamma(steer) == 1.0
+    path = steering_report.steer_change_figure(steer, tmp_path / "f5.png", gamma=-1.0)
     assert path.read_bytes().startswith(PNG)
     with pytest.raises(ValueError, match="no gamma = 5"):
-        figures.steer_change_figure(steer, tmp_path / "x.png", gamma=5.0)
-    assert "matplotlib.pyplot" not in sys.modules or "pyplot" not in Path(figures.__file__).read_text()
+        steering_report.steer_change_figure(steer, tmp_path / "x.png", gamma=5.0)
+    package = Path(figures.__file__).parents[1]
+    assert "matplotlib.pyplot" not in sys.modules or not any(
+        "pyplot" in p.read_text() for p in package.rglob("*.py")
+    )
 
 
 def test_language_colors_are_stable() -> None:
@@ -206,7 +223,7 @@ def test_same_model_and_dataset_in_two_folders(root: Path, tmp_path: Path) -> No
         folder.mkdir(parents=True)
         shutil.copy(root / "tiny-gemma3" / "crosslens-mini" / "summary.json", folder / "summary.json")
     results = find_results(tmp_path)
-    rows = [row[0] for row in tables(results)["table1"].rows]
+    rows = [row[0] for row in summary_tables(results)[0].rows]
     assert rows == [
         "tiny-gemma3 (a/tiny-gemma3/crosslens-mini)",
         "tiny-gemma3 (b/tiny-gemma3/crosslens-mini)",

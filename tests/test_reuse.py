@@ -21,7 +21,7 @@ import yaml
 
 from conftest import tiny_model
 from crosslens.cli import main
-from crosslens.models import ModelLoadError, ModelSpec
+from crosslens.models.loading import ModelLoadError, ModelSpec
 from crosslens.store import Store, unit_name
 from helpers import QUESTIONS
 
@@ -111,7 +111,7 @@ def test_another_model_template_or_dtype_is_refused(
     def no_load(*args: object, **kw: object) -> None:
         raise AssertionError("a refused folder must not wait for a model to load")
 
-    monkeypatch.setattr("crosslens.models.load_model", no_load)
+    monkeypatch.setattr("crosslens.models.loading.load_model", no_load)
     refused(capsys, run(stage, other_model, toy_jsonl_dir, out), "model", str(other_model))
     refused(capsys, run(stage, saved_model, toy_jsonl_dir, out, "--template", "mmmlu"), "template")
     refused(capsys, run(stage, saved_model, toy_jsonl_dir, out, "--dtype", "bfloat16"), "dtype")
@@ -128,9 +128,9 @@ def test_another_model_template_or_dtype_is_refused(
 def test_vectors_of_another_model_are_refused(
     saved_model: Path, other_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    from crosslens.data import load_dataset
-    from crosslens.models import load_model
-    from crosslens.steering import VECTORS_FILE, steer_stage
+    from crosslens.data.registry import load_dataset
+    from crosslens.models.loading import load_model
+    from crosslens.stages.steering.stage import VECTORS_FILE, steer_stage
 
     out = tmp_path / "out"
     ds = load_dataset("jsonl", data_dir=toy_jsonl_dir)
@@ -147,7 +147,7 @@ def test_vectors_of_another_model_are_refused(
 def test_steering_extends_to_more_languages_and_layers(
     saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path
 ) -> None:
-    from crosslens.steering import VECTORS_FILE, SteeringVectors
+    from crosslens.stages.steering.stage import VECTORS_FILE, SteeringVectors
 
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     assert run("steer", saved_model, toy_jsonl_dir, out, "--languages", "en,de") == 0
@@ -283,7 +283,7 @@ def test_another_limit_is_refused_where_items_are_sampled(
 
 
 def test_experiment_with_a_larger_limit_extends_every_stage(saved_model: Path, tmp_path: Path) -> None:
-    from crosslens.runner import run_experiment
+    from crosslens.experiment.runner import run_experiment
 
     def config(limit: int) -> dict:
         return {
@@ -296,7 +296,7 @@ def test_experiment_with_a_larger_limit_extends_every_stage(saved_model: Path, t
             "output": str(tmp_path / "runs"),
         }
 
-    from crosslens.config import parse_config
+    from crosslens.experiment.config import parse_config
 
     run_experiment(parse_config(config(6)), progress=False)
     folder = tmp_path / "runs" / saved_model.name / "crosslens-mini"
@@ -328,8 +328,8 @@ def test_a_folder_without_run_json_still_refuses_another_model(
 def test_run_killed_between_vectors_and_first_steering_unit_resumes(
     saved_model: Path, tmp_path: Path
 ) -> None:
-    from crosslens.runner import run_experiment
-    from crosslens.steering import VECTORS_FILE
+    from crosslens.experiment.runner import run_experiment
+    from crosslens.stages.steering.stage import VECTORS_FILE
 
     def config(out: Path) -> Path:
         path = tmp_path / f"{out.name}.yaml"
@@ -349,13 +349,13 @@ def test_run_killed_between_vectors_and_first_steering_unit_resumes(
     killed = config(tmp_path / "killed")
     script = (
         "import os, signal, sys\n"
-        "from crosslens import steering\n"
+        "from crosslens.stages.steering import stage as steering\n"
         "prepare = steering.SteerStage.prepare\n"
         "def die(self):\n"
         "    prepare(self)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "steering.SteerStage.prepare = die\n"
-        "from crosslens.runner import run_experiment\n"
+        "from crosslens.experiment.runner import run_experiment\n"
         "run_experiment(sys.argv[1], progress=False)\n"
     )
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -410,16 +410,21 @@ def test_api_cli_and_config_expose_the_same_options() -> None:
 
     import crosslens
     from crosslens.cli import app
-    from crosslens.config import DatasetConfig, ExperimentConfig
+    from crosslens.data.options import DatasetConfig
+    from crosslens.experiment.config import ExperimentConfig
 
-    for name in ("run_experiment", "load_config", "write_report", "ModelSpec", "STAGES"):
+    for name in ("run_experiment", "load_config", "write_report", "ModelSpec", "stage_defs"):
         assert getattr(crosslens, name) is not None
     commands = {c.name: c for c in typer.main.get_command(app).commands.values()}
-    params = {name: {p.name for p in cmd.params} for name, cmd in commands.items()}
-    assert {"limit", "strict", "pivot_file", "pivot"} <= params["pca"]
-    for cmd in ("eval", "lens", "pca", "steer"):
-        assert {"pivot_file", "pivot", "strict", "limit", "template", "split"} <= params[cmd], cmd
-    assert {"no_cloze", "padding_side"} <= params["eval"]
+    params = {
+        name: {o for p in cmd.params for o in p.opts + p.secondary_opts} for name, cmd in commands.items()
+    }
+    assert {"--limit", "--strict", "--pivot-file", "--pivot"} <= params["pca"]
+    for cmd in ("eval", "lens", "pca", "steer", "similarity", "neurons"):
+        assert {"--pivot-file", "--pivot", "--strict", "--limit", "--template", "--split"} <= params[cmd], cmd
+        assert {"--seed", "--batch-size", "--device", "--dtype", "--model", "--out"} <= params[cmd], cmd
+    assert {"--no-cloze", "--padding-side", "--num-fewshot", "--cloze-norm"} <= params["eval"]
+    assert "--num-fewshot" not in params["pca"] and "--cloze-norm" in params["steer"]
     assert {"cloze", "padding_side"} <= set(ExperimentConfig.model_fields)
     assert {"pivot", "pivot_file", "strict", "limit", "template", "split"} <= set(DatasetConfig.model_fields)
 
@@ -433,8 +438,8 @@ def test_experiment_refuses_another_model_in_the_same_folder_before_loading(
     saved_model: Path, other_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two model folders with the same name map to one result folder: the second run is refused."""
-    from crosslens.config import ExperimentConfig, parse_config
-    from crosslens.runner import run_experiment
+    from crosslens.experiment.config import ExperimentConfig, parse_config
+    from crosslens.experiment.runner import run_experiment
     from crosslens.store import RunMismatchError
 
     a, b = tmp_path / "a" / "model", tmp_path / "b" / "model"
@@ -464,8 +469,8 @@ def test_experiment_with_steering_refuses_another_limit_before_writing(
 ) -> None:
     """0.1 evaluated the new items, wrote a summary over the wrong ones, then crashed in steering.
     Now every stage is checked first: steering's vector sample differs, so nothing is written."""
-    from crosslens.config import parse_config
-    from crosslens.runner import run_experiment
+    from crosslens.experiment.config import parse_config
+    from crosslens.experiment.runner import run_experiment
     from crosslens.store import RunMismatchError
 
     def config(limit: int):
@@ -495,16 +500,17 @@ def test_dtype_auto_is_the_hardwares_dtype_and_recorded_concretely(
     concrete dtype, so the same command on a machine of the other kind is refused, never mixed."""
     import torch
 
-    import crosslens.models as models
-    from crosslens.config import ExperimentConfig
+    import crosslens.models.devices as models
+    import crosslens.models.loading as loading
+    from crosslens.experiment.config import ExperimentConfig
 
     for units, want in ((False, torch.float32), (True, torch.bfloat16)):
         monkeypatch.setattr(models, "bf16_units", lambda device, units=units: units)
-        assert models.resolve_dtype("auto") == want
+        assert loading.resolve_dtype("auto") == want
         assert models.dtype_name("auto", "cpu") == str(want).removeprefix("torch.")
         config = {"models": ["x"], "datasets": [{"name": "jsonl"}], "dtype": "auto"}
         assert ExperimentConfig.model_validate(config).dtype == str(want).removeprefix("torch.")
-    assert models.resolve_dtype("float16") == torch.float16  # an explicit dtype is never replaced
+    assert loading.resolve_dtype("float16") == torch.float16  # an explicit dtype is never replaced
 
     monkeypatch.setattr(models, "bf16_units", lambda device: False)
     out = tmp_path / "out"
@@ -517,7 +523,67 @@ def test_dtype_auto_is_the_hardwares_dtype_and_recorded_concretely(
     assert snapshot(out) == before
     capsys.readouterr()
     monkeypatch.setattr(models, "bf16_units", lambda device: True)
-    monkeypatch.setattr("crosslens.models.load_model", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr("crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("loaded"))
     refused(capsys, run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "auto"), "dtype", "bfloat16")
-    refused(capsys, run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "bf16-mixed"), "dtype", "bf16-mixed")
+    refused(
+        capsys, run("eval", saved_model, toy_jsonl_dir, out, "--dtype", "bf16-mixed"), "dtype", "bf16-mixed"
+    )
     assert snapshot(out) == before
+
+
+LEGACY = Path(__file__).parent / "data" / "folder_before_layout"
+
+
+def _same_summary(old: object, new: object, path: str = "") -> None:
+    """Equal JSON, key for key; figure paths name the folder they were drawn in: only their names count."""
+    if isinstance(old, dict):
+        assert isinstance(new, dict) and old.keys() == new.keys(), f"{path}: {sorted(old)} != {sorted(new)}"
+        for k in old:
+            _same_summary(old[k], new[k], f"{path}.{k}")
+    elif isinstance(old, list):
+        assert isinstance(new, list) and len(old) == len(new), path
+        for i, (a, b) in enumerate(zip(old, new)):
+            _same_summary(a, b, f"{path}[{i}]")
+    elif isinstance(old, str) and old.endswith(".png"):
+        assert isinstance(new, str) and Path(old).name == Path(new).name, path
+    elif isinstance(old, float) and isinstance(new, float):
+        assert old == pytest.approx(new, rel=1e-12, abs=1e-12, nan_ok=True), path
+    else:
+        assert old == new, f"{path}: {old!r} != {new!r}"
+
+
+def test_a_folder_written_before_the_layout_is_reused(tmp_path: Path) -> None:
+    """tests/data/folder_before_layout (crosslens before the stage folders): the same calls today
+    reuse every shard and artefact as it is (fingerprints unchanged) and give the same summaries."""
+    from crosslens.data.registry import load_dataset
+    from crosslens.scoring.options import EvalOptions
+    from crosslens.stages.evaluate.stage import evaluate
+    from crosslens.stages.lens.stage import run_lens
+    from crosslens.stages.neurons.stage import run_neurons
+    from crosslens.stages.pca.stage import run_pca
+    from crosslens.stages.similarity.stage import run_similarity
+    from crosslens.stages.steering.stage import run_steering
+
+    out = tmp_path / "folder"
+    shutil.copytree(LEGACY, out)
+    data = {
+        p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".parquet", ".safetensors")
+    }
+    old = {p.name: json.loads(p.read_text()) for p in out.glob("*_summary.json")} | {
+        "summary.json": json.loads((out / "summary.json").read_text())
+    }
+    lm = tiny_model("gemma3")
+    ds = load_dataset("crosslens-mini", ["en", "de", "zh"]).limit(8)
+    opts = EvalOptions(batch_size=8, chunk_size=4)
+    evaluate(lm, ds, out, opts=opts)
+    run_lens(lm, ds, out, layers=[2, 4], opts=opts)
+    run_pca(lm, ds, out, layers=[2, 4], n_items=6)
+    run_similarity(lm, ds, out, layers=[2, 4], n_items=6, n_boot=20)
+    run_neurons(lm, ds, out, ablate=["zh"], n_text_items=3, top_rate=0.05, n_boot=20, opts=opts)
+    run_steering(lm, ds, out, ds.languages, [2], [-1.0, 1.0], n_vectors=3, opts=opts, controls=1)
+    now = {
+        p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".parquet", ".safetensors")
+    }
+    assert now == data, "a shard or artefact was written again"
+    for name, summary in old.items():
+        _same_summary(summary, json.loads((out / name).read_text()), name)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import crosslens.runner
+import crosslens.console
 from conftest import tiny_model
-from crosslens.config import parse_config
-from crosslens.models import ModelSpec
-from crosslens.runner import run_experiment
+from crosslens.experiment.config import parse_config
+from crosslens.experiment.runner import run_experiment
+from crosslens.models.loading import ModelSpec
 
 SUMMARIES = (
     "summary.json",
@@ -74,7 +74,7 @@ def test_end_to_end_then_rerun_skips_everything(tmp_path: Path, monkeypatch: pyt
     advanced: list[float] = []
     totals: list[float] = []
 
-    class CountingProgress(crosslens.runner.Progress):  # the one display: its bar must reach exactly 100 %
+    class CountingProgress(crosslens.console.Progress):  # the one display: its bar must reach exactly 100 %
         def add_task(self, description: str, total: float | None = None, **kw: object) -> int:
             totals.append(total or 0)
             return super().add_task(description, total=total, **kw)
@@ -83,7 +83,7 @@ def test_end_to_end_then_rerun_skips_everything(tmp_path: Path, monkeypatch: pyt
             advanced.append(advance)
             super().advance(task_id, advance)
 
-    monkeypatch.setattr(crosslens.runner, "Progress", CountingProgress)
+    monkeypatch.setattr(crosslens.console, "Progress", CountingProgress)
     report = run_experiment(config, progress=True, models={lm.spec: lm})
     assert totals == [sum(advanced)] and totals[0] > 0
 
@@ -134,7 +134,8 @@ def test_kill_and_resume_gives_the_uninterrupted_results(saved_model: Path, tmp_
     )
     records = tmp_path / "killed" / saved_model.name / "crosslens-mini" / "records"
     script = (
-        "import sys; from crosslens.runner import run_experiment; run_experiment(sys.argv[1], progress=False)"
+        "import sys; from crosslens.experiment.runner import run_experiment; "
+        "run_experiment(sys.argv[1], progress=False)"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(killed_cfg)],

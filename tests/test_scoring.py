@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crosslens.passes import length_batches, prefix_groups
-from crosslens.prompts import get_template, render
-from crosslens.scoring import SHARED_PREFIX_MIN, encode_continuation, label_plan, rank_choices, score_prompts
+from crosslens.data.prompts import get_template, render
+from crosslens.models.passes import length_batches, prefix_groups
+from crosslens.scoring.choices import (
+    SHARED_PREFIX_MIN,
+    encode_continuation,
+    label_plan,
+    rank_choices,
+    score_prompts,
+)
 from helpers import plain_continuation_logprobs, plain_label_logprobs, toy_dataset
 
 
@@ -168,7 +174,7 @@ def test_a_prefix_every_prompt_shares_is_encoded_once_and_changes_no_reading(tin
     """Few-shot prompts (one exemplar block, questions of different lengths) with answer texts:
     labels and continuations at every layer as a plain forward of each whole prompt gives them,
     for every family (tiny Gemma 3's 8-token sliding window is far shorter than these prompts)."""
-    import crosslens.scoring as scoring
+    import crosslens.scoring.choices as scoring
 
     block = (
         "Q: Which is a colour? A: red B: dog Answer: A\n\nQ: Which is an animal? A: cat B: blue Answer: A\n\n"
@@ -215,7 +221,7 @@ def test_a_prefix_every_prompt_shares_is_encoded_once_and_changes_no_reading(tin
 
 
 def test_share_prefers_the_prefix_every_prompt_has_when_it_saves_more():
-    from crosslens.scoring import _share
+    from crosslens.scoring.choices import _share
 
     block = list(range(100, 200))  # a 100-token exemplar block
     passage_a, passage_b = list(range(300, 340)), list(range(400, 440))

@@ -13,18 +13,12 @@ import torch
 from scipy.stats import ortho_group
 
 from conftest import tiny_model
-from crosslens.activations import Activations, prompt_states
 from crosslens.cli import main
-from crosslens.data import load_dataset
-from crosslens.pca import run_pca
-from crosslens.similarity import (
-    bootstrap_weights,
-    cka_matrix,
-    cka_table,
-    cosine_summary,
-    linear_cka,
-    run_similarity,
-)
+from crosslens.data.registry import load_dataset
+from crosslens.stages.activations import Activations, prompt_states
+from crosslens.stages.pca.stage import run_pca
+from crosslens.stages.similarity.compute import cka_matrix, linear_cka
+from crosslens.stages.similarity.stage import bootstrap_weights, cka_table, cosine_summary, run_similarity
 from crosslens.store import RunMismatchError, Store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

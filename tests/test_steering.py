@@ -8,19 +8,15 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from crosslens.anatomy import capture_residuals
-from crosslens.evaluate import EvalOptions, evaluate
-from crosslens.prompts import get_template, render
-from crosslens.scoring import label_plan
-from crosslens.steering import (
-    SteeringVectors,
-    add_at_positions,
-    build_vectors,
-    run_steering,
-    sample_vector_items,
-    steer_grid,
-    steered_full_forward,
-)
+from crosslens.data.prompts import get_template, render
+from crosslens.models.anatomy import capture_residuals
+from crosslens.scoring.choices import label_plan
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.evaluate.stage import evaluate
+from crosslens.stages.sampling import held_out_sample
+from crosslens.stages.steering.grid import add_at_positions, steer_grid, steered_full_forward
+from crosslens.stages.steering.stage import run_steering
+from crosslens.stages.steering.vectors import SteeringVectors, build_vectors
 from helpers import toy_dataset
 
 
@@ -99,8 +95,8 @@ def naive_scores(lm, pids, lids, conts, layer, delta, where):
 @pytest.mark.parametrize("family", ["gemma2", "llama"])
 @pytest.mark.parametrize("where", ["last", "all"])
 def test_steered_cloze_and_labels_equal_naive_forwards(family, where):
-    from crosslens.scoring import encode_continuation
-    from crosslens.steering import full_scores
+    from crosslens.scoring.choices import encode_continuation
+    from crosslens.stages.steering.stage import full_scores
 
     lm = tiny_model(family)
     ds = toy_dataset()
@@ -130,7 +126,7 @@ def test_steered_cloze_and_labels_equal_naive_forwards(family, where):
 
 
 def test_controls_have_the_norm_of_the_vector_and_are_seeded():
-    from crosslens.steering import WRONG_LANGUAGE, control_vector, wrong_language
+    from crosslens.stages.steering.stage import WRONG_LANGUAGE, control_vector, wrong_language
 
     torch.manual_seed(3)
     v, other = torch.randn(64), torch.randn(64)
@@ -197,10 +193,10 @@ def test_gamma_zero_reproduces_unsteered_records_exactly(tmp_path):
 def test_vectors_are_mean_english_minus_language_and_round_trip(tmp_path):
     lm = tiny_model("qwen2")
     ds = toy_dataset()
-    ids = sample_vector_items(ds.item_ids(), 3, seed=0)
-    assert ids == sample_vector_items(ds.item_ids(), 3, seed=0)
+    ids = held_out_sample(ds.item_ids(), 3, 0, "n_vectors")
+    assert ids == held_out_sample(ds.item_ids(), 3, 0, "n_vectors")
     sv = build_vectors(lm, ds, ["de", "zh"], [2], ids)
-    from crosslens.activations import last_token_states
+    from crosslens.stages.activations import last_token_states
 
     t = get_template(ds.template)
     h = {
@@ -223,7 +219,7 @@ def test_steering_run_holds_out_vector_items_and_marks_english(tmp_path):
     ds = toy_dataset()
     summary = run_steering(lm, ds, tmp_path, ["de", "zh"], [1, 3], [-2.0, 2.0], n_vectors=3, seed=0)
     df = pd.read_parquet(tmp_path / "steer")
-    held_out = set(sample_vector_items(ds.item_ids(), 3, seed=0))
+    held_out = set(held_out_sample(ds.item_ids(), 3, 0, "n_vectors"))
     assert not held_out & set(df["item_id"])
     assert len(df) == 3 * 2 * 3 * (len(ds.item_ids()) - 3)  # languages x layers x gammas x items
     en = df[df.language == "en"]
@@ -272,7 +268,7 @@ def test_steering_summary_has_paired_tests_with_holm_over_the_grid(tmp_path):
 
 
 def test_holm_and_the_pearson_interval() -> None:
-    from crosslens import metrics
+    from crosslens.scoring import metrics
 
     assert metrics.holm([0.01, 0.04, 0.03, float("nan"), 0.005]) == pytest.approx(
         [0.03, 0.06, 0.06, float("nan"), 0.02], nan_ok=True

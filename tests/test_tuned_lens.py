@@ -12,10 +12,10 @@ import torch
 
 from conftest import CORPUS, FAMILIES, tiny_model
 from crosslens.cli import main
-from crosslens.lens import lens_stage, run_lens
-from crosslens.lens_training import Corpus, TrainSettings, corpus_from_dataset, train_lens
-from crosslens.lenses import LensError, LensInfo, LogitLens, TunedLens, load_lens
-from crosslens.scoring import score_prompts
+from crosslens.lenses.lens import LensError, LensInfo, LogitLens, TunedLens, load_lens
+from crosslens.lenses.training import Corpus, TrainSettings, corpus_from_dataset, train_lens
+from crosslens.scoring.choices import score_prompts
+from crosslens.stages.lens.stage import lens_stage, run_lens
 from crosslens.store import RunMismatchError
 from helpers import toy_dataset
 
@@ -148,7 +148,7 @@ def test_a_lens_of_another_model_is_refused(tmp_path, one_torch_thread):
 def test_lenses_saved_by_the_tuned_lens_project(tmp_path):
     """tuned-lens's TunedLens.save: config.json + params.pt of the translators' state dict
     ("<i>.weight", "<i>.bias" for hidden_states[i], i < L); read with weights_only=True."""
-    from crosslens.lenses import tuned_lens_hash
+    from crosslens.lenses.lens import tuned_lens_hash
 
     lm = tiny_model("llama")
     n, d = lm.anatomy.n_layers, lm.anatomy.d_model
@@ -245,11 +245,12 @@ def test_cli_train_lens_then_read_with_both_lenses(saved_model, tmp_path, capsys
     # Before the model loads: a lens for another depth, a folder without a lens, an untrained layer.
     bad = [
         (["--lens", f"tuned:{tmp_path}"], "holds no lens"),
-        (["--lens", "tuned"], "needs its folder"),
+        (["--lens", "tuned"], "'tuned' without a folder"),
+        (["--lens", f"tuned:{lens_dir}", "--lens", f"tuned:{tmp_path}"], "name each lens kind once"),
         (["--lens", "tuned:x", "--lens", "wrong"], "unknown lens"),
     ]
     for extra, message in bad:
-        assert main(args[:-2] + extra + ["--out", str(tmp_path / "o2")]) == 2
+        assert main(args[:-6] + extra + ["--out", str(tmp_path / "o2")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
 
@@ -257,8 +258,8 @@ def test_cli_train_lens_then_read_with_both_lenses(saved_model, tmp_path, capsys
 def test_run_trains_the_tuned_lens_it_reads_with(tmp_path, one_torch_thread):
     """``lens: {lenses: [logit, tuned], train: ...}``: the run trains a lens per model x dataset on the
     dataset's unread items, reads through it, and a re-run reuses it (nothing retrained or rewritten)."""
-    from crosslens.config import parse_config
-    from crosslens.runner import run_experiment
+    from crosslens.experiment.config import parse_config
+    from crosslens.experiment.runner import run_experiment
 
     lm = tiny_model("gemma3")
     data = {
@@ -299,7 +300,7 @@ def test_run_trains_the_tuned_lens_it_reads_with(tmp_path, one_torch_thread):
     [
         ({"lenses": ["logit", "tuned"]}, "'tuned' without a folder needs train"),
         ({"lenses": ["logit"], "train": {}}, "trains the lens named 'tuned'"),
-        ({"lenses": ["tuned:a", "tuned:b"]}, "at most one tuned lens"),
+        ({"lenses": ["tuned:a", "tuned:b"]}, "name each lens kind once"),
         ({"lenses": ["tunde"]}, "unknown lens 'tunde'"),
         ({"lenses": ["tuned"], "train": {"corpus": ["x.txt"], "dataset": {"name": "xcopa"}}}, "not both"),
         ({"lenses": ["tuned"], "train": {"corpus": ["/nonexistent/x.txt"]}}, "lens.train.corpus\\[0\\]"),
@@ -308,7 +309,7 @@ def test_run_trains_the_tuned_lens_it_reads_with(tmp_path, one_torch_thread):
     ],
 )
 def test_bad_lens_configs_are_one_line(lens, message, tiny_llama_dir):
-    from crosslens.config import ConfigError, parse_config
+    from crosslens.experiment.config import ConfigError, parse_config
 
     data = {"models": [str(tiny_llama_dir)], "datasets": [{"name": "crosslens-mini"}], "lens": lens}
     with pytest.raises(ConfigError, match=message) as err:
@@ -331,7 +332,7 @@ import torch
 torch.set_num_threads(1)
 from test_tuned_lens import QUICK, TEXT
 from conftest import tiny_model
-from crosslens.lens_training import train_lens
+from crosslens.lenses.training import train_lens
 
 def die(step, steps, loss):
     if step == 13:
@@ -340,7 +341,9 @@ def die(step, steps, loss):
 train_lens(tiny_model("llama"), TEXT, {str(tmp_path / "killed")!r}, QUICK, on_step=die)
 """
     proc = subprocess.run(
-        [sys.executable, "-c", script], env=os.environ | {"PYTHONPATH": str(Path(__file__).parent)}
+        [sys.executable, "-c", script],
+        env=os.environ
+        | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "lens.json").exists()
@@ -353,7 +356,7 @@ train_lens(tiny_model("llama"), TEXT, {str(tmp_path / "killed")!r}, QUICK, on_st
 def test_head_dtype_bfloat16_and_auto(tmp_path, monkeypatch, one_torch_thread):
     """bfloat16 for the frozen head still trains below the logit lens (loss in float32); ``auto`` picks
     bfloat16 only where the hardware multiplies it, and the lens records the dtype it used."""
-    import crosslens.lens_training as training
+    import crosslens.lenses.training as training
 
     lm = tiny_model("gemma2")
     bf16 = train_lens(

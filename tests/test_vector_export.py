@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from crosslens.cli import main
-from crosslens.evaluate import EvalOptions
-from crosslens.models import load_model
-from crosslens.steering import VECTORS_FILE, SteeringVectors, add_at_positions, full_scores, run_steering
-from crosslens.vector_export import hookpoint, read_gguf, read_lmeval, write_gguf, write_lmeval
+from crosslens.interop.vector_export import hookpoint, read_gguf, read_lmeval, write_gguf, write_lmeval
+from crosslens.models.loading import load_model
+from crosslens.scoring.options import EvalOptions
+from crosslens.stages.steering.stage import (
+    VECTORS_FILE,
+    SteeringVectors,
+    add_at_positions,
+    full_scores,
+    run_steering,
+)
 from helpers import toy_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

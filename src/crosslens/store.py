@@ -39,6 +39,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crosslens.errors import CrosslensError
+
 __all__ = [
     "Store",
     "RunMismatchError",
@@ -56,15 +58,15 @@ __all__ = [
 SHARD_META = b"crosslens"  # Parquet metadata key of a shard's provenance
 
 
-class RunMismatchError(RuntimeError):
+class RunMismatchError(CrosslensError, RuntimeError):
     """Resuming into a folder whose records came from a different model, prompt or settings."""
 
 
-class StoreBusyError(RuntimeError):
+class StoreBusyError(CrosslensError, RuntimeError):
     """Another process is running the same stage into the same folder."""
 
 
-class OutputPathError(ValueError):
+class OutputPathError(CrosslensError, ValueError):
     """An output path that can never become a writable folder (a file, or below one)."""
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from crosslens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Interoperability: records from lm-evaluation-harness runs, steering vectors for other tools."""

@@ -1,0 +1,247 @@
+"""Model anatomy: where a causal LM keeps its blocks, final norm and unembedding.
+
+One layer numbering is used by the whole project (lens, activations, steering):
+
+* layer 0 is the embeddings output (the input of the first decoder block, after any
+  embedding scaling such as Gemma's sqrt(d_model));
+* layer l (1 <= l <= n_layers) is the output of decoder block l (1-based), i.e. the
+  residual stream *before* the final norm.
+
+transformers' ``hidden_states[-1]`` is the *post-norm* output of the last block, so it is
+never used here: states are captured with hooks on the blocks themselves, and
+:meth:`Anatomy.lens_logits` applies the final norm exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from crosslens.errors import CrosslensError
+
+__all__ = ["Family", "FAMILIES", "Anatomy", "UnsupportedModelError", "paper_layers", "capture_residuals"]
+
+
+class UnsupportedModelError(CrosslensError, ValueError):
+    """A model whose family has no adapter: we refuse rather than guess its layout."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Module-path templates of one architecture family (steering-vectors style, no isinstance chains)."""
+
+    blocks: str = "model.layers"
+    final_norm: str = "model.norm"
+    head: str = "lm_head"
+    softcap_attr: str | None = None  # config attribute holding the final-logit softcap, if any
+    mlp_act: str = "mlp.act_fn"  # in a block: the gated MLP's activation function (its output = the neurons)
+
+
+_STANDARD = Family()
+_GEMMA = Family(softcap_attr="final_logit_softcapping")
+
+#: model_type -> family. Add a line here (and a tiny-model test) to support a new family.
+FAMILIES: dict[str, Family] = {
+    "llama": _STANDARD,
+    "mistral": _STANDARD,
+    "qwen2": _STANDARD,
+    "qwen3": _STANDARD,
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+}
+
+
+def family_for(model_type: str) -> Family:
+    """Return the adapter for ``model_type`` or fail with one line that says how to add one."""
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        known = ", ".join(sorted(FAMILIES))
+        raise UnsupportedModelError(
+            f"unsupported model family '{model_type}' (supported: {known}); to add one, register its "
+            f"block/norm/head module paths in crosslens.anatomy.FAMILIES"
+        ) from None
+
+
+def paper_layers(n_layers: int, every: int = 4) -> list[int]:
+    """The paper's schedule: every ``every``-th block, ending at the last one (42 -> 2, 6, ..., 42)."""
+    if n_layers < 1 or every < 1:
+        raise ValueError(f"paper_layers needs n_layers >= 1 and every >= 1, got {n_layers}, {every}")
+    return list(range(n_layers % every or every, n_layers + 1, every))
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """The parts of a loaded causal LM that the lens, activations and steering need."""
+
+    model_type: str
+    blocks: nn.ModuleList
+    final_norm: nn.Module
+    head: nn.Module
+    softcap: float | None
+    mlp_act: str = "mlp.act_fn"
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Anatomy:
+        """Read the anatomy of ``model`` through its family's module-path table."""
+        model_type = model.config.model_type
+        fam = family_for(model_type)
+        modules = dict(model.named_modules())
+        missing = [p for p in (fam.blocks, fam.final_norm, fam.head) if p not in modules]
+        if missing:
+            raise UnsupportedModelError(
+                f"model of type '{model_type}' lacks modules {missing}; its layout differs from the "
+                "crosslens adapter in crosslens.anatomy.FAMILIES"
+            )
+        softcap = getattr(model.config, fam.softcap_attr, None) if fam.softcap_attr else None
+        return cls(
+            model_type, modules[fam.blocks], modules[fam.final_norm], modules[fam.head], softcap, fam.mlp_act
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.head.weight.shape[1])
+
+    @property
+    def unembed_weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    @property
+    def unembed_bias(self) -> torch.Tensor | None:
+        return getattr(self.head, "bias", None)
+
+    def neurons(self, layer: int) -> nn.Module:
+        """The module whose output is block ``layer``'s MLP neurons: act_fn(gate_proj(x)), the
+        factor that multiplies up_proj(x) before down_proj (LAPE's activation, Tang et al. 2024)."""
+        if not 1 <= layer <= self.n_layers:
+            raise ValueError(f"neuron layer {layer} out of range 1..{self.n_layers}")
+        try:
+            return self.blocks[layer - 1].get_submodule(self.mlp_act)
+        except AttributeError:
+            raise UnsupportedModelError(
+                f"model of type '{self.model_type}' has no MLP activation module at '{self.mlp_act}' in its "
+                "blocks; register it as Family.mlp_act in crosslens.anatomy.FAMILIES"
+            ) from None
+
+    @property
+    def n_neurons(self) -> int:
+        """MLP neurons per block (the gated MLP's intermediate size)."""
+        return int(self.blocks[0].get_submodule(self.mlp_act.rsplit(".", 1)[0]).gate_proj.out_features)
+
+    def check_layers(self, layers: Sequence[int]) -> list[int]:
+        """Validate a layer list against the numbering above; returns it sorted and de-duplicated."""
+        bad = [ell for ell in layers if not 0 <= int(ell) <= self.n_layers]
+        if bad:
+            raise ValueError(f"layers {bad} out of range: this model has layers 0..{self.n_layers}")
+        return sorted({int(ell) for ell in layers})
+
+    def lens_logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """Map a residual state at the output of block ``layer`` to float32 vocabulary logits.
+
+        Exactly the model's own head: final norm once, unembedding (+ bias), final-logit softcap.
+        For ``layer == n_layers`` this reproduces the model's output logits.
+        """
+        self.check_layers([layer])
+        return self._head(self._normed(h))
+
+    def _normed(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.head.weight
+        return self.final_norm(h.to(device=w.device, dtype=w.dtype))
+
+    def _head(self, hn: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 logits of normalised states ``hn``: every token, or (float32 throughout) only the
+        tokens ``rows`` (N, k) of each state."""
+        w, bias = self.head.weight, self.unembed_bias
+        if rows is None:
+            logits = nn.functional.linear(hn, w, bias).float()
+        else:
+            logits = torch.einsum("nd,nkd->nk", hn.float(), w[rows].float())
+            if bias is not None:
+                logits = logits + bias[rows].float()
+        return self.cap(logits)
+
+    def cap(self, logits: torch.Tensor) -> torch.Tensor:
+        """The final-logit softcap (Gemma 2), or the logits unchanged."""
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
+
+    def token_logprobs(
+        self, h: torch.Tensor, layer: int, targets: torch.Tensor, max_elements: int = 2**26
+    ) -> torch.Tensor:
+        """log softmax(lens_logits(h))[targets] for rows of ``h``, projecting at most ``max_elements``
+        logits at a time so a 262k vocabulary never materialises a (positions x vocab) matrix
+        beyond the budget. ``h``: (N, d); ``targets``: (N,) or (N, k). Returns float32 (N,) / (N, k).
+        In a lower-precision model the targets' logits are computed in float32 (see docs/lens.md).
+        """
+        vocab = self.head.weight.shape[0]
+        rows = max(1, max_elements // vocab)
+        out = []
+        squeeze = targets.dim() == 1
+        tg = targets.unsqueeze(-1) if squeeze else targets
+        self.check_layers([layer])
+        exact = self.head.weight.dtype != torch.float32
+        for start in range(0, h.shape[0], rows):
+            hn = self._normed(h[start : start + rows])
+            t = tg[start : start + rows].to(hn.device)
+            if exact:
+                # In bfloat16 near-equal logits round to exact ties (which argmax gives to choice A):
+                # the targets' own logits are computed in float32, the normaliser from the full projection.
+                out.append(self._head(hn, t) - torch.logsumexp(self._head(hn), dim=-1, keepdim=True))
+            else:
+                out.append(torch.log_softmax(self._head(hn), dim=-1).gather(-1, t))
+        res = torch.cat(out) if out else torch.empty(tg.shape, dtype=torch.float32)
+        return res.squeeze(-1) if squeeze else res
+
+
+def _block_output(output: object) -> torch.Tensor:
+    # transformers 5 decoder layers return a tensor; older ones a tuple whose first item is the state.
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+
+
+@contextlib.contextmanager
+def capture_residuals(
+    anatomy: Anatomy, layers: Sequence[int], index: torch.Tensor | None = None
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the residual stream at ``layers`` (project numbering) during the forward passes run
+    inside the block.
+
+    ``index``: optional (batch, k) long tensor of sequence positions; when given only those
+    positions are kept (the memory-bounded path), giving (batch, k, d) per layer, else (batch, seq, d).
+    Hooks are registered inside ``try`` and always removed.
+    """
+    layers = anatomy.check_layers(layers)
+    store: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int, h: torch.Tensor) -> None:
+        if index is not None:
+            idx = index.to(h.device).unsqueeze(-1).expand(-1, -1, h.shape[-1])
+            h = h.gather(1, idx)
+        store[layer] = h.detach()
+
+    handles = []
+    try:
+        for layer in layers:
+            if layer == 0:
+
+                def pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+                    keep(0, args[0] if args else kwargs["hidden_states"])
+
+                handles.append(anatomy.blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+
+                def post(_m: nn.Module, _a: tuple, output: object, layer: int = layer) -> None:
+                    keep(layer, _block_output(output))
+
+                handles.append(anatomy.blocks[layer - 1].register_forward_hook(post))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,181 @@
+"""The neurons stage's part of the report: neurons per language and layer, the paired effects of
+deactivating them against a random control, and their figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from crosslens.render.figures import floats, language_colors, new_figure, save
+from crosslens.render.tables import Table, ci, missing
+from crosslens.stages.neurons import FIGURES
+from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+
+__all__ = ["PART", "neurons_figure", "ablation_figure"]
+
+CAPTIONS = {
+    "neurons": "Language-specific neurons (LAPE) per layer, one line per language.",
+    "ablation": (
+        "Change in accuracy of every language when one language's specific neurons are deactivated (red) "
+        "and when as many random neurons of the same layers are (grey); bars: paired bootstrap 95 % CI."
+    ),
+}
+
+
+def neurons_figure(
+    per_layer: Mapping[str, Mapping[Any, int]], n_layers: int, path: str | Path, title: str | None = None
+) -> Path:
+    """Language-specific neurons (LAPE) per layer, one line per language (``per_layer``: language ->
+    {layer: count}, layers without any left out)."""
+    langs = list(per_layer)
+    colors = language_colors(langs)
+    fig = new_figure(6.4, 3.4)
+    ax = fig.subplots()
+    layers = np.arange(1, n_layers + 1)
+    for lang in langs:
+        counts = [per_layer[lang].get(str(x), per_layer[lang].get(int(x), 0)) for x in layers]
+        ax.plot(layers, counts, marker="o", markersize=3, color=colors[lang], label=lang)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("language-specific neurons")
+    fig.legend(loc="outside right center", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save(fig, path)
+
+
+def ablation_figure(summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """Per ablated language (rows): the change in every language's accuracy (left) and in its gold
+    answer's score (right: mean log-likelihood per character for cloze, log-probability of the gold
+    letter otherwise) when its LAPE neurons are deactivated (red) and for the random control (grey),
+    with paired bootstrap CIs. Cloze where scored, else letters."""
+    effects = summary["effects"]
+    ablated = [m for m in effects if effects[m]]
+    score = "cloze" if any("cloze" in e for m in ablated for e in effects[m].values()) else "letters"
+    langs = list(summary["languages"])
+    panels = (("accuracy", 100.0, f"Δ {score} accuracy (points)"), ("gold_score", 1.0, "Δ gold-answer score"))
+    fig = new_figure(2 * max(4.5, 0.45 * len(langs) + 1.5) + 0.5, 2.5 * len(ablated) + 0.6)
+    axes = fig.subplots(len(ablated), 2, squeeze=False)
+    x = np.arange(len(langs))
+    for row, m in enumerate(ablated):
+        for col, (key, scale, label) in enumerate(panels):
+            ax = axes[row, col]
+            for offset, kind, color in ((-0.2, "lape", "tab:red"), (0.2, "random", "tab:gray")):
+                entry = effects[m].get(kind)
+                if entry is None:
+                    continue
+                cells = [entry[score][lang].get(key) or {} for lang in langs]
+                delta = np.nan_to_num(scale * floats(c.get("delta") for c in cells))
+                low, high = (
+                    scale * floats(c.get("ci_low") for c in cells),
+                    scale * floats(c.get("ci_high") for c in cells),
+                )
+                err = np.vstack([np.nan_to_num(delta - low), np.nan_to_num(high - delta)])
+                name = f"{kind} ({entry['n_neurons']} neurons)"
+                ax.bar(
+                    x + offset, delta, width=0.4, color=color, label=name, yerr=err, capsize=2, ecolor="0.3"
+                )
+            ax.axhline(0, color="0.4", linewidth=0.6)
+            ax.set_xticks(x, langs, rotation=90 if len(langs) > 12 else 0, fontsize=8)
+            if m in langs:
+                ax.get_xticklabels()[langs.index(m)].set_fontweight("bold")
+            ax.set_title(f"{m}-specific neurons off", fontsize=9)
+            ax.set_ylabel(label, fontsize=8)
+            if col == 0:
+                ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+def _effect(e: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """A paired change with its CI: ``-3.1 [-6.2, 0.0]`` (points) or ``-0.051 [...]`` (rho)."""
+    if not e or missing(e.get("delta")):
+        return "–"
+    return f"{scale * e['delta']:+.{digits}f} {ci(e['ci_low'], e['ci_high'], scale, digits)}"
+
+
+def _tables(n: Mapping[str, Any]) -> list[Table]:
+    """Language-specific neurons per language, and the effects of deactivating them."""
+    sel = n["selection"]
+    overlap = n["overlap"]
+    rows = [
+        [
+            lang,
+            str(count),
+            ", ".join(f"{layer}: {k}" for layer, k in n["per_layer"][lang].items() if k) or "–",
+            ", ".join(f"{b} {k}" for b, k in overlap[lang].items() if b != lang and k) or "–",
+        ]
+        for lang, count in n["n_specific"].items()
+    ]
+    out = [
+        Table(
+            f"Language-specific neurons (LAPE: {sel['n_kept']} of {sel['n_neurons']} neurons kept, top rate "
+            f"{sel['top_rate']}, from {n['n_text_items']} held-out items)",
+            ["language", "neurons", "per layer (layer: count)", "shared with"],
+            rows,
+        )
+    ]
+    pivot = n.get("pivot") or "en"
+    rows = []
+    for m, kinds in n["effects"].items():
+        for kind, e in kinds.items():
+            row = [m, kind, str(e["n_neurons"])]
+            for score in ("cloze", "letters"):
+                if score not in e:
+                    row += ["–"] * 5
+                    continue
+                own = e[score][m]
+                others = [v["accuracy"]["delta"] for lang, v in e[score].items() if lang != m]
+                others = [x for x in others if not missing(x)]
+                row += [
+                    _effect(own["accuracy"]) + f" (p {own['accuracy']['p_mcnemar']:.2g})",
+                    _effect(own.get("gold_score"), 1.0, 3),
+                    _effect(own.get("consistency_pivot"), 1.0, 3),
+                    _effect(own.get("tr_plus_from_pivot")),
+                    f"{100 * sum(others) / len(others):+.1f}" if others else "–",
+                ]
+            rows.append(row)
+    if rows:
+        cols = [
+            "Δ acc (p McNemar)",
+            "Δ gold score",
+            f"Δ cons. w/ {pivot}",
+            f"Δ tr+ from {pivot}",
+            "Δ acc others",
+        ]
+        out.append(
+            Table(
+                f"Deactivating the neurons of one language: paired change in that language on "
+                f"{n['n_eval_items']} held-out items [95 % bootstrap CI]",
+                ["ablated", "neurons", "n", *(f"cloze {c}" for c in cols), *(f"letters {c}" for c in cols)],
+                rows,
+                note="random: as many random neurons of the same layers (the control). Accuracy and tr+ in "
+                "points, consistency as Spearman's rho; gold score: the gold answer's mean "
+                "log-likelihood per "
+                "character (cloze) or its letter's log-probability (letters), in nats; 'others': mean change "
+                "over the other languages.",
+            )
+        )
+    return out
+
+
+class NeuronsReport(ReportPart):
+    def sections(self, folder: ResultFolder, columns: Sequence[Column] = ()) -> list[Any]:
+        n = folder.summaries.get("neurons")
+        if not n:
+            return []
+        tables = _tables(n)
+        path = neurons_figure(n["per_layer"], n["n_layers"], folder.path / FIGURES["neurons"], folder.title)
+        out: list[Any] = [tables[0], Figure("neurons", path, CAPTIONS["neurons"])]
+        if n["effects"]:
+            ablation = ablation_figure(n, folder.path / FIGURES["ablation"], folder.title)
+            out += [*tables[1:], Figure("ablation", ablation, CAPTIONS["ablation"])]
+        return out
+
+
+PART = NeuronsReport()
