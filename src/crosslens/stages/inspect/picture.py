@@ -184,24 +184,29 @@ _FALLBACKS = (
 
 
 @functools.cache
-def _fonts() -> tuple[tuple[str, ...], frozenset[int]]:
-    """The installed families of :data:`_FALLBACKS` (matplotlib falls back along them glyph by glyph)
-    and the code points their regular faces cover together."""
-    families, covered = [], set()
+def _fonts() -> tuple[tuple[str, ...], frozenset[int], frozenset[int]]:
+    """The installed families of :data:`_FALLBACKS` (matplotlib falls back along them glyph by glyph),
+    the code points their regular faces cover together, and those the first (the default) covers."""
+    families, covered, default = [], set(), frozenset()
     for name in _FALLBACKS:
         try:
             path = font_manager.findfont(font_manager.FontProperties(family=name), fallback_to_default=False)
-            covered.update(FT2Font(path).get_charmap())
+            charmap = FT2Font(path).get_charmap()
         except (ValueError, OSError, RuntimeError):  # not installed, or an unreadable file: no help
             continue
+        default = default or frozenset(charmap)
+        covered.update(charmap)
         families.append(name)
-    return tuple(families), frozenset(covered)
+    return tuple(families), frozenset(covered), default
 
 
-def _drawable(text: str) -> str:
-    """``text`` with characters no installed font covers written as ``\\uXXXX``."""
-    covered = _fonts()[1]
-    return "".join(ch if ord(ch) in covered else f"\\u{ord(ch):04x}" for ch in text)
+def _text(text: str) -> tuple[str, list[str] | None]:
+    """``text`` as drawn (a character no installed font covers written as ``\\uXXXX``) and the font
+    families to draw it with: the fallback list only where the default font lacks a character (a
+    fallback lookup per text is what makes a grid of hundreds of cells slow)."""
+    families, covered, default = _fonts()
+    drawn = "".join(ch if ord(ch) in covered else f"\\u{ord(ch):04x}" for ch in text)
+    return drawn, (list(families) if any(ord(ch) not in default for ch in drawn) else None)
 
 
 def _short(text: str, n: int) -> str:
@@ -217,7 +222,6 @@ def png_picture(reading: pd.DataFrame, path: str | Path, title: str) -> Path:
     cols, rows = len(shown), len(layers)
     fig = new_figure(max(6.0, 0.62 * cols + 1.6), len(lenses) * (0.46 * rows + 1.3) + 0.5)
     axes = fig.subplots(len(lenses), 1, squeeze=False).ravel()
-    families = list(_fonts()[0]) or None
     cmap = matplotlib.colormaps[CMAP]
     image = None
     for ax, lens in zip(axes, lenses):
@@ -228,18 +232,23 @@ def png_picture(reading: pd.DataFrame, path: str | Path, title: str) -> Path:
             for j, p in enumerate(shown):
                 top = cells[(ell, p)].iloc[0]
                 colour = cell_colors(top.prob)[1]
-                ax.text(j, i + 0.13, _drawable(_short(top.token, 7)), ha="center", va="center", fontsize=7,
-                        color=colour, fontfamily=families)  # fmt: skip
+                text, family = _text(_short(top.token, 7))
+                ax.text(
+                    j, i + 0.13, text, ha="center", va="center", fontsize=7, color=colour, fontfamily=family
+                )
                 ax.text(j, i - 0.27, str(top.token_language), ha="center", va="center", fontsize=5.5,
                         color=colour, alpha=0.8)  # fmt: skip
-        inputs = [cells[(layers[0], p)].iloc[0].input_token for p in shown]
-        ax.set_xticks(range(cols), [_drawable(_short(t, 10)) for t in inputs], rotation=60, ha="right",
-                      fontsize=6.5, fontfamily=families)  # fmt: skip
+        inputs = [_text(_short(cells[(layers[0], p)].iloc[0].input_token, 10)) for p in shown]
+        ax.set_xticks(range(cols), [t for t, _ in inputs], rotation=60, ha="right", fontsize=6.5)
+        for label, (_, family) in zip(ax.get_xticklabels(), inputs):
+            if family:
+                label.set_fontfamily(family)
         ax.set_yticks(range(rows), [str(ell) for ell in layers], fontsize=7)
         ax.set_ylabel("layer", fontsize=8)
         more = f" (the last {cols} of {len(positions)} positions)" if cols < len(positions) else ""
         ax.set_title(f"{lens} lens{more}", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=list(axes), shrink=0.8, pad=0.01).set_label("p(top token)", fontsize=8)
-    fig.suptitle(_drawable(title), fontsize=10, fontfamily=families)
+    text, family = _text(title)
+    fig.suptitle(text, fontsize=10, fontfamily=family)
     return save(fig, path)
