@@ -243,7 +243,8 @@ def test_cli_through_a_trained_lens(saved_model: Path, tmp_path: Path) -> None:
 
 BAD = [
     ("an item that does not exist", ["-d", "crosslens-mini", "--language", "fr", "--item", "mini-999"],
-     ("--item", "crosslens-mini", "'mini-999'", "mini-001")),
+     ("--item", "crosslens-mini", "'mini-999'", "'mini-001'", "crosslens datasets")),
+    ("an unknown dataset", ["-d", "crosslens-minii", "--language", "fr"], ("--dataset", "'crosslens-mini'")),
     ("a language the dataset lacks", ["-d", "crosslens-mini", "--language", "xx"], ("--language", "'xx'")),
     ("no language for the item", ["-d", "crosslens-mini"], ("--language",)),
     ("an empty prompt", ["--prompt", "  "], ("--prompt", "empty")),

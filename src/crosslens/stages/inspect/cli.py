@@ -96,31 +96,30 @@ def _item_prompt(
 ) -> tuple[str, str, str]:  # fmt: skip
     """The zero-shot prompt of a dataset item (read and checked before any model loads): its text,
     item id and language."""
+    import difflib
+
     from crosslens.data.options import DatasetConfig
     from crosslens.data.prompts import get_template, render
-    from crosslens.data.registry import list_datasets
 
-    known = {info.name: info for info in list_datasets()}
-    if language is None:
-        langs = known[dataset].languages if dataset in known else ()
-        choice = f" (one of: {', '.join(langs)})" if langs else ""
-        raise typer.BadParameter(f"--dataset needs --language: the language of the item to read{choice}")
-    config = DatasetConfig(name=dataset, languages=[language], data_dir=data_dir, split=split)
+    config = DatasetConfig(name=dataset, languages=[language] if language else None, data_dir=data_dir,
+                           split=split)  # fmt: skip
     try:
-        config.check()
+        known = config.check()
     except OptionError as exc:
         raise typer.BadParameter(f"{_DATASET_FLAGS.get(exc.field, exc.field)}: {exc.message}") from None
+    if language is None:
+        choice = f" (one of: {', '.join(known)})" if known else ""
+        raise typer.BadParameter(f"--dataset needs --language: the language of the item to read{choice}")
     ds = config.read().require_items()
     ids = ds.item_ids()
     item_id = ids[0] if item is None else item
     if item_id not in ids:
-        import difflib
-
         close = difflib.get_close_matches(item_id, ids, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise typer.BadParameter(
-            f"--item: {dataset} has no item {item_id!r} in {language}{hint}; its {len(ids)} ids are the 'id' "
-            f"of its items, from {ids[0]!r} to {ids[-1]!r} (leave --item out for the first)"
+            f"--item: {dataset} has no item {item_id!r} in {language}{hint}; its {len(ids)} ids run from "
+            f"{ids[0]!r} to {ids[-1]!r}: the 'id' of each item in its files (`crosslens datasets` says where "
+            "they load from); leave --item out for the first"
         )
     return render(ds.item(language, item_id), get_template(template or ds.template)), item_id, language
 
