@@ -161,6 +161,10 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("neurons --top-rate 0", lambda w: [*NEURONS(w), "--top-rate", "0"], ("--top-rate",)),
     ("neurons --activation-bar 2", lambda w: [*NEURONS(w), "--activation-bar", "2"], ("--activation-bar",)),
     ("neurons text beyond the items", lambda w: [*NEURONS(w), "--n-text-items", "7"], ("--n-text-items: 7", "no items")),
+    ("inspect: no such item", lambda w: [*INSPECT(w), "-d", "crosslens-mini", "--language", "fr", "--item", "mini-999"], ("--item", "crosslens-mini", "'mini-999'")),
+    ("inspect: a language the dataset lacks", lambda w: [*INSPECT(w), "-d", "crosslens-mini", "--language", "xx"], ("--language", "'xx'")),
+    ("inspect: an empty prompt", lambda w: [*INSPECT(w), "--prompt", ""], ("--prompt", "empty")),
+    ("inspect --top-k 0", lambda w: [*INSPECT(w), "--prompt", "x", "--top-k", "0"], ("--top-k",)),
     ("info with an empty prompt", lambda w: ["info", "-m", str(w.model), "--prompt", ""], ("--prompt",)),
     ("unknown dataset", lambda w: [*EVAL(w, dataset="jsonll")], ("jsonll", "jsonl")),
     ("unknown language", lambda w: [*EVAL(w), "--languages", "en,xx"], ("'xx'",)),
@@ -209,6 +213,10 @@ def SIM(w: World) -> list[str]:  # noqa: N802
 
 def NEURONS(w: World) -> list[str]:  # noqa: N802
     return ["neurons", *EVAL(w)[1:], "--n-text-items", "2"]
+
+
+def INSPECT(w: World) -> list[str]:  # noqa: N802
+    return ["inspect", "-m", str(w.model), "-o", str(w.path("fresh"))]
 
 
 def STEER(w: World) -> list[str]:  # noqa: N802

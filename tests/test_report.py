@@ -210,7 +210,7 @@ def test_report_renders_in_headless_chromium(root: Path, tmp_path: Path) -> None
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
-    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 5
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == len(FIGURE_FILES)
     for caption in CAPTIONS:
         assert f'<p class="caption">{caption}' in dom, caption
     console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]

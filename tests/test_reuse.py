@@ -34,6 +34,7 @@ TABLES = {
     "similarity": "similarity",
     "neurons": "ablation",
     "steer": "steer",
+    "inspect-items": "inspect",
 }
 OPTIONS = {
     "eval": [],
@@ -42,6 +43,7 @@ OPTIONS = {
     "similarity": ["--layers", "1,2", "--n-items", "5", "--n-boot", "20"],
     "neurons": ["--n-text-items", "2", "--top-rate", "0.05", "--ablate", "de", "--n-boot", "20"],
     "steer": ["--layers", "1,2", "--gammas", "-1,1", "--n-vectors", "3"],
+    "inspect-items": ["--layers", "1,2", "--top-k", "2"],
 }
 
 
@@ -221,6 +223,28 @@ def test_pca_extends_to_more_layers_and_refuses_other_languages(
     before = snapshot(out)
     capsys.readouterr()
     refused(capsys, run("pca", saved_model, toy_jsonl_dir, out, "--languages", "en,de"), "languages")
+    assert snapshot(out) == before
+
+
+def test_inspect_extends_to_more_languages_and_layers_and_refuses_another_top_k(
+    saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert run("inspect-items", saved_model, toy_jsonl_dir, out, "--languages", "en,de") == 0
+    first = {k: v for k, v in snapshot(out).items() if k.startswith("inspect/")}
+    more = ["--languages", "en,de,zh", "--layers", "1,2,4"]
+    assert run("inspect-items", saved_model, toy_jsonl_dir, out, *more) == 0
+    assert all(snapshot(out)[k] == v for k, v in first.items())
+    assert run("inspect-items", saved_model, toy_jsonl_dir, fresh, *more) == 0
+    keys = ["language", "item_id", "lens", "layer", "position", "rank"]
+    a, b = (shard_table(f, "inspect-items").sort_values(keys, ignore_index=True) for f in (out, fresh))
+    assert not a.duplicated(keys).any()
+    pd.testing.assert_frame_equal(a, b)
+    s = json.loads((out / "inspect_summary.json").read_text())
+    assert s["languages"] == ["en", "de", "zh"] and s["layers"] == [1, 2, 4]
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, run("inspect-items", saved_model, toy_jsonl_dir, out, "--top-k", "3"), "top_k")
     assert snapshot(out) == before
 
 

@@ -1,0 +1,91 @@
+"""The inspection's options (config section ``inspect``, the flags of ``crosslens inspect`` and
+``crosslens inspect-items``) and the refusals that need no model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import Field, field_validator
+
+from crosslens.lenses.kinds import LensError, parse_lens, precheck_lens
+from crosslens.options import Cli, OptionError, Options
+
+if TYPE_CHECKING:
+    from crosslens.stages.context import Plan, Settings
+
+__all__ = ["InspectConfig", "DEFAULTS", "MAX_TOP_K", "INSPECT_SCORING", "check", "precheck", "work"]
+
+# The prompt options it honours: the chat turn (an instruct model reads its questions so), never
+# few-shot exemplars, which would make the picture a wall of exemplar positions.
+INSPECT_SCORING = ("apply_chat_template", "system_instruction")
+MAX_TOP_K = 50  # tokens a hover box lists at most
+
+
+class InspectConfig(Options):
+    """The lens picture of one prompt: per layer and position, the top tokens through each lens.
+
+    ``lenses``: ``logit``, ``tuned:PATH`` (a trained lens folder) or a registered kind; each once.
+    """
+
+    lenses: Annotated[
+        list[str],
+        Field(min_length=1, description="logit or tuned:LENS_DIR (repeat to read through several)"),
+        Cli(("--lens",)),
+    ] = ["logit"]
+    top_k: Annotated[
+        int,
+        Field(ge=1, le=MAX_TOP_K, description="tokens shown per cell on hover (the first is the cell's own)"),
+    ] = 5
+    enabled: Annotated[bool, Cli(hidden=True)] = True
+
+    @field_validator("lenses")
+    @classmethod
+    def _lenses(cls, v: list[str]) -> list[str]:
+        try:
+            kinds = [parse_lens(x).kind for x in v]
+        except LensError as exc:
+            raise ValueError(str(exc)) from None
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ValueError(
+                f"name each lens kind once ({twice[0]!r} is named {kinds.count(twice[0])} times)"
+            )
+        untrained = [x for x in v if parse_lens(x).kind == "tuned" and parse_lens(x).path is None]
+        if untrained:
+            raise ValueError(
+                "name the tuned lens's folder: tuned:LENS_DIR (train one with crosslens train-lens)"
+            )
+        return v
+
+
+DEFAULTS = InspectConfig()  # the API's defaults are the options' own
+
+
+def check_lenses(section: InspectConfig, depth: int | None, models: int = 1) -> None:
+    """A trained lens belongs to one model, holds a lens, and was made for this depth (if known)."""
+    trained = [x for x in section.lenses if parse_lens(x).path is not None]
+    if trained and models > 1:
+        raise OptionError("lenses", f"{trained[0]} was trained for one model, not for each of {models}")
+    for entry in trained:
+        try:
+            precheck_lens(entry, depth)
+        except LensError as exc:
+            raise OptionError("lenses", str(exc)) from None
+
+
+def check(settings: Settings) -> None:
+    section = settings.section
+    assert isinstance(section, InspectConfig)
+    check_lenses(section, None, len(settings.models))
+
+
+def precheck(plan: Plan) -> None:
+    """Before the model loads: the lenses were made for a model of this depth."""
+    section = plan.section
+    assert isinstance(section, InspectConfig)
+    check_lenses(section, plan.depth)
+
+
+def work(plan: Plan) -> int:
+    """One item (the first) in every language."""
+    return len(plan.data.languages)
