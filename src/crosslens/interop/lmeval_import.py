@@ -14,6 +14,10 @@ answer texts fills them with lm-eval's ``acc`` reading (the raw log-likelihood) 
 columns with its ``acc_norm`` (per character). Each language's task configuration (from the run's
 ``results_*.json``: template, choices, delimiters, shots) is hashed, so languages prompted with
 different templates are visible (a warning, ``run.json`` and the report).
+
+Every samples line and results file is read through its schema (:mod:`crosslens.interop.lmeval_files`):
+a file of another shape is one error line naming the file, line and key. A record's digest covers
+the log-likelihoods it was made from, so samples scored again are refused, never mixed.
 """
 
 from __future__ import annotations

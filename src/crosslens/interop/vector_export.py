@@ -143,7 +143,8 @@ def export_vectors(
     if language == pivot:
         others = ", ".join(sorted(m for m in sv.vectors if m != pivot))
         raise OptionError(
-            "language", f"{language!r} is the pivot: v({language} -> {language}) is zero; export one of {others}"
+            "language",
+            f"{language!r} is the pivot: v({language} -> {language}) is zero; export one of {others}",
         )
     if language not in sv.vectors:
         raise OptionError(

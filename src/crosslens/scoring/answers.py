@@ -91,9 +91,9 @@ def neutral_prompt_ids(tokenizer) -> list[int]:
 def neutral_prompt_changed(tokenizer) -> bool:
     """Whether :func:`neutral_prompt_ids` differs, for this tokenizer, from crosslens' first rule
     (the tokens the tokenizer adds to an empty text, else EOS): where it does (a BOS that is defined
-    but not added, as SmolLM2's and Qwen2.5's GGUF tokenizers have), pmi folders of the first rule
-    hold other numbers and are refused; where it does not (a BOS that is added, as Gemma's and
-    Llama's are, or none at all) they hold the same numbers and stay reusable."""
+    but not added, as SmolLM2's is), pmi folders of the first rule hold other numbers and are
+    refused; where it does not (a BOS that is added, as Gemma's and Llama's are, or none at all)
+    they hold the same numbers and stay reusable."""
     old = list(tokenizer("").input_ids) or [tokenizer.eos_token_id]
     return old != neutral_prompt_ids(tokenizer)
 
