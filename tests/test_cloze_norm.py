@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,9 +13,11 @@ import pytest
 from conftest import tiny_model
 from crosslens.cli import main
 from crosslens.experiment.report import write_report
-from crosslens.scoring.answers import CLOZE_NORMS, cloze_fields, neutral_prompt_ids
+from crosslens.scoring import answers
+from crosslens.scoring.answers import CLOZE_NORMS, cloze_fields, neutral_prompt_changed, neutral_prompt_ids
 from crosslens.scoring.choices import encode_continuation
 from crosslens.scoring.options import EvalOptions
+from crosslens.stages import fingerprints
 from crosslens.stages.evaluate.stage import evaluate
 from crosslens.store import RunMismatchError
 from helpers import plain_continuation_logprobs, toy_dataset
@@ -70,6 +74,33 @@ def test_pmi_subtracts_the_answer_log_prob_after_the_empty_prompt(tmp_path):
     # the default keeps crosslens 0.1's fingerprint, so its folders stay reusable
     char_fp = json.loads((tmp_path / "char" / "run.json").read_text())["stages"]["records"]["fingerprint"]
     assert "cloze_norm" not in char_fp
+    # a tokenizer that adds its BOS conditions on it under both rules: the pmi folders stay reusable
+    assert "pmi_prefix" not in run["fingerprint"] and not neutral_prompt_changed(lm.tokenizer)
+
+
+def test_pmi_folders_of_the_first_empty_prompt_rule_are_refused_where_it_changed(tmp_path, monkeypatch):
+    """crosslens first conditioned on ``tokenizer("")`` (else EOS); lm-eval on BOS (else EOS). For a
+    tokenizer that defines a BOS but adds none (SmolLM2) the numbers differ: such a folder is refused."""
+    lm = tiny_model("qwen2")
+    tok = copy.deepcopy(lm.tokenizer)
+    tok._tokenizer.post_processor = None  # the BOS is defined but no longer added
+    lm = replace(lm, tokenizer=tok)
+    assert tok("").input_ids == [] and neutral_prompt_changed(tok)
+    assert neutral_prompt_ids(tok) == [tok.bos_token_id] != [tok.eos_token_id]
+    ds = toy_dataset(("en", "de"), n=3)
+    with monkeypatch.context() as m:  # as the first rule wrote its folders
+        m.setattr(answers, "neutral_prompt_ids", lambda t: list(t("").input_ids) or [t.eos_token_id])
+        m.setattr(fingerprints, "neutral_prompt_changed", lambda t: False)
+        evaluate(lm, ds, tmp_path / "old", opts=EvalOptions(cloze_norm="pmi"))
+    old = pd.read_parquet(tmp_path / "old" / "records").sort_values(["language", "item_id"])
+    with pytest.raises(RunMismatchError, match="pmi_prefix"):
+        evaluate(lm, ds, tmp_path / "old", opts=EvalOptions(cloze_norm="pmi"))
+    evaluate(lm, ds, tmp_path / "new", opts=EvalOptions(cloze_norm="pmi"))
+    new = pd.read_parquet(tmp_path / "new" / "records").sort_values(["language", "item_id"])
+    assert not np.allclose(np.concatenate(old["cloze_neutral"]), np.concatenate(new["cloze_neutral"]))
+    np.testing.assert_allclose(
+        np.concatenate(old["cloze_logprobs"]), np.concatenate(new["cloze_logprobs"]), atol=1e-5
+    )
 
 
 def test_another_normalisation_is_refused_on_a_folder_and_shown_in_the_report(tmp_path):
@@ -95,6 +126,12 @@ def test_cli_refuses_an_unknown_normalisation_before_loading(tmp_path, capsys):
     assert code != 0 and len(err.splitlines()) == 1
     assert "--cloze-norm: must be one of char, byte, token, pmi, none, got 'bytes'" in err
     assert not out.exists()
+    for argv in (["--no-cloze", "--cloze-norm", "pmi"], ["--cloze-norm", "pmi", "--no-cloze"]):
+        code = main(["eval", "--model", "no/such-model", "-d", "crosslens-mini", "-o", str(out), *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "--cloze-norm: 'pmi' ranks full answers, which are not scored without cloze" in err
+        assert not out.exists()
     code = main(["steer", "--model", "no/such", "-d", "crosslens-mini", "-o", str(out), "--layers", "1",
                  "--cloze-norm", "pmi"])  # fmt: skip
     assert (

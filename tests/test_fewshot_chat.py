@@ -122,6 +122,55 @@ def test_cli_few_shot_draws_beyond_the_limit_and_refuses_bad_requests(
         assert not bad.exists()
 
 
+def test_the_context_check_measures_the_prompt_fed_exemplars_and_system_text_included(
+    tmp_path, tiny_llama_dir, capsys
+):
+    """The tiny models have 512 positions: 63 crosslens-mini exemplars, or a 600-word system text,
+    make every prompt longer, though each zero-shot prompt fits."""
+    base = ["eval", "--model", str(tiny_llama_dir), "-d", "crosslens-mini", "--languages", "en,de"]
+    capsys.readouterr()
+    for extra, words in (
+        (["--num-fewshot", "63"], ("(prompt after 63 exemplars + longest answer)", "512", "--skip-long")),
+        (["--system-instruction", "Think. " * 600], ("(prompt + longest answer)", "512", "--skip-long")),
+        (["--num-fewshot", "63", "--skip-long"], ("after 63 exemplars", "no item fits")),
+        (["--system-instruction", "Think. " * 600, "--skip-long"], ("512", "no item fits")),
+    ):
+        out = tmp_path / "out"
+        assert main([*base, "-o", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        line = " ".join(err[err.index("error:") :].split())
+        assert err.count("error:") == 1 and "Traceback" not in err, err
+        assert all(w in line for w in words), line
+        assert not out.exists()
+
+
+def test_skipping_a_long_item_draws_the_exemplars_again_as_the_evaluation_does(
+    tmp_path, tiny_llama_dir, toy_jsonl_dir, capsys
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("en", "de"):
+        lines = (toy_jsonl_dir / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()
+        if lang == "de":
+            lines[0] = json.dumps(json.loads(lines[0]) | {"question": "Wort " * 700}, ensure_ascii=False)
+        (data / f"{lang}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_llama_dir), "-d", "jsonl", "--data-dir", str(data), "-o", str(out),
+            "--num-fewshot", "1", "--skip-long"]  # fmt: skip
+    assert main(argv) == 0
+    assert "skipped 1 items longer than" in " ".join(capsys.readouterr().err.split())
+    df = _records(out)
+    # q3 is drawn from all 7 items, q4 from the 6 that fit: the exemplar the records were read after
+    assert (
+        draw_exemplars([f"q{k}" for k in range(1, 7)], 1, 0)
+        == ["q4"]
+        != draw_exemplars([f"q{k}" for k in range(7)], 1, 0)
+    )
+    assert {tuple(x) for x in df["fewshot_items"]} == {("q4",)}
+    assert sorted(set(df["item_id"])) == ["q1", "q2", "q3", "q5", "q6"]
+    assert df["prompt_tokens"].max() < 512
+
+
 @pytest.mark.slow
 def test_smollm2_chat_template_prompts_letters_and_answers(tmp_path):
     """SmolLM2-135M-Instruct's real chat template: the rendered prompt and its tokens are
@@ -210,3 +259,22 @@ def test_an_experiment_reads_few_shot_prompts_in_its_evaluation_and_lens(tmp_pat
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config(data | extra, check_models=False)
+
+
+def test_an_experiment_refuses_prompts_its_exemplars_push_past_the_context(tmp_path):
+    from crosslens.data.schema import DataError
+    from crosslens.experiment.config import parse_config
+    from crosslens.experiment.runner import run_experiment
+
+    lm = tiny_model("gemma3")
+    data = {
+        "models": [lm.spec],
+        "datasets": [{"name": "crosslens-mini", "languages": ["en", "de"]}],
+        "num_fewshot": 60,
+        "pca": {"enabled": False},
+        "lens": {"enabled": False},
+        "output": str(tmp_path / "exp"),
+    }
+    with pytest.raises(DataError, match="after 60 exemplars .* more than the 512 of tiny-gemma3's context"):
+        run_experiment(parse_config(data, check_models=False), progress=False, models={lm.spec: lm})
+    assert not list((tmp_path / "exp").rglob("*.parquet"))

@@ -117,6 +117,12 @@ def test_cli_exports_the_vectors_of_a_steering_folder(saved_model: Path, tmp_pat
         main(["export-vectors", str(tmp_path / "s"), "--format", "onnx", "--language", "de", "--out", "y"])
         == 2
     )
+    capsys.readouterr()
+    pivot = tmp_path / "en.pt"  # v(en -> en) is the zero vector: nothing to steer with
+    assert main([*args[:4], "--language", "en", "--out", str(pivot)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--language: 'en' is the pivot" in err and "de, zh" in err
+    assert not pivot.exists()
 
 
 def test_lmeval_steered_model_equals_crosslens_steering_at_all_positions(

@@ -100,12 +100,10 @@ def run_stages(
     section: Options | None,
 ) -> None:
     """Check everything a command can without its model, load it, then run the stages it turns on."""
-    from crosslens.data.prompts import get_template
     from crosslens.models.loading import ModelLoadError, load_with, model_depth
-    from crosslens.scoring.choices import fit_context
     from crosslens.stages.context import JobContext, Plan, Settings
     from crosslens.stages.fingerprints import precheck_folder
-    from crosslens.stages.prompting import fewshot_source
+    from crosslens.stages.prompting import fewshot_source, fit_prompts
     from crosslens.store import check_output
 
     check_output(out)
@@ -146,7 +144,7 @@ def run_stages(
     lm = load_with(model, spec, verbose=True)
     if layers is not None and first is not None:
         _check_layers(spec, layers.layers or [], first, lm.anatomy.n_layers)
-    fitted, skipped = fit_context(lm, ds, get_template(data.template or ds.template), run.skip_long)
+    fitted, skipped = fit_prompts(plan, lm)
     if skipped:
         warn(f"skipped {skipped} items longer than {lm.spec}'s context")
     ctx = JobContext(**_fields(plan) | {"data": fitted, "depth": lm.anatomy.n_layers}, lm=lm)

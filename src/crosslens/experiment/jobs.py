@@ -12,11 +12,10 @@ from crosslens.data.schema import DataError, ParallelDataset
 from crosslens.experiment.config import ConfigError, ExperimentConfig, yaml_key
 from crosslens.models.loading import LoadedModel, ModelLoadError, ModelSpec, model_depth
 from crosslens.options import OptionError
-from crosslens.scoring.choices import fit_context
 from crosslens.stages.base import Stage
 from crosslens.stages.context import JobContext, Plan
 from crosslens.stages.fingerprints import precheck_folder
-from crosslens.stages.prompting import fewshot_source
+from crosslens.stages.prompting import fewshot_source, fit_prompts
 from crosslens.stages.registry import StageDef
 
 __all__ = ["Job", "load_jobs", "precheck_jobs", "job_folder", "job_stages"]
@@ -112,10 +111,10 @@ def job_stages(
     Every stage is checked (shards, activations, vectors; nothing is written) before any runs, so
     a folder holding something this run must not reuse is refused before the first write.
     """
-    from crosslens.data.prompts import get_template
-
-    template = get_template(job.dataset.template or job.data.template)
-    data = fit_context(lm, job.data, template, config.skip_long)[0]
+    try:
+        data = fit_prompts(job.plan(config, spec, None, lm.anatomy.n_layers), lm)[0]
+    except OptionError as exc:  # the exemplars drawn again from the items that fit left none to read
+        raise ConfigError(f"{source}: {yaml_key(config, None, exc.field)}: {exc.message}") from None
     stages = {}
     for d in config.stages():
         plan = job.plan(config, spec, d, lm.anatomy.n_layers)

@@ -14,6 +14,10 @@ answer texts fills them with lm-eval's ``acc`` reading (the raw log-likelihood) 
 columns with its ``acc_norm`` (per character). Each language's task configuration (from the run's
 ``results_*.json``: template, choices, delimiters, shots) is hashed, so languages prompted with
 different templates are visible (a warning, ``run.json`` and the report).
+
+Every samples line and results file is read through its schema (:mod:`crosslens.interop.lmeval_files`):
+a file of another shape is one error line naming the file, line and key. A record's digest covers
+the log-likelihoods it was made from, so samples scored again are refused, never mixed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +35,13 @@ import numpy as np
 import pandas as pd
 
 from crosslens.data.schema import LETTERS, DataError, Item, ParallelDataset
+from crosslens.interop.lmeval_files import ResultsFile, SampleLine, shown, validated
 from crosslens.scoring.answers import label_fields
 from crosslens.scoring.choices import rank_choices
 from crosslens.scoring.records import RECORDS
-from crosslens.stages.base import Stage, Unit, plan_units, run_stage
+from crosslens.stages.base import Done, Stage, Unit, plan_units, run_stage
 from crosslens.stages.evaluate.stage import summarize_records
-from crosslens.store import Store
+from crosslens.store import RunMismatchError, Store
 
 __all__ = ["FAMILIES", "Family", "import_lmeval", "import_stage", "read_samples"]
 
@@ -64,9 +69,17 @@ def _global_mmlu_tags(label: Any) -> tuple[str, ...]:
 
 def _field(*keys: str) -> Callable[[dict, int], str]:
     def get(doc: dict, doc_id: int) -> str:
-        return "#".join(str(doc[k]) for k in keys)
+        return "#".join(_id_part(doc, k) for k in keys)
 
     return get
+
+
+def _id_part(doc: dict, key: str) -> str:
+    """One field of a doc's item id: a string or a number (KeyError: the doc lacks it)."""
+    value = doc[key]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"field 'doc.{key}' must be a string or a number (the item id), got {shown(value)}")
+    return str(value)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -76,7 +89,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("okapi-arc", r"arc_(?P<lang>[a-z]{2,3})", "en", _field("id")),
     Family("mhellaswag", r"hellaswag_(?P<lang>[a-z]{2,3})", "en", _field("ind"), english_task="hellaswag"),
     Family("mmmlu", r"mmmlu_(?P<lang>[a-z]{2}_[a-z]{2})_(?P<part>\w+)", "EN_US",
-           lambda doc, k: f"{str(doc['Subject']).strip()}/test/{k}", str.upper),
+           lambda doc, k: f"{_id_part(doc, 'Subject').strip()}/test/{k}", str.upper),
     Family("global-mmlu", r"global_mmlu_(?:full_)?(?P<lang>[a-z]{2,3})(?:_(?P<part>\w+))?", "en",
            _field("sample_id"), tags=lambda doc: _global_mmlu_tags(doc.get("cultural_sensitivity_label"))),
     Family("xcopa", r"xcopa_(?P<lang>[a-z]{2,3})", None, _field("idx")),
@@ -111,43 +124,17 @@ def _family(task: str) -> tuple[Family, str] | None:
     return None
 
 
-def _requests(raw: dict, where: str) -> list[tuple[str, str]]:
-    """(context, continuation) per request: ``{gen_args_i: {arg_0, arg_1}}`` or older ``[[ctx, cont]]``."""
-    args = raw.get("arguments")
-    if isinstance(args, dict):
-        args = [args[k] for k in sorted(args, key=lambda k: int(k.rsplit("_", 1)[-1]))]
-        args = [[a.get("arg_0"), a.get("arg_1")] if isinstance(a, dict) else a for a in args]
-    if not isinstance(args, list) or not all(
-        isinstance(a, list) and len(a) >= 2 and isinstance(a[0], str) and isinstance(a[1], str) for a in args
-    ):
-        raise DataError(f"{where}: 'arguments' is not a list of (context, continuation) requests")
-    return [(a[0], a[1]) for a in args]
-
-
-def _loglik(resp: Any, where: str) -> float:
-    """A ``filtered_resps`` entry: ``[loglikelihood, is_greedy]`` (lm-eval writes both as strings)."""
-    value = resp[0] if isinstance(resp, list | tuple) and resp else resp
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: a response is not a log-likelihood ({resp!r})") from None
-    if not np.isfinite(x):
-        raise DataError(f"{where}: a log-likelihood is {x}")
-    return x
-
-
-def _gold(raw: dict, choices: Sequence[str], logliks: Sequence[float], where: str) -> int:
+def _gold(line: SampleLine, choices: Sequence[str], logliks: Sequence[float], where: str) -> int:
     """The gold index from ``target`` (an index, or the text of a choice), checked against ``acc``."""
-    target = str(raw.get("target", "")).strip()
+    target = str(line.target).strip()
     candidates = set()
     if re.fullmatch(r"\d+", target) and int(target) < len(choices):
         candidates.add(int(target))
     if target in choices:
         candidates.add(list(choices).index(target))
-    acc = raw.get("acc")
-    if len(candidates) > 1 and acc in (0, 1, 0.0, 1.0):
+    if len(candidates) > 1 and line.acc in (0.0, 1.0):
         pred = int(np.argmax(logliks))
-        candidates = {g for g in candidates if (g == pred) == bool(acc)}
+        candidates = {g for g in candidates if (g == pred) == bool(line.acc)}
     if len(candidates) != 1:
         raise DataError(
             f"{where}: cannot tell the gold answer from target {target!r} and choices {list(choices)}"
@@ -155,75 +142,91 @@ def _gold(raw: dict, choices: Sequence[str], logliks: Sequence[float], where: st
     return candidates.pop()
 
 
-def read_samples(path: Path, task: str, family: Family) -> list[Sample]:
-    """One ``samples_<task>_<date>.jsonl`` file (the ``none`` filter of a multiple-choice task)."""
-    out: dict[int, Sample] = {}
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a JSON-lines file."""
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    return ((n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip())
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
+
+
+def read_samples(path: Path, task: str, family: Family) -> list[Sample]:
+    """One ``samples_<task>_<date>.jsonl`` file (the ``none`` filter of a multiple-choice task); each
+    document once: a second line with the same ``doc_id`` is refused, never allowed to override."""
+    out: dict[int, Sample] = {}
+    first: dict[int, int] = {}  # doc_id -> the line it was read from
+    for n, text in _lines(path):
         where = f"{path} line {n}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        missing = [k for k in ("doc_id", "doc", "target", "arguments", "filtered_resps") if k not in raw]
-        if missing:
-            raise DataError(f"{where}: field {missing[0]!r} is missing (not an lm-eval samples file?)")
-        if raw.get("filter", "none") != "none":
+        line = validated(SampleLine, _json(text, where), where, "an lm-eval sample")
+        if line.filter != "none":
             continue
-        requests = _requests(raw, where)
-        resps = raw["filtered_resps"]
-        if not isinstance(resps, list) or len(resps) != len(requests):
+        if line.doc_id in first:
+            raise DataError(f"{where}: doc_id {line.doc_id} appears twice (first at line "
+                            f"{first[line.doc_id]}); a samples file holds each document once")  # fmt: skip
+        first[line.doc_id] = n
+        requests, resps = line.requests(), line.filtered_resps
+        if len(resps) != len(requests):
             raise DataError(f"{where}: {len(requests)} requests but {len(resps)} responses")
-        if "acc_mutual_info" in (raw.get("metrics") or []):  # the unconditional requests follow
+        if "acc_mutual_info" in (line.metrics or []):  # the unconditional requests follow
             requests, resps = requests[: len(requests) // 2], resps[: len(resps) // 2]
         contexts = {ctx for ctx, _ in requests}
         if len(contexts) != 1:
             raise DataError(f"{where}: the choices have different contexts (not a multiple-choice task)")
-        doc_id = int(raw["doc_id"])
         choices = tuple(cont.strip() for _, cont in requests)
-        logliks = tuple(_loglik(r, where) for r in resps)
+        logliks = tuple(resps)
         try:
-            item_id = family.item_id(raw["doc"], doc_id) if family.item_id else str(doc_id)
-        except (KeyError, TypeError):
-            raise DataError(f"{where}: the doc has no {family.dataset} item id") from None
-        gold = _gold(raw, choices, logliks, where)
-        prompt_hash = str(raw.get("prompt_hash", ""))
-        tags = family.tags(raw["doc"]) if isinstance(raw["doc"], dict) else ()
-        out[doc_id] = Sample(task, item_id, requests[0][0], choices, logliks, gold, prompt_hash, where, tags)
+            item_id = family.item_id(line.doc, line.doc_id) if family.item_id else str(line.doc_id)
+        except KeyError as e:
+            raise DataError(
+                f"{where}: field 'doc.{e.args[0]}' is missing (the {family.dataset} item id)"
+            ) from None
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+        gold = _gold(line, choices, logliks, where)
+        out[line.doc_id] = Sample(task, item_id, requests[0][0], choices, logliks, gold,
+                                  line.prompt_hash or "", where, family.tags(line.doc))  # fmt: skip
     if not out:
         raise DataError(f"{path}: no samples")
     return [out[k] for k in sorted(out)]
 
 
-def _task_hashes(root: Path) -> dict[str, str]:
+def _results(root: Path) -> list[ResultsFile]:
+    """Every ``results_*.json`` under ``root``, each through its schema (a malformed one is refused)."""
+    out = []
+    for path in sorted(root.rglob("results_*.json")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: cannot read ({e})") from None
+        out.append(validated(ResultsFile, _json(text, str(path)), str(path), "an lm-eval results file"))
+    return out
+
+
+def _task_hashes(results: Sequence[ResultsFile]) -> dict[str, str]:
     """Each task's prompt configuration hash, from the run's ``results_*.json`` (``configs``)."""
     keys = ("doc_to_text", "doc_to_choice", "doc_to_target", "target_delimiter", "fewshot_delimiter",
             "description", "num_fewshot", "fewshot_config")  # fmt: skip
     out: dict[str, str] = {}
-    for path in sorted(root.rglob("results_*.json")):
-        try:
-            configs = json.loads(path.read_text(encoding="utf-8")).get("configs") or {}
-        except (OSError, ValueError):
-            continue
-        for task, cfg in configs.items():
-            if isinstance(cfg, dict):
-                text = json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str)
-                out[task] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    for res in results:
+        for task, cfg in (res.configs or {}).items():
+            text = json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str)
+            out[task] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return out
 
 
-def _model_name(root: Path) -> str | None:
-    for path in sorted(root.rglob("results_*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        name = data.get("model_name") or (data.get("config") or {}).get("model_args")
+def _model_name(results: Sequence[ResultsFile]) -> str | None:
+    for res in results:
+        name = res.model_name or (res.config.model_args if res.config is not None else None)
         if name:
             return str(name)
     return None
@@ -239,6 +242,7 @@ class Imported:
     tasks: dict[str, list[str]]  # language -> its tasks
     config_hashes: dict[str, list[str]]  # language -> its tasks' configuration hashes
     form: str  # "letters" or "texts"
+    model_name: str | None  # from the run's results file, if it names one
 
 
 def collect(root: str | Path, family: str | None = None) -> Imported:
@@ -262,7 +266,10 @@ def collect(root: str | Path, family: str | None = None) -> Imported:
     if family is not None:
         if family not in {f.dataset for f in FAMILIES}:
             raise DataError(f"unknown family {family!r}; known: {', '.join(f.dataset for f in FAMILIES)}")
-        families = [family] if family in families else []
+        if family not in families:
+            held = ", ".join(families) if families else "no task of a known family"
+            raise DataError(f"{root} holds no {family} task; it holds {held} ({', '.join(sorted(files))})")
+        families = [family]
     if not families:
         raise DataError(f"{root}: none of the tasks ({', '.join(sorted(files))}) is of a known family "
                         f"({', '.join(f.pattern for f in FAMILIES)})")  # fmt: skip
@@ -285,7 +292,8 @@ def collect(root: str | Path, family: str | None = None) -> Imported:
         raise DataError(
             f"{root}: only one language ({', '.join(by_lang)}) of {fam.dataset}: nothing to compare"
         )
-    hashes = _task_hashes(root)
+    results = _results(root)
+    hashes = _task_hashes(results)
     config_hashes = {lang: sorted({hashes.get(t, "?") for t in ts}) for lang, ts in tasks.items()}
     samples, ds = _align(fam, by_lang)
     forms = {"letters" if _letters(s.choices) else "texts" for s in samples.values()}
@@ -293,7 +301,11 @@ def collect(root: str | Path, family: str | None = None) -> Imported:
         raise DataError(
             f"{root}: some tasks answer with letters, others with answer texts; import them apart"
         )
-    return Imported(fam, ds, samples, tasks, config_hashes, forms.pop())
+    return Imported(fam, ds, samples, tasks, config_hashes, forms.pop(), _model_name(results))
+
+
+def _scores_digest(sample: Sample) -> str:
+    return hashlib.sha256(json.dumps(sample.logliks).encode()).hexdigest()[:16]
 
 
 def _letters(choices: Sequence[str]) -> bool:
@@ -356,6 +368,36 @@ class ImportStage(Stage):
     seed: int
     tagged: bool = False
 
+    def digest(self, language: str, item_id: str) -> str:
+        """The item (prompt, choices, answer) and the log-likelihoods lm-eval gave its choices: they
+        are the data here, so samples re-scored under the same run folder are never mixed with the
+        records of the old scores."""
+        return f"{self.ds.item(language, item_id).digest}+{_scores_digest(self.samples[(language, item_id)])}"
+
+    def _check_items(self, done: Done) -> None:
+        """Each held record's digest against its sample's. Records imported before the digest covered
+        the log-likelihoods hold the item's digest alone: they are reused when the log-likelihoods
+        they hold are exactly the samples' (they are then the records this import would write)."""
+        legacy = [key for key, (held, _) in done.items()
+                  if key in self.samples and held == self.ds.item(*key).digest]  # fmt: skip
+        if legacy:
+            rows = self.store.read(self.table).set_index(["language", "item_id"])["label_logprobs"]
+            for key in legacy:
+                if [float(x) for x in rows[key]] == list(self.samples[key].logliks):
+                    done[key] = (self.digest(*key), done[key][1])
+        for unit in self.units:
+            for item_id in unit.item_ids:
+                key = (unit.language, item_id)
+                held = done.get(key)
+                if held is None or held[0] == self.digest(*key):
+                    continue
+                same_item = held[0].split("+")[0] == self.ds.item(*key).digest
+                what = "its log-likelihoods" if same_item else "its prompt, choices or answer"
+                raise RunMismatchError(
+                    f"{self.store.root} holds records of item {item_id!r} ({unit.language}) imported from "
+                    f"other lm-eval samples ({what} changed); use another --out folder or delete it"
+                )
+
     def rows(self, unit: Unit) -> pd.DataFrame:
         rows = []
         for item_id in unit.item_ids:
@@ -393,7 +435,7 @@ def import_stage(root: str | Path, out: str | Path, family: str | None = None, s
     """The records of an lm-eval results folder, planned but not written."""
     root = Path(root).resolve()
     got = collect(root, family)
-    model = _model_name(root) or root.name
+    model = got.model_name or root.name
     mixed = len({h for hs in got.config_hashes.values() for h in hs}) > 1
     if mixed:
         log.warning("the languages' tasks were configured differently (prompt configuration hashes %s)",

@@ -139,6 +139,13 @@ def export_vectors(
     if not path.is_file():
         raise ValueError(f"{folder}: no {VECTORS_FILE} (run `crosslens steer` into it first)")
     sv = SteeringVectors.load(path)
+    pivot = sv.fingerprint.get("pivot")
+    if language == pivot:
+        others = ", ".join(sorted(m for m in sv.vectors if m != pivot))
+        raise OptionError(
+            "language",
+            f"{language!r} is the pivot: v({language} -> {language}) is zero; export one of {others}",
+        )
     if language not in sv.vectors:
         raise OptionError(
             "language", f"{folder} has vectors for {', '.join(sorted(sv.vectors))}, not {language!r}"

@@ -16,7 +16,14 @@ from crosslens.models.loading import LoadedModel
 from crosslens.scoring.choices import encode_continuation, rank_choices, score_prompts
 from crosslens.scoring.options import CLOZE_NORMS, EvalOptions
 
-__all__ = ["CLOZE_NORMS", "label_fields", "cloze_fields", "neutral_prompt_ids", "neutral_logprobs"]
+__all__ = [
+    "CLOZE_NORMS",
+    "label_fields",
+    "cloze_fields",
+    "neutral_prompt_ids",
+    "neutral_prompt_changed",
+    "neutral_logprobs",
+]
 
 
 def label_fields(logprobs: Sequence[float], gold: int) -> dict[str, Any]:
@@ -72,14 +79,23 @@ def cloze_fields(
 
 
 def neutral_prompt_ids(tokenizer) -> list[int]:
-    """The empty prompt PMI divides by: the tokenizer's own start (BOS), or the end-of-text token
-    where it adds none (as lm-evaluation-harness scores a continuation of an empty context)."""
-    ids = tokenizer("").input_ids
-    if ids:
-        return list(ids)
-    if tokenizer.eos_token_id is None:
-        raise ValueError("pmi needs a start or end-of-text token to condition on; this tokenizer has neither")
-    return [int(tokenizer.eos_token_id)]
+    """The empty prompt pmi subtracts the answer's log-probability after: lm-evaluation-harness's
+    ``HFLM.prefix_token_id``, what its ``acc_mutual_info`` conditions an empty context on: the
+    tokenizer's BOS token where it defines one (added to prompts or not), else its EOS token."""
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return [int(token)]
+    raise ValueError("pmi needs a start or end-of-text token to condition on; this tokenizer has neither")
+
+
+def neutral_prompt_changed(tokenizer) -> bool:
+    """Whether :func:`neutral_prompt_ids` differs, for this tokenizer, from crosslens' first rule
+    (the tokens the tokenizer adds to an empty text, else EOS): where it does (a BOS that is defined
+    but not added, as SmolLM2's is), pmi folders of the first rule hold other numbers and are
+    refused; where it does not (a BOS that is added, as Gemma's and Llama's are, or none at all)
+    they hold the same numbers and stay reusable."""
+    old = list(tokenizer("").input_ids) or [tokenizer.eos_token_id]
+    return old != neutral_prompt_ids(tokenizer)
 
 
 def neutral_logprobs(lm: LoadedModel, items: Sequence[Item], opts: EvalOptions) -> list[list[float]]:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from crosslens.data.prompts import Prompter, Template, render
+from crosslens.data.prompts import Prompter
 from crosslens.data.prompts import labels as label_letters
 from crosslens.data.schema import DataError, ParallelDataset
 from crosslens.lenses.lens import Lens, LogitLens
@@ -434,34 +434,45 @@ def context_limit(lm: LoadedModel) -> int | None:
 
 
 def fit_context(
-    lm: LoadedModel, ds: ParallelDataset, template: Template, skip_long: bool = False
+    lm: LoadedModel,
+    ds: ParallelDataset,
+    prompter: Prompter,
+    skip_long: bool = False,
+    exclude: Sequence[str] = (),
 ) -> tuple[ParallelDataset, int]:
-    """``ds`` without items whose prompt plus longest answer text exceeds the model's context.
+    """``ds`` without the items whose prompt, as ``prompter`` feeds it (exemplars, system text and
+    chat template included), plus their longest answer exceeds the model's context.
 
     Scoring past the context reads positions the model never learnt; crosslens refuses it. An item
     too long in one language is dropped in every language (the set stays parallel) when
-    ``skip_long``, else the first one is a :class:`DataError` naming it, its length and the limit.
-    Returns the dataset and how many items were skipped.
+    ``skip_long``, else the first one is a :class:`DataError` naming it, its length and the limit;
+    so is a dataset none of whose items fits. ``exclude``: items that are not read (exemplars drawn
+    from ``ds``), neither measured nor dropped. Returns the dataset and how many items were skipped.
     """
     limit = context_limit(lm)
     if limit is None:
         return ds, 0
     tok = lm.tokenizer
+    skip = set(exclude)
     too_long: dict[str, tuple[str, int]] = {}
     for lang, items in ds.items.items():
-        prompts = tok([render(it, template) for it in items]).input_ids
+        items = [it for it in items if it.item_id not in skip]
+        prompts = [prompter.ids(prompter.text(it)) for it in items]
         for it, ids in zip(items, prompts):
             texts = (*it.choices, *(ds.english_choices(it.item_id) or ()))
-            answer = max(
-                len(x) for x in tok([" " + t.strip() for t in texts], add_special_tokens=False).input_ids
-            )
-            if len(ids) + answer > limit and it.item_id not in too_long:
-                too_long[it.item_id] = (lang, len(ids) + answer)
-    if too_long and not skip_long:
+            answers = tok(
+                [prompter.answer_sep + t.strip() for t in texts], add_special_tokens=False
+            ).input_ids
+            n = len(ids) + max(len(x) for x in answers)
+            if n > limit and it.item_id not in too_long:
+                too_long[it.item_id] = (lang, n)
+    kept = [i for i in ds.item_ids() if i not in too_long]
+    if too_long and (not skip_long or not set(kept) - skip):
         item, (lang, n) = next(iter(too_long.items()))
+        shots = f" after {len(prompter.exemplars())} exemplars" if prompter.shots else ""
+        fix = "shorten them or pass --skip-long to leave them out" if not skip_long else "no item fits"
         raise DataError(
-            f"item {item!r} ({lang}) needs {n} tokens (prompt + longest answer), more than the "
-            f"{limit} of {lm.spec}'s context; {len(too_long)} item(s) are too long: shorten them or "
-            "pass --skip-long to leave them out"
+            f"item {item!r} ({lang}) needs {n} tokens (prompt{shots} + longest answer), more than the "
+            f"{limit} of {lm.spec}'s context; {len(too_long)} item(s) are too long: {fix}"
         )
-    return ds.subset([i for i in ds.item_ids() if i not in too_long]), len(too_long)
+    return ds.subset(kept), len(too_long)

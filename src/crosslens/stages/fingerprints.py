@@ -9,6 +9,7 @@ from typing import Any
 from crosslens.data.prompts import Template, get_template, template_hash
 from crosslens.data.schema import ParallelDataset
 from crosslens.models.loading import LoadedModel
+from crosslens.scoring.answers import neutral_prompt_changed, neutral_prompt_ids
 from crosslens.scoring.choices import LabelPlan
 from crosslens.scoring.options import EvalOptions
 from crosslens.store import Store
@@ -39,12 +40,15 @@ def data_fingerprint(lm: LoadedModel, ds: ParallelDataset, template: Template) -
     return prompt_fingerprint(lm.spec, dtype, ds, template) | {"revision": lm.revision}
 
 
-def scoring_fingerprint(plan: LabelPlan, opts: EvalOptions) -> dict[str, Any]:
+def scoring_fingerprint(plan: LabelPlan, opts: EvalOptions, tokenizer: Any) -> dict[str, Any]:
     """How answers are scored (shared by every stage that ranks choices): the answer-letter tokens,
-    whether full answers are scored and how they are normalised."""
+    whether full answers are scored and how they are normalised; for pmi, the empty prompt where
+    it is not the one crosslens first conditioned on (``pmi_prefix``: lm-eval's prefix token)."""
     fp: dict[str, Any] = {"label_form": plan.form, "cloze": opts.cloze}
     if opts.cloze and opts.cloze_norm != "char":  # 0.1's normalisation: its folders stay reusable
         fp["cloze_norm"] = opts.cloze_norm
+    if opts.cloze and opts.cloze_norm == "pmi" and neutral_prompt_changed(tokenizer):
+        fp["pmi_prefix"] = neutral_prompt_ids(tokenizer)
     return fp
 
 

@@ -10,9 +10,11 @@ from crosslens.data.prompts import Prompter, exemplars_for, get_template
 from crosslens.data.schema import ParallelDataset
 from crosslens.models.loading import LoadedModel
 from crosslens.options import OptionError
+from crosslens.scoring.choices import fit_context
 from crosslens.scoring.options import EvalOptions
+from crosslens.stages.context import Plan
 
-__all__ = ["held_out", "fewshot_pool", "fewshot_source", "build_prompter"]
+__all__ = ["held_out", "fewshot_pool", "fewshot_source", "build_prompter", "fit_prompts"]
 
 
 def held_out(prompter: Prompter, shots_from: ParallelDataset | None) -> list[str]:
@@ -78,3 +80,18 @@ def build_prompter(
         opts.system_instruction,
         "held-out items" if shots_from is None else pool.source,
     )
+
+
+def fit_prompts(plan: Plan, lm: LoadedModel) -> tuple[ParallelDataset, int]:
+    """The items of ``plan`` whose prompts fit ``lm``'s context, measured as its stages will feed
+    them (:func:`~crosslens.scoring.choices.fit_context`: exemplars, system text, chat template),
+    and how many were left out (``skip_long``). Exemplars drawn from the items themselves are drawn
+    again from those left, as the stages will draw them, until every item read fits with its own."""
+    ds, skipped = plan.data, 0
+    while True:
+        prompter = build_prompter(lm, ds, ds.languages, plan.eval_options(), plan.seed, plan.shots)
+        fitted, n = fit_context(lm, ds, prompter, plan.run.skip_long, held_out(prompter, plan.shots))
+        skipped += n
+        if not n or not held_out(prompter, plan.shots):
+            return fitted, skipped
+        ds = fitted

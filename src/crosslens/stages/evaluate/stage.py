@@ -36,7 +36,9 @@ def fingerprint(
 ) -> dict[str, Any]:
     """The evaluation's fingerprint: the prompts and how answers are scored."""
     return (
-        data_fingerprint(lm, ds, prompter.template) | prompter.fingerprint() | scoring_fingerprint(plan, opts)
+        data_fingerprint(lm, ds, prompter.template)
+        | prompter.fingerprint()
+        | scoring_fingerprint(plan, opts, lm.tokenizer)
     )
 
 

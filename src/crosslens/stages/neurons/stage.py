@@ -517,7 +517,7 @@ def neuron_stage(
     find = held_out_sample(ds.item_ids(), n_text_items, seed, "n_text_items")
     fp = (
         data_fingerprint(lm, ds, template)
-        | scoring_fingerprint(plan, opts)
+        | scoring_fingerprint(plan, opts, lm.tokenizer)
         | {
             "languages": languages,
             "text_items": find,

@@ -220,7 +220,7 @@ def steer_stage(
     langs = [ds.pivot] + [m for m in languages if m != ds.pivot]
     fp = (
         data_fingerprint(lm, ds, template)
-        | scoring_fingerprint(plan, opts)
+        | scoring_fingerprint(plan, opts, lm.tokenizer)
         | {
             "vector_items": vec_items,
             "seed": seed,  # draws the random controls
