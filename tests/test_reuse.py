@@ -54,7 +54,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
-def run(stage: str, model: Path, data: Path, out: Path, *extra: str) -> int:
+def run(stage: str, model: Path | str, data: Path, out: Path, *extra: str) -> int:
     args = [stage, "-m", str(model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out)]
     return main([*args, "--batch-size", "4", *OPTIONS[stage], *extra])
 
@@ -322,6 +322,52 @@ def test_a_folder_without_run_json_still_refuses_another_model(
     capsys.readouterr()
     refused(capsys, run(stage, other_model, toy_jsonl_dir, out), "model")
     assert snapshot(out) == before
+
+
+# -- case 6: the same model by another path, or as a copy ---------------------------------------------
+@pytest.mark.parametrize("stage", list(TABLES))
+def test_the_same_model_by_another_path_or_as_a_copy_resumes(
+    stage: str,
+    saved_model: Path,
+    other_model: Path,
+    toy_jsonl_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model is known by its content: a folder made with ``--model /abs/model`` resumes with
+    ``./model`` and with a byte-identical copy elsewhere, reusing every shard and artefact (activations,
+    vectors, neuron statistics); another model is still refused before it loads."""
+    out = tmp_path / "out"
+    assert run(stage, saved_model.resolve(), toy_jsonl_dir, out) == 0
+    files = {k: v for k, v in snapshot(out).items() if k.endswith((".parquet", ".safetensors"))}
+    copy = tmp_path / "elsewhere" / "copy-of-the-model"
+    shutil.copytree(saved_model, copy)
+    monkeypatch.chdir(saved_model.parent)
+    for spec in (f"./{saved_model.name}", copy):
+        assert run(stage, spec, toy_jsonl_dir, out) == 0, capsys.readouterr().err
+        assert {k: v for k, v in snapshot(out).items() if k.endswith((".parquet", ".safetensors"))} == files
+    capsys.readouterr()
+    monkeypatch.setattr("crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    before = snapshot(out)
+    line = refused(capsys, run(stage, other_model, toy_jsonl_dir, out), "model_id", str(other_model))
+    assert str(saved_model.resolve()) in line  # the spec it was made with, beside its identity
+    assert snapshot(out) == before
+
+
+def test_fingerprints_compare_models_by_identity_and_older_ones_by_spec() -> None:
+    """The compatibility rule (docs/evaluation.md): where both fingerprints record the model's content
+    identity the spec is a label; a fingerprint written before identities is compared by its spec."""
+    from crosslens.store import describe_mismatch, fingerprint_diff
+
+    now = {"model": "./m", "model_id": "folder:sha256:aa", "revision": "local:1", "dtype": "float32"}
+    assert fingerprint_diff({**now, "model": "/abs/m"}, now) == []
+    assert fingerprint_diff({**now, "model_id": "folder:sha256:bb"}, now) == ["model_id"]
+    assert "model: '/x' -> './m'" in describe_mismatch({**now, "model": "/x", "model_id": "folder:sha256:bb"}, now)
+    before = {k: v for k, v in now.items() if k != "model_id"}
+    assert fingerprint_diff(before, now) == []  # written before identities, under the same spec: reused
+    assert fingerprint_diff({**before, "model": "/abs/m"}, now) == ["model"]
+    assert fingerprint_diff({**before, "revision": "local:2"}, now) == ["revision"]
 
 
 # -- kill -9 between the vectors and the first steering unit ---------------------------------------------

@@ -49,6 +49,9 @@ __all__ = [
     "check_output",
     "unit_name",
     "describe_mismatch",
+    "fingerprint_diff",
+    "same_fingerprint",
+    "MODEL_ID",
     "settings_mismatch",
     "no_fingerprint",
     "atomic_write_text",
@@ -99,14 +102,39 @@ def unit_name(
     return f"{_safe(dataset)}.{_safe(language)}.{chunk:05d}.{digest}.parquet"
 
 
+MODEL_LABEL = "model"  # the model spec as given: a label wherever both sides record the model's identity
+MODEL_ID = "model_id"  # what the model is by content (crosslens.models.loading.content_identity)
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys on which fingerprint ``old`` (on disk) and ``new`` (this run) differ, sorted.
+
+    The model is compared by its content identity (``model_id``) where both record one, so the same
+    folder given by another path, or a byte-identical copy, is the same model; its spec (``model``)
+    is then a label. A fingerprint written before identities were recorded is compared by its spec,
+    exactly as it was then: such a folder is reused under the spec it was made with.
+    """
+    keys = set(old) | set(new)
+    keys.discard(MODEL_LABEL if MODEL_ID in old and MODEL_ID in new else MODEL_ID)
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+def same_fingerprint(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether something on disk made with ``old`` may be reused by a run with ``new``."""
+    return not fingerprint_diff(old, new)
+
+
 def describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``key: old -> new`` for every fingerprint key that differs (long values shortened)."""
+    """``key: old -> new`` for every fingerprint key that differs (long values shortened); another
+    model shows its spec beside its identity."""
 
     def short(v: Any) -> str:
         text = repr(v)
         return text if len(text) <= 80 else text[:77] + "..."
 
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = fingerprint_diff(old, new)
+    if MODEL_ID in diff and old.get(MODEL_LABEL) != new.get(MODEL_LABEL):
+        diff = sorted({*diff, MODEL_LABEL})
     return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in diff)
 
 
@@ -222,8 +250,8 @@ class Store:
         """
         for path, meta in self.index(table):
             fingerprint = self.fingerprint_of(path, meta)
-            old = {k: fingerprint.get(k) for k in expected}
-            if old != expected:
+            old = {k: fingerprint[k] for k in expected if k in fingerprint}
+            if not same_fingerprint(old, expected):
                 raise self.mismatch(table, old, expected)
 
     def fingerprint_of(self, path: Path, meta: dict[str, Any] | None) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from crosslens.stages.fingerprints import data_fingerprint, scoring_fingerprint
 from crosslens.stages.neurons import FIGURES, LAPE_TABLE, SUMMARY, TABLE
 from crosslens.stages.neurons.config import DEFAULTS, NeuronsConfig, check_rates, precheck_data
 from crosslens.stages.sampling import held_out_sample, items_digest
-from crosslens.store import atomic_write_bytes, no_fingerprint, settings_mismatch
+from crosslens.store import atomic_write_bytes, no_fingerprint, same_fingerprint, settings_mismatch
 
 if TYPE_CHECKING:
     from crosslens.stages.base import Unit
@@ -336,7 +336,7 @@ class NeuronStage(Stage):
             return None
         stats = NeuronStats.load(self.stats_path)
         expected = self.stats_fingerprint()
-        if stats.fingerprint != expected:
+        if not same_fingerprint(stats.fingerprint or {}, expected):
             raise settings_mismatch(
                 f"{self.stats_path} holds neuron statistics", stats.fingerprint or {}, expected
             )
@@ -345,7 +345,7 @@ class NeuronStage(Stage):
     def check(self) -> Done:
         done = super().check()
         for path, meta in self.store.index(LAPE_TABLE):
-            if self.store.fingerprint_of(path, meta) != self.fingerprint:
+            if not same_fingerprint(self.store.fingerprint_of(path, meta), self.fingerprint):
                 raise self.store.mismatch(LAPE_TABLE, meta["fingerprint"], self.fingerprint)  # type: ignore[index]
         self._saved()
         return done
