@@ -363,7 +363,9 @@ def test_fingerprints_compare_models_by_identity_and_older_ones_by_spec() -> Non
     now = {"model": "./m", "model_id": "folder:sha256:aa", "revision": "local:1", "dtype": "float32"}
     assert fingerprint_diff({**now, "model": "/abs/m"}, now) == []
     assert fingerprint_diff({**now, "model_id": "folder:sha256:bb"}, now) == ["model_id"]
-    assert "model: '/x' -> './m'" in describe_mismatch({**now, "model": "/x", "model_id": "folder:sha256:bb"}, now)
+    assert "model: '/x' -> './m'" in describe_mismatch(
+        {**now, "model": "/x", "model_id": "folder:sha256:bb"}, now
+    )
     before = {k: v for k, v in now.items() if k != "model_id"}
     assert fingerprint_diff(before, now) == []  # written before identities, under the same spec: reused
     assert fingerprint_diff({**before, "model": "/abs/m"}, now) == ["model"]
@@ -580,16 +582,24 @@ def test_dtype_auto_is_the_hardwares_dtype_and_recorded_concretely(
 LEGACY = Path(__file__).parent / "data" / "folder_before_layout"
 
 
-def _same_summary(old: object, new: object, path: str = "") -> None:
-    """Equal JSON, key for key; figure paths name the folder they were drawn in: only their names count."""
+#: Summary keys added since the folder was written (computed from what it holds; nothing else may change):
+#: the neurons stage's drawn neuron ids, its controls against the null, their count, the cloze normalisation.
+ADDED = {"neurons_summary.json": {"neurons", "controls", "cloze_norm"}}
+
+
+def _same_summary(old: object, new: object, path: str = "", added: set[str] = frozenset()) -> None:
+    """Equal JSON, key for key (``added``: keys the new one may have besides); figure paths name the
+    folder they were drawn in: only their names count."""
     if isinstance(old, dict):
-        assert isinstance(new, dict) and old.keys() == new.keys(), f"{path}: {sorted(old)} != {sorted(new)}"
+        assert isinstance(new, dict) and old.keys() <= new.keys() and not new.keys() - old.keys() - added, (
+            f"{path}: {sorted(old)} != {sorted(new)}"
+        )
         for k in old:
-            _same_summary(old[k], new[k], f"{path}.{k}")
+            _same_summary(old[k], new[k], f"{path}.{k}", added)
     elif isinstance(old, list):
         assert isinstance(new, list) and len(old) == len(new), path
         for i, (a, b) in enumerate(zip(old, new)):
-            _same_summary(a, b, f"{path}[{i}]")
+            _same_summary(a, b, f"{path}[{i}]", added)
     elif isinstance(old, str) and old.endswith(".png"):
         assert isinstance(new, str) and Path(old).name == Path(new).name, path
     elif isinstance(old, float) and isinstance(new, float):
@@ -600,7 +610,9 @@ def _same_summary(old: object, new: object, path: str = "") -> None:
 
 def test_a_folder_written_before_the_layout_is_reused(tmp_path: Path) -> None:
     """tests/data/folder_before_layout (crosslens before the stage folders): the same calls today
-    reuse every shard and artefact as it is (fingerprints unchanged) and give the same summaries."""
+    reuse every shard and artefact as it is (fingerprints unchanged: written before content
+    identities, they are compared by spec) and give the same summaries. The only files added are the
+    neuron sets the folder never saved (``neuron_sets/``, drawn from its own statistics and seed)."""
     from crosslens.data.registry import load_dataset
     from crosslens.scoring.options import EvalOptions
     from crosslens.stages.evaluate.stage import evaluate
@@ -630,6 +642,7 @@ def test_a_folder_written_before_the_layout_is_reused(tmp_path: Path) -> None:
     now = {
         p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".parquet", ".safetensors")
     }
-    assert now == data, "a shard or artefact was written again"
+    assert {p: now[p] for p in data} == data, "a shard or artefact was written again"
+    assert {p.parts[0] for p in set(now) - set(data)} == {"neuron_sets"}
     for name, summary in old.items():
-        _same_summary(summary, json.loads((out / name).read_text()), name)
+        _same_summary(summary, json.loads((out / name).read_text()), name, ADDED.get(name, set()))

@@ -472,7 +472,8 @@ def test_cli_train_lens_resumes_by_any_path_and_refuses_another_model(
     before = checkpoint.read_bytes()
     capsys.readouterr()
     monkeypatch.setattr("crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
-    for model, extra, words in ((saved_model, [], "made for another model"), (tiny_llama_dir, ["--dtype", "bfloat16"], "dtype")):  # fmt: skip
+    other = [(saved_model, [], "made for another model"), (tiny_llama_dir, ["--dtype", "bfloat16"], "dtype")]
+    for model, extra, words in other:
         assert main(args(model, lens_dir, *extra)) == 2
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.startswith("error:")]

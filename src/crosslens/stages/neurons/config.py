@@ -38,6 +38,14 @@ class NeuronsConfig(Options):
         Rate, Field(description="quantile a kept neuron must exceed in a language to be specific to it")
     ] = 0.95
     n_boot: Annotated[int, Field(ge=0, description="bootstrap replicates for the paired CIs")] = 1000
+    controls: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="random-neuron control sets per ablated language, each as many neurons of the same "
+            "layers (the null the LAPE effect is compared with)",
+        ),
+    ] = 1
     enabled: Annotated[bool, Cli(hidden=True)] = True
 
 
