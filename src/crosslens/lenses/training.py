@@ -57,7 +57,7 @@ from crosslens.lenses.options import TrainOptions
 from crosslens.models.anatomy import capture_residuals, paper_layers
 from crosslens.models.devices import bf16_units
 from crosslens.models.loading import LoadedModel, sha256_file
-from crosslens.options import Seed
+from crosslens.options import OptionError, Seed
 from crosslens.store import Store, atomic_write_bytes
 
 __all__ = [
@@ -328,7 +328,15 @@ def _settings_doc(s: TrainSettings, layers: list[int], corpus: Corpus, dtype: st
 
 
 def _trained_layers(s: TrainSettings, n_layers: int) -> list[int]:
-    return sorted({int(x) for x in (s.layers if s.layers is not None else default_layers(n_layers))})
+    """The layers given, else the paper's schedule less the last; refused when that leaves none."""
+    layers = sorted({int(x) for x in (s.layers if s.layers is not None else default_layers(n_layers))})
+    if not [x for x in layers if x < n_layers]:
+        raise OptionError(
+            "layers",
+            f"no layer to train: a tuned lens translates layers 0..{n_layers - 1} (the last is read as "
+            f"is){'' if s.layers else ', and the paper schedule of this model reads no other'}; name some",
+        )
+    return layers
 
 
 def precheck_training(

@@ -48,6 +48,7 @@ from crosslens.data.schema import Item, ParallelDataset
 from crosslens.models.anatomy import Anatomy
 from crosslens.models.loading import LoadedModel
 from crosslens.models.passes import length_batches, prompt_pass
+from crosslens.options import check_seed
 from crosslens.scoring import metrics
 from crosslens.scoring.choices import LabelPlan, label_plan
 from crosslens.scoring.options import EvalOptions
@@ -560,6 +561,7 @@ def neuron_stage(
 ) -> NeuronStage:
     """Language-specific neurons of ``lm`` on ``ds`` and their ablation, into ``out``, planned but
     not run (the statistics are counted when it begins)."""
+    check_seed(seed)
     from crosslens.store import Store
 
     section = NeuronsConfig(
