@@ -127,7 +127,8 @@ def test_killed_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(_smollm2_gguf())
     assert cache_root() == tmp_path
-    assert list(tmp_path.iterdir()) == []  # no final folder, no temporary leftovers
+    # no final folder, no temporary leftovers (the GGUF file's remembered hash is not a conversion's)
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["hashes"])
 
 
 @pytest.mark.slow

@@ -370,6 +370,11 @@ def test_fingerprints_compare_models_by_identity_and_older_ones_by_spec() -> Non
     assert fingerprint_diff(before, now) == []  # written before identities, under the same spec: reused
     assert fingerprint_diff({**before, "model": "/abs/m"}, now) == ["model"]
     assert fingerprint_diff({**before, "revision": "local:2"}, now) == ["revision"]
+    # A GGUF model's older revision is its file's hash, i.e. its identity: the spec is a label there too.
+    gguf = {"model": "gguf:/a/m.gguf", "model_id": "gguf:sha256:cc", "revision": "sha256:cc"}
+    assert fingerprint_diff({"model": "gemma-3-270m", "revision": "sha256:cc"}, gguf) == []
+    other = {"model": "gemma-3-270m", "revision": "sha256:dd"}
+    assert fingerprint_diff(other, gguf) == ["model_id", "revision"]
 
 
 # -- kill -9 between the vectors and the first steering unit ---------------------------------------------

@@ -236,8 +236,10 @@ def compare_model(recorded: dict[str, Any], here: dict[str, Any], where: Path, w
     """Refuse ``recorded`` (what a lens or checkpoint says of its model) for the model ``here`` (what
     :func:`model_identity` gives, or the part known before it loads), on the first key both hold that
     differs. The model is known by its content (``model_id``) where the record holds it, its spec
-    being a label then; a record written before identities is compared by its spec, as it was then."""
-    name = "model_id" if "model_id" in recorded else "spec"
+    being a label then; a record written before identities is compared by its spec, as it was then,
+    unless its revision is a GGUF file's hash (``sha256:``), which is its content already."""
+    gguf = str(recorded.get("revision", "")).startswith("sha256:")
+    name = "model_id" if "model_id" in recorded else "revision" if gguf else "spec"
     for key in ("model_type", "n_layers", "d_model", "unembed_sha256", name, "revision"):
         if key in recorded and key in here and recorded[key] != here[key]:
             raise LensError(
