@@ -334,7 +334,8 @@ def _trained_layers(s: TrainSettings, n_layers: int) -> list[int]:
         raise OptionError(
             "layers",
             f"no layer to train: a tuned lens translates layers 0..{n_layers - 1} (the last is read as "
-            f"is){'' if s.layers else ', and the paper schedule of this model reads no other'}; name some",
+            f"is){'' if s.layers is not None else ', and the paper schedule of this model reads no other'}; "
+            "name some",
         )
     return layers
 
