@@ -192,6 +192,32 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("config: PCA's 3 items for similarity", lambda w: ["run", config(w, "sp3.yaml", CFG + "pca: {n_items: 3}\nsimilarity: {}\n")], ("similarity.n_items", "pca.n_items = 3")),
     ("config: neurons unknown language", lambda w: ["run", config(w, "na.yaml", CFG + "neurons: {ablate: [xx]}\n")], ("neurons.ablate", "'xx'")),
     ("config: neurons top_rate 0", lambda w: ["run", config(w, "nt.yaml", CFG + "neurons: {top_rate: 0}\n")], ("neurons.top_rate",)),
+    # Seeds, everywhere they are taken: refused while parsing, before anything is read or written.
+    ("eval --seed -1", lambda w: [*EVAL(w), "--seed", "-1"], ("--seed", "-1")),
+    ("eval --seed 2^32", lambda w: [*EVAL(w), "--seed", str(2**32)], ("--seed", "4294967295")),
+    ("lens --seed -1", lambda w: [*LENS(w), "--seed", "-1"], ("--seed", "-1")),
+    ("pca --seed 2^64", lambda w: [*PCA(w), "--seed", str(2**64)], ("--seed", "4294967295")),
+    ("similarity --seed -1", lambda w: [*SIM(w), "--seed", "-1"], ("--seed", "-1")),
+    ("neurons --seed 2^32", lambda w: [*NEURONS(w), "--seed", str(2**32)], ("--seed", "4294967295")),
+    ("steer --seed -1", lambda w: [*STEER(w), "--seed", "-1"], ("--seed", "-1")),
+    ("metrics --seed -1", lambda w: ["metrics", str(w.out), "--seed", "-1"], ("--seed", "0")),
+    ("metrics --seed 10^30", lambda w: ["metrics", str(w.out), "--seed", str(10**30)], ("--seed", "4294967295")),
+    ("train-lens --seed -1", lambda w: [*TRAIN(w), "--seed", "-1"], ("--seed", "0")),
+    ("train-lens --seed 2^64", lambda w: [*TRAIN(w), "--seed", str(2**64)], ("--seed", "4294967295")),
+    ("import-lmeval --seed -1", lambda w: ["import-lmeval", str(w.path("nowhere")), "-o", str(w.path("fresh")), "--seed", "-1"], ("--seed", "0")),
+    ("config: seed -1", lambda w: ["run", config(w, "s1.yaml", CFG + "seed: -1\n")], ("seed", "-1")),
+    ("config: seed 2^32", lambda w: ["run", config(w, "s2.yaml", CFG + f"seed: {2**32}\n")], ("seed", "4294967295")),
+    # Integers that would exhaust memory or overflow a 64-bit seed after the work: refused up front.
+    ("similarity --n-boot 10^12", lambda w: [*SIM(w), "--n-boot", str(10**12)], ("--n-boot", "100000")),
+    ("neurons --n-boot 10^12", lambda w: [*NEURONS(w), "--n-boot", str(10**12)], ("--n-boot", "100000")),
+    ("neurons --controls 0", lambda w: [*NEURONS(w), "--controls", "0"], ("--controls", ">= 1")),
+    ("neurons --controls 2^32", lambda w: [*NEURONS(w), "--controls", str(2**32)], ("--controls", "1000")),
+    ("steer --controls 2^32", lambda w: [*STEER(w), "--controls", str(2**32)], ("--controls", "1000")),
+    ("train-lens --tokens 10^30", lambda w: [*TRAIN(w), "--tokens", str(10**30)], ("--tokens",)),
+    ("train-lens with no layer to train", lambda w: TRAIN(w), ("--layers", "no layer to train")),
+    ("config: lens.train.tokens 10^30", lambda w: ["run", config(w, "lt.yaml", CFG + f"lens: {{lenses: [logit, tuned], train: {{tokens: {10**30}}}}}\n")], ("lens.train.tokens",)),
+    ("config: neurons.controls 2^32", lambda w: ["run", config(w, "nc.yaml", CFG + f"neurons: {{controls: {2**32}}}\n")], ("neurons.controls",)),
+    ("config: ray workers 2^63", lambda w: ["run", config(w, "rw.yaml", CFG + f"ray: {{workers_per_model: {2**63}}}\n")], ("ray.workers_per_model",)),
 ]  # fmt: skip
 
 
@@ -221,6 +247,15 @@ def INSPECT(w: World) -> list[str]:  # noqa: N802
 
 def STEER(w: World) -> list[str]:  # noqa: N802
     return ["steer", *EVAL(w)[1:], "--layers", "1", "--n-vectors", "3"]
+
+
+def TRAIN(w: World) -> list[str]:  # noqa: N802
+    """``crosslens train-lens`` of the 4-block model into a fresh folder (the paper schedule of 4
+    blocks reads only the last one: no layer to train unless --layers names some)."""
+    corpus = w.path("corpus.txt")
+    if not corpus.exists():
+        corpus.write_text("\n".join(f"a document of plain text, number {k}" for k in range(20)) + "\n")
+    return ["train-lens", "-m", str(w.model), "--corpus", str(corpus), "-o", str(w.path("fresh"))]
 
 
 @pytest.mark.parametrize("argv, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -462,3 +497,32 @@ def test_skip_long_leaves_the_item_out_in_every_language(
     records = pd.read_parquet(out / "records")
     assert "q0" not in set(records["item_id"]) and records["item_id"].nunique() == 6
     assert records["prompt_tokens"].max() <= 512
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
+def test_the_api_refuses_a_bad_seed_before_anything_is_written(seed: int, tmp_path: Path) -> None:
+    """The notebook's run_<stage> functions check their seed as the options do: one OptionError naming
+    ``seed``, before any work (scikit-learn's and numpy's seeds are 32-bit and non-negative)."""
+    from crosslens.options import OptionError
+    from crosslens.stages.evaluate.stage import evaluate
+    from crosslens.stages.lens.stage import run_lens
+    from crosslens.stages.neurons.stage import run_neurons
+    from crosslens.stages.pca.stage import run_pca
+    from crosslens.stages.similarity.stage import run_similarity
+    from crosslens.stages.steering.stage import run_steering
+    from helpers import toy_dataset
+
+    lm, ds, out = tiny_model("llama"), toy_dataset(), tmp_path / "out"
+    calls = [
+        lambda: evaluate(lm, ds, out, seed=seed),
+        lambda: run_lens(lm, ds, out, layers=[1], seed=seed),
+        lambda: run_pca(lm, ds, out, layers=[1], seed=seed),
+        lambda: run_similarity(lm, ds, out, layers=[1], n_items=5, seed=seed),
+        lambda: run_neurons(lm, ds, out, n_text_items=2, seed=seed),
+        lambda: run_steering(lm, ds, out, ds.languages, [1], [1.0], n_vectors=2, seed=seed),
+    ]
+    for call in calls:
+        with pytest.raises(OptionError, match="^seed: must be") as err:
+            call()
+        assert err.value.field == "seed"
+    assert not out.exists()

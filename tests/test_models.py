@@ -21,6 +21,54 @@ def test_local_folder_loads_with_anatomy_and_revision(tiny_llama_dir):
     assert not lm.model.training
 
 
+def test_a_model_folder_is_known_by_its_content(tiny_llama_dir, saved_model, tmp_path, monkeypatch):
+    """The same folder by a relative or absolute path, or a byte-identical copy, is one model; a changed
+    weight byte or tokenizer file is another; the identity is known before the model loads."""
+    import shutil
+
+    from crosslens.models.loading import content_identity
+
+    here = content_identity(str(tiny_llama_dir))
+    assert here.startswith("folder:sha256:") and load_model(str(tiny_llama_dir)).identity == here
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    monkeypatch.chdir(tmp_path)
+    assert content_identity("./copy") == content_identity(str(copy)) == here
+    assert content_identity(str(saved_model)) != here
+    (copy / "tokenizer_config.json").write_text((copy / "tokenizer_config.json").read_text() + " ")
+    assert content_identity("./copy") != here
+    shutil.copy2(tiny_llama_dir / "tokenizer_config.json", copy / "tokenizer_config.json")
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert content_identity("./copy") != here
+    assert content_identity("org/name@rev") == "hub:org/name" and content_identity("x") == "name:x"
+
+
+def test_large_files_are_hashed_once_across_processes(tmp_path, monkeypatch):
+    """A file's hash is remembered by (path, size, mtime) on disk: a new process reads it back instead of
+    the file; a file with another size or mtime is read again."""
+    import os
+
+    from crosslens.models import identity
+
+    cache = tmp_path / "hashes"
+    big = tmp_path / "weights.bin"
+    big.write_bytes(b"x" * 1000)
+    monkeypatch.setattr(identity, "DISK_CACHE_MIN_BYTES", 100)
+    first = identity.cached_sha256(big, cache)
+    assert len(list(cache.iterdir())) == 1
+    monkeypatch.setattr(identity, "_MEMO", {})  # a new process
+    monkeypatch.setattr(identity, "sha256_file", lambda path: pytest.fail("hashed again"))
+    assert identity.cached_sha256(big, cache) == first
+    monkeypatch.undo()
+    monkeypatch.setattr(identity, "DISK_CACHE_MIN_BYTES", 100)
+    big.write_bytes(b"y" * 1000)
+    os.utime(big, ns=(1, 1))
+    assert identity.cached_sha256(big, cache) != first
+
+
 def test_missing_path_is_one_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist") as err:
         load_model(str(tmp_path / "missing-model"))
@@ -79,7 +127,8 @@ def test_killed_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(_smollm2_gguf())
     assert cache_root() == tmp_path
-    assert list(tmp_path.iterdir()) == []  # no final folder, no temporary leftovers
+    # no final folder, no temporary leftovers (the GGUF file's remembered hash is not a conversion's)
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["hashes"])
 
 
 @pytest.mark.slow

@@ -282,3 +282,79 @@ def test_cli_neurons(saved_model: Path, tmp_path: Path, capsys) -> None:
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
     assert "LAPE kept" in printed and "deactivating a language's neurons" in printed
     assert (out / "fig8_neurons.png").is_file() and (out / "fig9_ablation.png").is_file()
+
+
+def test_random_controls_are_saved_repeated_and_set_against_lape(tmp_path: Path, mini) -> None:
+    """K random sets per ablated language: their (layer, neuron) ids are saved (the ``neuron_sets``
+    table and the summary), each draw is fixed and independent of K (the first is the one control
+    of earlier folders, which extend to more controls computing only the new settings), and the LAPE
+    effect is set against the K effects: their mean, sd and empirical p."""
+    lm = tiny_model("qwen2")
+    one = tmp_path / "one"
+    kw = dict(ablate=["zh"], n_text_items=5, top_rate=0.05, n_boot=20, opts=OPTS)
+    run_neurons(lm, mini, one, **kw)
+    first = {p.relative_to(one): p.read_bytes() for p in one.rglob("*.parquet")}
+    summary = run_neurons(lm, mini, one, **kw, controls=3)
+    assert first == {p: (one / p).read_bytes() for p in first}, "one control's results are reused as they are"
+    rows = Store(one).read("ablation")
+    assert set(rows["neurons"]) == {"none", "lape", "random", "random:1", "random:2"}
+    sets = Store(one).read("neuron_sets")
+    effects = summary["effects"]["zh"]
+    lape = {
+        (layer, j)
+        for layer, j in sets.query("neurons == 'lape'")[["layer", "neuron"]].itertuples(index=False)
+    }
+    assert len(lape) == summary["n_specific"]["zh"] > 0
+    drawn = []
+    for kind in ("random", "random:1", "random:2"):
+        part = sets.query("neurons == @kind")
+        ids = {(int(layer), int(j)) for layer, j in part[["layer", "neuron"]].itertuples(index=False)}
+        assert len(ids) == len(lape) and not ids & lape  # as many, none of zh's own
+        assert (
+            part.groupby("layer").size().to_dict()
+            == sets.query("neurons == 'lape'").groupby("layer").size().to_dict()
+        )
+        saved = {(int(layer), j) for layer, js in effects[kind]["neurons"].items() for j in js}
+        assert saved == ids  # the summary names the same ids as the table
+        drawn.append(ids)
+    assert drawn[0] != drawn[1] != drawn[2]
+    null = effects["lape"]["controls"]
+    assert null["n"] == 3
+    for form in ("cloze", "letters"):
+        deltas = [effects[k][form]["zh"]["gold_score"]["delta"] for k in ("random", "random:1", "random:2")]
+        got = null[form]["zh"]["gold_score"]
+        effect = effects["lape"][form]["zh"]["gold_score"]["delta"]
+        assert got["effect"] == effect
+        assert got["null_mean"] == pytest.approx(np.mean(deltas))
+        assert got["null_std"] == pytest.approx(np.std(deltas, ddof=1))
+        assert got["p_empirical"] == (1 + sum(abs(d) >= abs(effect) - 1e-12 for d in deltas)) / 4
+    # Repeated: the same call recomputes nothing and draws the same neurons.
+    stamp = {p: p.stat().st_mtime_ns for p in one.rglob("*.parquet")}
+    again = run_neurons(lm, mini, one, **kw, controls=3)
+    assert stamp == {p: p.stat().st_mtime_ns for p in one.rglob("*.parquet")}
+    assert again["effects"]["zh"]["random:2"]["neurons"] == effects["random:2"]["neurons"]
+    # Drawn the same in a fresh folder with K = 3 at once.
+    fresh = run_neurons(lm, mini, tmp_path / "fresh", **kw, controls=3)
+    for kind in ("random", "random:1", "random:2"):
+        assert fresh["effects"]["zh"][kind]["neurons"] == effects[kind]["neurons"]
+
+
+def test_cli_neuron_controls(saved_model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["neurons", "--model", str(saved_model), "--dataset", "crosslens-mini", "--languages", "en,de,zh"]
+    args += ["--limit", "8", "--n-text-items", "3", "--top-rate", "0.05", "--ablate", "zh", "--n-boot", "20"]
+    assert main([*args, "--controls", "0", "--out", str(out)]) == 2
+    assert "--controls" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--controls", "2", "--out", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "random ×2" in printed and "p vs random" in printed
+    summary = json.loads((out / "neurons_summary.json").read_text())
+    assert summary["controls"] == 2 and summary["cloze_norm"] == "char"
+    assert main(["report", str(out)]) == 0
+    assert "random ×2" in (out / "report.md").read_text()
+    from crosslens.experiment.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="neurons.controls"):
+        parse_config(
+            {"models": [str(saved_model)], "datasets": ["crosslens-mini"], "neurons": {"controls": 0}}
+        )

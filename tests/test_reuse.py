@@ -56,7 +56,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
-def run(stage: str, model: Path, data: Path, out: Path, *extra: str) -> int:
+def run(stage: str, model: Path | str, data: Path, out: Path, *extra: str) -> int:
     args = [stage, "-m", str(model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out)]
     return main([*args, "--batch-size", "4", *OPTIONS[stage], *extra])
 
@@ -348,6 +348,59 @@ def test_a_folder_without_run_json_still_refuses_another_model(
     assert snapshot(out) == before
 
 
+# -- case 6: the same model by another path, or as a copy ---------------------------------------------
+@pytest.mark.parametrize("stage", ["eval", "similarity", "neurons", "steer"])  # shards and every artefact
+def test_the_same_model_by_another_path_or_as_a_copy_resumes(
+    stage: str,
+    saved_model: Path,
+    other_model: Path,
+    toy_jsonl_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model is known by its content: a folder made with ``--model /abs/model`` resumes with
+    ``./model`` and with a byte-identical copy elsewhere, reusing every shard and artefact (activations,
+    vectors, neuron statistics); another model is still refused before it loads."""
+    out = tmp_path / "out"
+    assert run(stage, saved_model.resolve(), toy_jsonl_dir, out) == 0
+    files = {k: v for k, v in snapshot(out).items() if k.endswith((".parquet", ".safetensors"))}
+    copy = tmp_path / "elsewhere" / "copy-of-the-model"
+    shutil.copytree(saved_model, copy)
+    monkeypatch.chdir(saved_model.parent)
+    for spec in (f"./{saved_model.name}", copy):
+        assert run(stage, spec, toy_jsonl_dir, out) == 0, capsys.readouterr().err
+        assert {k: v for k, v in snapshot(out).items() if k.endswith((".parquet", ".safetensors"))} == files
+    capsys.readouterr()
+    monkeypatch.setattr("crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    before = snapshot(out)
+    line = refused(capsys, run(stage, other_model, toy_jsonl_dir, out), "model_id", str(other_model))
+    assert str(saved_model.resolve()) in line  # the spec it was made with, beside its identity
+    assert snapshot(out) == before
+
+
+def test_fingerprints_compare_models_by_identity_and_older_ones_by_spec() -> None:
+    """The compatibility rule (docs/evaluation.md): where both fingerprints record the model's content
+    identity the spec is a label; a fingerprint written before identities is compared by its spec."""
+    from crosslens.store import describe_mismatch, fingerprint_diff
+
+    now = {"model": "./m", "model_id": "folder:sha256:aa", "revision": "local:1", "dtype": "float32"}
+    assert fingerprint_diff({**now, "model": "/abs/m"}, now) == []
+    assert fingerprint_diff({**now, "model_id": "folder:sha256:bb"}, now) == ["model_id"]
+    assert "model: '/x' -> './m'" in describe_mismatch(
+        {**now, "model": "/x", "model_id": "folder:sha256:bb"}, now
+    )
+    before = {k: v for k, v in now.items() if k != "model_id"}
+    assert fingerprint_diff(before, now) == []  # written before identities, under the same spec: reused
+    assert fingerprint_diff({**before, "model": "/abs/m"}, now) == ["model"]
+    assert fingerprint_diff({**before, "revision": "local:2"}, now) == ["revision"]
+    # A GGUF model's older revision is its file's hash, i.e. its identity: the spec is a label there too.
+    gguf = {"model": "gguf:/a/m.gguf", "model_id": "gguf:sha256:cc", "revision": "sha256:cc"}
+    assert fingerprint_diff({"model": "gemma-3-270m", "revision": "sha256:cc"}, gguf) == []
+    other = {"model": "gemma-3-270m", "revision": "sha256:dd"}
+    assert fingerprint_diff(other, gguf) == ["model_id", "revision"]
+
+
 # -- kill -9 between the vectors and the first steering unit ---------------------------------------------
 def test_run_killed_between_vectors_and_first_steering_unit_resumes(
     saved_model: Path, tmp_path: Path
@@ -558,16 +611,24 @@ def test_dtype_auto_is_the_hardwares_dtype_and_recorded_concretely(
 LEGACY = Path(__file__).parent / "data" / "folder_before_layout"
 
 
-def _same_summary(old: object, new: object, path: str = "") -> None:
-    """Equal JSON, key for key; figure paths name the folder they were drawn in: only their names count."""
+#: Summary keys added since the folder was written (computed from what it holds; nothing else may change):
+#: the neurons stage's drawn neuron ids, its controls against the null, their count, the cloze normalisation.
+ADDED = {"neurons_summary.json": {"neurons", "controls", "cloze_norm"}}
+
+
+def _same_summary(old: object, new: object, path: str = "", added: set[str] = frozenset()) -> None:
+    """Equal JSON, key for key (``added``: keys the new one may have besides); figure paths name the
+    folder they were drawn in: only their names count."""
     if isinstance(old, dict):
-        assert isinstance(new, dict) and old.keys() == new.keys(), f"{path}: {sorted(old)} != {sorted(new)}"
+        assert isinstance(new, dict) and old.keys() <= new.keys() and not new.keys() - old.keys() - added, (
+            f"{path}: {sorted(old)} != {sorted(new)}"
+        )
         for k in old:
-            _same_summary(old[k], new[k], f"{path}.{k}")
+            _same_summary(old[k], new[k], f"{path}.{k}", added)
     elif isinstance(old, list):
         assert isinstance(new, list) and len(old) == len(new), path
         for i, (a, b) in enumerate(zip(old, new)):
-            _same_summary(a, b, f"{path}[{i}]")
+            _same_summary(a, b, f"{path}[{i}]", added)
     elif isinstance(old, str) and old.endswith(".png"):
         assert isinstance(new, str) and Path(old).name == Path(new).name, path
     elif isinstance(old, float) and isinstance(new, float):
@@ -578,7 +639,9 @@ def _same_summary(old: object, new: object, path: str = "") -> None:
 
 def test_a_folder_written_before_the_layout_is_reused(tmp_path: Path) -> None:
     """tests/data/folder_before_layout (crosslens before the stage folders): the same calls today
-    reuse every shard and artefact as it is (fingerprints unchanged) and give the same summaries."""
+    reuse every shard and artefact as it is (fingerprints unchanged: written before content
+    identities, they are compared by spec) and give the same summaries. The only files added are the
+    neuron sets the folder never saved (``neuron_sets/``, drawn from its own statistics and seed)."""
     from crosslens.data.registry import load_dataset
     from crosslens.scoring.options import EvalOptions
     from crosslens.stages.evaluate.stage import evaluate
@@ -608,6 +671,7 @@ def test_a_folder_written_before_the_layout_is_reused(tmp_path: Path) -> None:
     now = {
         p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".parquet", ".safetensors")
     }
-    assert now == data, "a shard or artefact was written again"
+    assert {p: now[p] for p in data} == data, "a shard or artefact was written again"
+    assert {p.parts[0] for p in set(now) - set(data)} == {"neuron_sets"}
     for name, summary in old.items():
-        _same_summary(summary, json.loads((out / name).read_text()), name)
+        _same_summary(summary, json.loads((out / name).read_text()), name, ADDED.get(name, set()))

@@ -3,6 +3,8 @@ refusals (another model, pickles, trained-on items), the lens stage and CLI, tun
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from conftest import CORPUS, FAMILIES, tiny_model
 from crosslens.cli import main
 from crosslens.lenses.lens import LensError, LensInfo, LogitLens, TunedLens, load_lens
 from crosslens.lenses.training import Corpus, TrainSettings, corpus_from_dataset, train_lens
+from crosslens.models.anatomy import Anatomy
+from crosslens.models.loading import LoadedModel
 from crosslens.scoring.choices import score_prompts
 from crosslens.stages.lens.stage import lens_stage, run_lens
 from crosslens.store import RunMismatchError
@@ -90,7 +94,12 @@ def test_training_beats_the_logit_lens_at_every_trained_layer(family, tmp_path, 
         assert kl["tuned"][layer] < kl["logit"][layer], (layer, kl)
     doc = json.loads((tmp_path / "lens" / "lens.json").read_text())
     assert doc["val_kl"] == kl and doc["model"]["spec"] == lm.spec
-    assert doc["training"]["corpus"] == {"source": "test"} and doc["training"]["steps"] == QUICK.steps
+    assert doc["training"]["corpus"] == {"source": "test"}
+    # Exactly `tokens` positions are trained: 94 steps of 4 documents x 8 positions at least (more
+    # where the tokenizer leaves documents shorter than 9 tokens, which give fewer positions).
+    assert doc["training"]["positions"]["train"] == 3000 and doc["training"]["steps"] >= 94
+    # The held-out documents hold fewer than val_tokens positions here: the count says so.
+    assert 0 < doc["training"]["positions"]["validation"] <= 200
     # Loaded back, it reads exactly as trained.
     again = load_lens(f"tuned:{tmp_path / 'lens'}", lm)
     h = torch.randn(3, lm.anatomy.d_model)
@@ -104,7 +113,7 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, one_torch_thread):
     class Killed(Exception):
         pass
 
-    def kill(step: int, steps: int, loss: float) -> None:
+    def kill(step: int, steps: int, loss: float, positions: int) -> None:
         if step == 13:  # after the checkpoint of step 10, before the next
             raise Killed
 
@@ -334,7 +343,7 @@ from test_tuned_lens import QUICK, TEXT
 from conftest import tiny_model
 from crosslens.lenses.training import train_lens
 
-def die(step, steps, loss):
+def die(step, steps, loss, positions):
     if step == 13:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -351,6 +360,142 @@ train_lens(tiny_model("llama"), TEXT, {str(tmp_path / "killed")!r}, QUICK, on_st
     resumed = train_lens(lm, TEXT, tmp_path / "killed", QUICK)
     whole = train_lens(lm, TEXT, tmp_path / "whole", QUICK)
     assert resumed.sha256 == whole.sha256
+
+
+def _bfloat16(lm: LoadedModel) -> LoadedModel:
+    """The same model (same spec and identity) loaded in bfloat16."""
+    model = copy.deepcopy(lm.model).to(torch.bfloat16)
+    return dataclasses.replace(lm, model=model, dtype=torch.bfloat16, anatomy=Anatomy.of(model))
+
+
+def test_a_checkpoint_of_another_model_dtype_or_setting_is_refused(tmp_path, one_torch_thread):
+    """A checkpoint carries the whole training fingerprint: resumed by another model of the same shapes,
+    the same model in another dtype, other settings or text, it is refused (one line, nothing
+    changed) instead of continuing from the first model's weights; by the same one it resumes to the
+    weights of an uninterrupted run."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    lm = tiny_model("llama")
+    folder = tmp_path / "lens"
+
+    class Killed(Exception):
+        pass
+
+    def kill(step: int, steps: int, loss: float, positions: int) -> None:
+        if step == 13:  # after the checkpoint of step 10
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_lens(lm, TEXT, folder, QUICK, on_step=kill)
+    checkpoint = folder / "checkpoint.safetensors"
+    before = checkpoint.read_bytes()
+    cases = [
+        (tiny_model("gemma3"), "checkpoint .*checkpoint.safetensors was made for another model"),
+        (tiny_model("qwen2"), "was made for another model"),
+        (_bfloat16(lm), "partly trained lens with other settings \\(dtype: 'float32' -> 'bfloat16'\\)"),
+    ]
+    for other, message in cases:
+        with pytest.raises(LensError, match=message) as err:
+            train_lens(other, TEXT, folder, QUICK)
+        assert "\n" not in str(err.value)
+    with pytest.raises(LensError, match="other settings \\(lr: 0.003 -> 0.001\\)"):
+        train_lens(lm, TEXT, folder, TrainSettings(**{**QUICK.__dict__, "lr": 1e-3}))
+    with pytest.raises(LensError, match="corpus: other text"):
+        train_lens(lm, Corpus(TEXT.documents[1:]), folder, QUICK)
+    assert checkpoint.read_bytes() == before and not (folder / "lens.json").exists()
+    # A checkpoint written before checkpoints named their model: refused, never trusted.
+    with safe_open(checkpoint, "pt") as fh:
+        meta = {k: v for k, v in (fh.metadata() or {}).items() if k != "model"}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "checkpoint.safetensors").write_bytes(save(tensors, metadata=meta))
+    with pytest.raises(LensError, match="records no model .*delete it"):
+        train_lens(lm, TEXT, old, QUICK)
+    resumed = train_lens(lm, TEXT, folder, QUICK)
+    assert resumed.sha256 == train_lens(lm, TEXT, tmp_path / "whole", QUICK).sha256
+    # A finished lens in another dtype is refused too (it was reused before).
+    with pytest.raises(LensError, match="holds a lens trained with other settings \\(dtype"):
+        train_lens(_bfloat16(lm), TEXT, folder, QUICK)
+
+
+def test_exactly_tokens_positions_are_trained_and_reported(tmp_path, one_torch_thread):
+    """`tokens` is the number of positions trained, whatever the documents' lengths: short documents
+    give fewer positions per step, so more steps run, and the last step is cut at the count. What is
+    reported (progress, lens.json) is what ran, validation positions included."""
+    lm = tiny_model("llama")
+    short = Corpus(tuple(f"{w} {k}" for k, w in enumerate(["one", "two", "three", "four", "five"] * 4)))
+    settings = TrainSettings(layers=(1, 2), tokens=64, batch=8, positions=32, seq_len=32, val_tokens=1024)
+    seen: list[tuple[int, int, int]] = []
+    lens = train_lens(lm, short, tmp_path / "lens", settings, lambda s, n, loss, p: seen.append((s, n, p)))
+    training = lens.info.training
+    assert training["positions"]["train"] == 64 == seen[-1][2]
+    assert [s for s, _, _ in seen] == list(range(1, training["steps"] + 1))
+    assert all(n == training["steps"] for _, n, _ in seen)
+    assert training["steps"] > 1  # 64 positions > one step of 8 short documents
+    lengths = [len(lm.tokenizer(d).input_ids) for d in short.documents]
+    held_out = training["documents"]["validation"]
+    assert 0 < training["positions"]["validation"] <= held_out * (max(lengths) - 1) < 1024
+
+
+def test_cli_train_lens_resumes_by_any_path_and_refuses_another_model(
+    tiny_llama_dir, saved_model, tmp_path, capsys, monkeypatch, one_torch_thread
+):
+    """Through main(): training interrupted (Ctrl-C) right after a checkpoint, then resumed. Another model
+    of the same shapes or another dtype is refused with one line before anything changes; the same
+    model by a relative path resumes to an uninterrupted run's weights (trained from a copy elsewhere),
+    and the finished lens is reused by the copy. The counts printed are the counts trained."""
+    import shutil
+
+    import crosslens.lenses.training as training
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXT.documents) + "\n")
+    lens_dir = tmp_path / "lens"
+
+    def args(model, out=lens_dir, *extra):
+        return ["train-lens", "--model", str(model), "--corpus", str(corpus), "--layers", "1,3", "--tokens",
+                "200", "--batch", "4", "--positions", "8", "--seq-len", "32", "--val-tokens", "100",
+                "--checkpoint-every", "2", "--out", str(out), *extra]  # fmt: skip
+
+    write = training._checkpoint
+
+    def interrupted(*a, **k):
+        write(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_checkpoint", interrupted)
+    assert main(args(tiny_llama_dir.resolve())) == 130
+    monkeypatch.undo()
+    checkpoint = lens_dir / "checkpoint.safetensors"
+    before = checkpoint.read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr("crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    other = [(saved_model, [], "made for another model"), (tiny_llama_dir, ["--dtype", "bfloat16"], "dtype")]
+    for model, extra, words in other:
+        assert main(args(model, lens_dir, *extra)) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "checkpoint.safetensors" in lines[0] and words in lines[0], err
+    monkeypatch.undo()
+    assert checkpoint.read_bytes() == before and not (lens_dir / "lens.json").exists()
+    copy = tmp_path / "elsewhere" / "model-copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    monkeypatch.chdir(tiny_llama_dir.parent)
+    assert main(args(f"./{tiny_llama_dir.name}")) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # the console wraps lines
+    assert main(args(copy, tmp_path / "whole")) == 0
+    capsys.readouterr()
+    doc = json.loads((lens_dir / "lens.json").read_text())
+    assert (
+        doc["weights_sha256"] == json.loads((tmp_path / "whole" / "lens.json").read_text())["weights_sha256"]
+    )
+    counts = doc["training"]["positions"]
+    assert counts["train"] == 200 and f"{counts['validation']} held-out positions" in printed
+    assert f"200 positions in {doc['training']['steps']} steps" in printed
+    assert main(args(copy)) == 0 and "reused" in capsys.readouterr().out
+    assert main(args(saved_model)) == 2 and "made for another model" in capsys.readouterr().err
 
 
 def test_head_dtype_bfloat16_and_auto(tmp_path, monkeypatch, one_torch_thread):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from crosslens.errors import CrosslensError
 
@@ -30,6 +30,10 @@ __all__ = [
     "Cli",
     "OptionError",
     "Seed",
+    "check_seed",
+    "MAX_SEED",
+    "MAX_BOOT",
+    "MAX_CONTROLS",
     "csv",
     "csv_ints",
     "csv_floats",
@@ -46,6 +50,10 @@ __all__ = [
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit; torch's 64-bit, so the smaller bound
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed (sampling, bootstrap, PCA)")]
+# Bootstrap weights are held as (replicates x items) at once: a bound that fits memory, refused
+# before any work rather than failing after the results are written.
+MAX_BOOT = 100_000
+MAX_CONTROLS = 1_000  # control interventions per setting: each is a full evaluation of the items
 
 
 class Options(BaseModel):
@@ -270,6 +278,15 @@ def first_error(exc: ValidationError) -> tuple[str, str]:
     return path, msg
 
 
+def check_seed(seed: Any) -> int:
+    """A seed given to the API checked as the options check it (:data:`Seed`): one :class:`OptionError`
+    naming ``seed`` before anything runs, not a failure of numpy or scikit-learn after results are written."""
+    try:
+        return TypeAdapter(Seed).validate_python(seed)
+    except ValidationError as exc:
+        raise OptionError("seed", first_error(exc)[1]) from None
+
+
 def _submodel(annotation: Any) -> type[BaseModel] | None:
     """The options class inside an annotation (``list[DatasetConfig]``, ``X | None``, ...)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -338,6 +355,16 @@ def flag_for(groups: Mapping[str, Group], field: str) -> str | None:
     return None
 
 
+def _extra_flag(extra: Sequence[inspect.Parameter], field: str) -> str | None:
+    """The flag of a command's own parameter ``field`` (its first ``--`` spelling), None if it has none."""
+    for p in extra:
+        if p.name == field:
+            metadata = getattr(p.annotation, "__metadata__", ())
+            decls = [d for m in metadata for d in getattr(m, "param_decls", None) or () if d.startswith("--")]
+            return decls[0] if decls else "--" + _kebab(field)
+    return None
+
+
 def options_command(
     app: Any, name: str, groups: Mapping[str, Group], extra: Sequence[inspect.Parameter] = (), help: str = ""
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -364,7 +391,7 @@ def options_command(
                     objects[key] = from_cli(g.model, mine)
                 return fn(**objects, **{k: v for k, v in kwargs.items() if "__" not in k})
             except OptionError as exc:
-                flag = flag_for(groups, exc.field)
+                flag = flag_for(groups, exc.field) or _extra_flag(extra, exc.field)
                 raise typer.BadParameter(f"{flag}: {exc.message}" if flag else exc.message) from None
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -49,6 +49,9 @@ __all__ = [
     "check_output",
     "unit_name",
     "describe_mismatch",
+    "fingerprint_diff",
+    "same_fingerprint",
+    "MODEL_ID",
     "settings_mismatch",
     "no_fingerprint",
     "atomic_write_text",
@@ -99,14 +102,52 @@ def unit_name(
     return f"{_safe(dataset)}.{_safe(language)}.{chunk:05d}.{digest}.parquet"
 
 
+MODEL_LABEL = "model"  # the model spec as given: a label wherever both sides record the model's identity
+MODEL_ID = "model_id"  # what the model is by content (crosslens.models.loading.content_identity)
+
+
+def with_identity(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` with the model's identity where it can be told: recorded, or, in one written
+    before identities were, a GGUF model's ``revision`` (``sha256:<the file's hash>``, its content
+    identity already). A folder's or a Hub model's older revision is not its content: none then."""
+    revision = fingerprint.get("revision")
+    if MODEL_ID in fingerprint or not (isinstance(revision, str) and revision.startswith("sha256:")):
+        return fingerprint
+    return fingerprint | {MODEL_ID: f"gguf:{revision}"}
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys on which fingerprint ``old`` (on disk) and ``new`` (this run) differ, sorted.
+
+    The model is compared by its content identity (``model_id``) where both tell one
+    (:func:`with_identity`), so the same model given by another path, or a byte-identical copy, is
+    the same model; its spec (``model``) is then a label. Otherwise (a folder or Hub model written
+    before identities were recorded) the spec is compared, exactly as it was then: such a folder is
+    reused under the spec it was made with.
+    """
+    old, new = with_identity(old), with_identity(new)
+    keys = set(old) | set(new)
+    keys.discard(MODEL_LABEL if MODEL_ID in old and MODEL_ID in new else MODEL_ID)
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+def same_fingerprint(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether something on disk made with ``old`` may be reused by a run with ``new``."""
+    return not fingerprint_diff(old, new)
+
+
 def describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``key: old -> new`` for every fingerprint key that differs (long values shortened)."""
+    """``key: old -> new`` for every fingerprint key that differs (long values shortened); another
+    model shows its spec beside its identity."""
 
     def short(v: Any) -> str:
         text = repr(v)
         return text if len(text) <= 80 else text[:77] + "..."
 
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = fingerprint_diff(old, new)
+    old, new = with_identity(old), with_identity(new)
+    if MODEL_ID in diff and old.get(MODEL_LABEL) != new.get(MODEL_LABEL):
+        diff = sorted({*diff, MODEL_LABEL})
     return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in diff)
 
 
@@ -221,9 +262,9 @@ class Store:
         stage's full check follows once it is planned.
         """
         for path, meta in self.index(table):
-            fingerprint = self.fingerprint_of(path, meta)
-            old = {k: fingerprint.get(k) for k in expected}
-            if old != expected:
+            fingerprint = with_identity(self.fingerprint_of(path, meta))
+            old = {k: fingerprint[k] for k in expected if k in fingerprint}
+            if not same_fingerprint(old, expected):
                 raise self.mismatch(table, old, expected)
 
     def fingerprint_of(self, path: Path, meta: dict[str, Any] | None) -> dict[str, Any]:

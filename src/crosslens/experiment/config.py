@@ -41,10 +41,10 @@ class ConfigError(CrosslensError, ValueError):
 class RayConfig(Options):
     """How the Ray backend sizes its workers (ignored by the local backend; see docs/cluster.md)."""
 
-    workers_per_model: Annotated[int, Field(ge=1)] = 1  # actors per model, each loads it once
+    workers_per_model: Annotated[int, Field(ge=1, le=1024)] = 1  # actors per model, each loads it once
     num_cpus: Annotated[float, Field(gt=0)] = 1.0  # per worker
     num_gpus: Annotated[float, Field(ge=0)] | None = None  # per worker; None: 1 unless device is cpu
-    max_retries: Annotated[int, Field(ge=0)] = 3  # restarts of a dead worker and retries of its unit
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3  # restarts of a dead worker and retries of its unit
 
     def gpus(self, device: str) -> float:
         if self.num_gpus is not None:

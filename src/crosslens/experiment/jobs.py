@@ -10,7 +10,7 @@ from pathlib import Path
 from crosslens.data.options import DatasetConfig
 from crosslens.data.schema import DataError, ParallelDataset
 from crosslens.experiment.config import ConfigError, ExperimentConfig, yaml_key
-from crosslens.models.loading import LoadedModel, ModelLoadError, ModelSpec, model_depth
+from crosslens.models.loading import LoadedModel, ModelLoadError, ModelSpec, content_identity, model_depth
 from crosslens.options import OptionError
 from crosslens.stages.base import Stage
 from crosslens.stages.context import JobContext, Plan
@@ -82,6 +82,7 @@ def precheck_jobs(
         try:
             loaded = (models or {}).get(spec)
             depth = loaded.anatomy.n_layers if loaded is not None else model_depth(spec)
+            identity = loaded.identity if loaded is not None else content_identity(spec)
         except ModelLoadError as exc:
             raise ConfigError(f"{source}: models[{config.models.index(spec)}]: {exc}") from None
         for job in jobs:
@@ -95,7 +96,7 @@ def precheck_jobs(
                     raise ConfigError(f"{source}: {key}: {exc.message} ({job.data.name}, {spec})") from None
             out = job_folder(config.output, spec, job)
             tables = [d.table for d in config.stages()]
-            precheck_folder(out, tables, spec, config.dtype, job.data, job.dataset.template)
+            precheck_folder(out, tables, spec, config.dtype, job.data, job.dataset.template, identity)
 
 
 def job_folder(root: Path, spec: str, job: Job) -> Path:

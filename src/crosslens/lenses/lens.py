@@ -214,10 +214,11 @@ def unembed_sha256(anatomy: Anatomy) -> str:
 
 
 def model_identity(lm: LoadedModel) -> dict[str, Any]:
-    """What a tuned lens records of its model and checks on use."""
+    """What a tuned lens (and a training checkpoint) records of its model and checks on use."""
     a = lm.anatomy
     return {
         "spec": lm.spec,
+        "model_id": lm.identity,
         "revision": lm.revision,
         "model_type": a.model_type,
         "n_layers": a.n_layers,
@@ -226,14 +227,24 @@ def model_identity(lm: LoadedModel) -> dict[str, Any]:
     }
 
 
-def check_model(recorded: dict[str, Any], lm: LoadedModel, where: Path) -> None:
+def check_model(recorded: dict[str, Any], lm: LoadedModel, where: Path, what: str = "lens") -> None:
     """Refuse a lens made for another model, naming the first thing that differs."""
-    here = model_identity(lm)
-    for key in ("model_type", "n_layers", "d_model", "unembed_sha256", "spec", "revision"):
-        if key in recorded and recorded[key] != here[key]:
+    compare_model(recorded, model_identity(lm), where, what)
+
+
+def compare_model(recorded: dict[str, Any], here: dict[str, Any], where: Path, what: str = "lens") -> None:
+    """Refuse ``recorded`` (what a lens or checkpoint says of its model) for the model ``here`` (what
+    :func:`model_identity` gives, or the part known before it loads), on the first key both hold that
+    differs. The model is known by its content (``model_id``) where the record holds it, its spec
+    being a label then; a record written before identities is compared by its spec, as it was then,
+    unless its revision is a GGUF file's hash (``sha256:``), which is its content already."""
+    gguf = str(recorded.get("revision", "")).startswith("sha256:")
+    name = "model_id" if "model_id" in recorded else "revision" if gguf else "spec"
+    for key in ("model_type", "n_layers", "d_model", "unembed_sha256", name, "revision"):
+        if key in recorded and key in here and recorded[key] != here[key]:
             raise LensError(
-                f"lens {where} was made for another model ({key}: {recorded[key]!r}, this model: "
-                f"{here[key]!r}; lens model {recorded.get('spec')!r}, this model {lm.spec!r})"
+                f"{what} {where} was made for another model ({key}: {recorded[key]!r}, this model: "
+                f"{here[key]!r}; {what} model {recorded.get('spec')!r}, this model {here.get('spec')!r})"
             )
 
 

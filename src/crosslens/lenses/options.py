@@ -17,7 +17,8 @@ class TrainOptions(Options):
     """How a tuned lens is trained: the options ``crosslens train-lens`` and a config's ``lens.train``
     share (all of it is recorded in ``lens.json`` and checked on resume)."""
 
-    tokens: Annotated[int, Field(ge=1, description="training positions in all")] = 8192
+    # Bounded so that every step's and epoch's seed stays a 64-bit integer (lenses.training).
+    tokens: Annotated[int, Field(ge=1, le=2**40, description="training positions in all")] = 8192
     batch: Annotated[int, Field(ge=1, description="documents per step")] = 8
     positions: Annotated[int, Field(ge=1, description="positions drawn per document and step")] = 32
     seq_len: Annotated[int, Field(ge=2, description="tokens kept of each document")] = 128

@@ -12,9 +12,14 @@ Choices (docs/lens.md says why):
   the frozen head runs in bfloat16 (the CPU's matrix units) with the loss in float32;
 * **optimiser**: Adam, linear warm-up over 5 % of the steps then linear decay to 0 — the tuned-lens
   project's SGD schedule needs ~65M tokens, far beyond a CPU budget;
+* **how much**: exactly ``tokens`` positions are trained (documents repeat, epoch after epoch, until
+  they are): a document gives ``min(positions, its tokens - 1)`` positions per step, and the last
+  step is cut where the count is reached; what is reported (progress, ``lens.json``) is what ran;
 * **determinism and resume**: step k's documents and positions are functions of (seed, k) only; a
   checkpoint (translators + Adam moments, safetensors) is written atomically every
-  ``checkpoint_every`` steps, so a killed run resumes to the same weights as an uninterrupted one.
+  ``checkpoint_every`` steps with the whole training fingerprint (the model's identity, its dtype,
+  the settings, the corpus digest), so a killed run resumes to the same weights as an uninterrupted
+  one, and a run for another model, dtype, settings or text refuses the checkpoint instead.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Annotated, Any
 
 import torch
 from pydantic import Field
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
@@ -42,6 +47,7 @@ from crosslens.lenses.lens import (
     LogitLens,
     TunedLens,
     check_model,
+    compare_model,
     load_lens,
     model_identity,
     parse_lens,
@@ -51,7 +57,7 @@ from crosslens.lenses.options import TrainOptions
 from crosslens.models.anatomy import capture_residuals, paper_layers
 from crosslens.models.devices import bf16_units
 from crosslens.models.loading import LoadedModel, sha256_file
-from crosslens.options import Seed
+from crosslens.options import OptionError, Seed
 from crosslens.store import Store, atomic_write_bytes
 
 __all__ = [
@@ -61,6 +67,9 @@ __all__ = [
     "corpus_from_dataset",
     "train_lens",
     "default_layers",
+    "precheck_training",
+    "schedule",
+    "Schedule",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -72,10 +81,6 @@ class TrainSettings(TrainOptions):
     layers: tuple[int, ...] | None = None  # None: the paper's schedule without the last layer
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     seed: Seed = 0
-
-    @property
-    def steps(self) -> int:
-        return max(1, math.ceil(self.tokens / (self.batch * self.positions)))
 
 
 def resolve_head_dtype(settings: TrainSettings, device: str) -> TrainSettings:
@@ -190,19 +195,57 @@ def _positions(length: int, k: int, gen: torch.Generator) -> list[int]:
     return sorted(pick.tolist())
 
 
-def _step_batch(data: _Data, s: TrainSettings, step: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Documents and positions of training step ``step``: a function of (seed, step) alone."""
+def _epoch_order(s: TrainSettings, epoch: int, n: int) -> list[int]:
+    """The training documents' order in ``epoch``: a function of (seed, epoch) alone."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 100003 + epoch)).tolist()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The steps that train exactly ``tokens`` positions: the documents read in all (document j of the
+    run is document j mod n of epoch j div n) and how many positions the last of them gives."""
+
+    documents: int
+    last_positions: int
+    batch: int
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.documents / self.batch)
+
+
+def schedule(data: _Data, s: TrainSettings) -> Schedule:
+    """Whole epochs while they fit in ``tokens``, then the next epoch's documents until it is reached."""
+    counts = [min(s.positions, len(d) - 1) for d in data.train]
+    full, rest = divmod(s.tokens, sum(counts))
+    if rest == 0:  # the count ends with an epoch: its last document is read whole
+        full, rest = full - 1, sum(counts)
+    taken = 0
+    for k, i in enumerate(_epoch_order(s, full, len(counts))):
+        if taken + counts[i] >= rest:
+            return Schedule(full * len(counts) + k + 1, rest - taken, s.batch)
+        taken += counts[i]
+    raise AssertionError("an epoch holds more positions than the rest of the count")
+
+
+def _step_batch(
+    data: _Data, s: TrainSettings, step: int, plan: Schedule
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Documents and positions of training step ``step``: a function of (seed, step) alone (the last
+    step's are cut where the schedule ends)."""
     n = len(data.train)
     orders: dict[int, list[int]] = {}  # epoch -> its shuffle (a step spans at most two epochs)
     docs = []
-    for j in range(step * s.batch, (step + 1) * s.batch):
+    for j in range(step * s.batch, min((step + 1) * s.batch, plan.documents)):
         epoch, k = divmod(j, n)
         if epoch not in orders:
-            gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)
-            orders[epoch] = torch.randperm(n, generator=gen).tolist()
+            orders[epoch] = _epoch_order(s, epoch, n)
         docs.append(data.train[orders[epoch][k]])
     gen = torch.Generator().manual_seed(s.seed * 1000003 + step + 1)
-    return docs, [_positions(len(d), s.positions, gen) for d in docs]
+    positions = [_positions(len(d), s.positions, gen) for d in docs]
+    if step == plan.steps - 1:
+        positions[-1] = positions[-1][: plan.last_positions]
+    return docs, positions
 
 
 def _states(
@@ -228,14 +271,15 @@ def _kl(target: torch.Tensor, logq: torch.Tensor, weight: torch.Tensor) -> torch
     return (per_row * weight).sum() / weight.sum()
 
 
-def _lr(s: TrainSettings, step: int) -> float:
-    warm = max(1, round(0.05 * s.steps))
-    return s.lr * min(1.0, (step + 1) / warm) * (1 - step / s.steps)
+def _lr(s: TrainSettings, step: int, steps: int) -> float:
+    warm = max(1, round(0.05 * steps))
+    return s.lr * min(1.0, (step + 1) / warm) * (1 - step / steps)
 
 
 def _val_batches(data: _Data, s: TrainSettings) -> list[tuple[list[list[int]], list[list[int]]]]:
     """Fixed validation positions: ``positions`` per held-out document (as in training), ``val_tokens``
-    in all (fewer documents to run through the model than one position from each)."""
+    in all (fewer documents to run through the model than one position from each), or every position
+    of the held-out documents where they hold fewer."""
     gen = torch.Generator().manual_seed(s.seed + 7)
     per_doc = max(s.positions, math.ceil(s.val_tokens / len(data.val)))
     picks, taken = [], 0
@@ -275,21 +319,68 @@ def validation_kl(
     return {name: {str(ell): v / total for ell, v in per.items()} for name, per in sums.items()}
 
 
-def _settings_doc(s: TrainSettings, layers: list[int], corpus: Corpus) -> dict[str, Any]:
+def _settings_doc(s: TrainSettings, layers: list[int], corpus: Corpus, dtype: str) -> dict[str, Any]:
+    """What the weights depend on besides the model itself: the settings, the text and the model's
+    dtype (the model is checked by :func:`check_model`)."""
     # How often checkpoints are written changes nothing in the weights, so it is not compared.
     settings = {k: v for k, v in s.model_dump().items() if k != "checkpoint_every"} | {"layers": layers}
-    return {"settings": settings, "corpus_sha256": corpus.digest}
+    return {"settings": settings, "corpus_sha256": corpus.digest, "model_dtype": dtype}
 
 
-def _check_same(recorded: dict[str, Any], wanted: dict[str, Any], folder: Path) -> None:
+def _trained_layers(s: TrainSettings, n_layers: int) -> list[int]:
+    """The layers given, else the paper's schedule less the last; refused when that leaves none."""
+    layers = sorted({int(x) for x in (s.layers if s.layers is not None else default_layers(n_layers))})
+    if not [x for x in layers if x < n_layers]:
+        raise OptionError(
+            "layers",
+            f"no layer to train: a tuned lens translates layers 0..{n_layers - 1} (the last is read as "
+            f"is){'' if s.layers is not None else ', and the paper schedule of this model reads no other'}; "
+            "name some",
+        )
+    return layers
+
+
+def precheck_training(
+    folder: str | Path,
+    model: dict[str, Any],
+    dtype: str,
+    device: str,
+    settings: TrainSettings,
+    corpus: Corpus,
+) -> None:
+    """Before the model loads: refuse a folder whose lens or checkpoint was made for another model,
+    dtype, settings or text, as far as they are known without it. ``model``: ``spec``, ``model_id``
+    (:func:`crosslens.models.loading.content_identity`) and ``n_layers`` (the depth from its config;
+    absent when unreadable offline, then everything is checked once it loads)."""
+    folder = Path(folder)
+    if "n_layers" not in model:
+        return
+    s = resolve_head_dtype(settings, device)
+    wanted = _settings_doc(s, _trained_layers(s, model["n_layers"]), corpus, dtype)
+    if (folder / LENS_FILE).is_file():
+        doc = read_info(folder)
+        compare_model(doc["model"], model, folder)
+        training = doc["training"] if isinstance(doc.get("training"), dict) else {}
+        _check_same({k: training.get(k) for k in wanted}, wanted, folder, "a lens trained")
+    elif (folder / CHECKPOINT).is_file():
+        recorded, training = _read_checkpoint(folder / CHECKPOINT, with_tensors=False)[:2]
+        compare_model(recorded, model, folder / CHECKPOINT, "checkpoint")
+        _check_same(training, wanted, folder / CHECKPOINT, "a partly trained lens")
+
+
+def _check_same(recorded: Any, wanted: dict[str, Any], folder: Path, what: str) -> None:
     if recorded == wanted:
         return
-    old, new = recorded.get("settings", {}), wanted["settings"]
+    recorded = recorded if isinstance(recorded, dict) else {}
+    old = recorded.get("settings") if isinstance(recorded.get("settings"), dict) else {}
+    new = wanted["settings"]
     diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
     if recorded.get("corpus_sha256") != wanted["corpus_sha256"]:
         diff.append("corpus: other text")
+    if recorded.get("model_dtype") != wanted["model_dtype"]:
+        diff.append(f"dtype: {recorded.get('model_dtype')!r} -> {wanted['model_dtype']!r}")
     raise LensError(
-        f"{folder} holds a lens trained with other settings ({'; '.join(diff) or 'other'}); "
+        f"{folder} holds {what} with other settings ({'; '.join(diff) or 'other'}); "
         "use another folder or delete it"
     )
 
@@ -299,37 +390,38 @@ def train_lens(
     corpus: Corpus,
     folder: str | Path,
     settings: TrainSettings = TrainSettings(),
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int, float, int], None] | None = None,
 ) -> TunedLens:
     """Train (or resume, or reuse) the tuned lens of ``lm`` in ``folder``; returns it, saved.
 
     A finished lens trained with the same settings on the same text is reused; one trained
-    otherwise is refused. ``on_step(step, steps, loss)`` is called after every step.
+    otherwise is refused, and so is a checkpoint of another training. ``on_step(step, steps, loss,
+    positions)`` is called after every step (``positions``: trained so far, ``settings.tokens`` at the end).
     """
     settings = resolve_head_dtype(settings, str(lm.device))
     folder = Path(folder)
-    layers = lm.anatomy.check_layers(
-        settings.layers if settings.layers is not None else default_layers(lm.anatomy.n_layers)
-    )
-    wanted = _settings_doc(settings, layers, corpus)
+    layers = lm.anatomy.check_layers(_trained_layers(settings, lm.anatomy.n_layers))
+    wanted = _settings_doc(settings, layers, corpus, lm.precision)
     if (folder / LENS_FILE).is_file():
         doc = read_info(folder)
         check_model(doc["model"], lm, folder)
-        _check_same({k: doc["training"].get(k) for k in wanted}, wanted, folder)
+        training = doc["training"] if isinstance(doc.get("training"), dict) else {}
+        _check_same({k: training.get(k) for k in wanted}, wanted, folder, "a lens trained")
         lens = load_lens(parse_lens(f"tuned:{folder}"), lm)
         assert isinstance(lens, TunedLens)
         return lens
     data = _tokenize(lm, corpus, settings)
+    plan = schedule(data, settings)
     info = LensInfo(model_identity(lm), layers)
     lens = TunedLens(lm.anatomy, layers, info)
     params = list(lens.translators.parameters())
     opt = torch.optim.Adam(params, lr=settings.lr)
     head = _Head(lm, getattr(torch, settings.head_dtype))
     with Store(folder).lock("lens"):
-        start = _resume(folder, lens, opt, wanted, lm)
+        start, trained = _resume(folder, lens, opt, wanted, lm)
         began, tokens = time.perf_counter(), 0
-        for step in range(start, settings.steps):
-            docs, pos = _step_batch(data, settings, step)
+        for step in range(start, plan.steps):
+            docs, pos = _step_batch(data, settings, step, plan)
             states, w = _states(lm, docs, pos, layers)
             with torch.no_grad():
                 target = head(states[lm.anatomy.n_layers])
@@ -342,24 +434,26 @@ def train_lens(
             loss = float(kl.detach())
             del logq, kl
             for group in opt.param_groups:
-                group["lr"] = _lr(settings, step)
+                group["lr"] = _lr(settings, step, plan.steps)
             opt.step()
             tokens += int(w.sum())
-            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-                _checkpoint(folder, lens, opt, step + 1, wanted)
+            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < plan.steps:
+                _checkpoint(folder, lens, opt, (step + 1, trained + tokens), wanted, model_identity(lm))
             if on_step:
-                on_step(step + 1, settings.steps, loss / len(layers))
+                on_step(step + 1, plan.steps, loss / len(layers), trained + tokens)
         seconds = time.perf_counter() - began
         val_kl = validation_kl(lm, lens, data, settings)
         info.val_kl = val_kl
         info.training = wanted | {
             "corpus": corpus.description,
             "documents": {"train": len(data.train), "validation": len(data.val)},
-            "steps": settings.steps,
-            "positions_per_step": settings.batch * settings.positions,
+            "steps": plan.steps,
+            "positions": {
+                "train": trained + tokens,
+                "validation": sum(len(p) for _, ps in _val_batches(data, settings) for p in ps),
+            },
             "seconds_this_run": round(seconds, 1),
             "tokens_per_second_this_run": round(tokens / seconds, 1) if seconds > 0 else None,
-            "model_dtype": lm.precision,
             "device": str(lm.device),
             "loss": "KL(final || lens), nats per position",
         }
@@ -368,37 +462,78 @@ def train_lens(
     return lens
 
 
-def _checkpoint(folder: Path, lens: TunedLens, opt: torch.optim.Optimizer, step: int, wanted: dict) -> None:
+def _checkpoint(
+    folder: Path,
+    lens: TunedLens,
+    opt: torch.optim.Optimizer,
+    done: tuple[int, int],
+    wanted: dict,
+    model: dict,
+) -> None:
+    """Translators and Adam moments after ``done`` = (steps, positions trained), with the training's
+    whole fingerprint: the model (:func:`model_identity`) and ``wanted`` (settings, corpus digest, dtype)."""
     tensors = lens.tensors()
     for name, p in zip(list(tensors), opt.param_groups[0]["params"]):
         state = opt.state[p]
         tensors[f"adam.exp_avg.{name}"] = state["exp_avg"].detach().clone()
         tensors[f"adam.exp_avg_sq.{name}"] = state["exp_avg_sq"].detach().clone()
     meta = {
-        "step": str(step),
+        "step": str(done[0]),
+        "positions": str(done[1]),
         "adam_step": str(float(opt.state[opt.param_groups[0]["params"][0]]["step"])),
+        "model": json.dumps(model, sort_keys=True),
         "training": json.dumps(wanted, sort_keys=True),
     }
     atomic_write_bytes(folder / CHECKPOINT, save(tensors, metadata=meta))
 
 
-def _resume(folder: Path, lens: TunedLens, opt: torch.optim.Optimizer, wanted: dict, lm: LoadedModel) -> int:
-    """The step to start from: 0, or the checkpoint's (translators and Adam moments restored)."""
+def _read_checkpoint(
+    path: Path, with_tensors: bool = True
+) -> tuple[dict[str, Any], Any, dict[str, str], dict[str, torch.Tensor]]:
+    """A checkpoint's model record, training fingerprint, metadata and (``with_tensors``) tensors; one
+    :class:`LensError` line for a file that is not a complete checkpoint of this crosslens (never
+    trusted, never resumed)."""
+    try:
+        with safe_open(path, "pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()} if with_tensors else {}
+        model, training = json.loads(meta["model"]), json.loads(meta["training"])
+        int(meta["step"]), int(meta["positions"]), float(meta["adam_step"])
+    except KeyError as exc:
+        raise LensError(
+            f"{path} records no {exc.args[0]} (written by an older crosslens, or not a checkpoint): "
+            "delete it to train from the start"
+        ) from None
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise LensError(f"cannot read {path} ({exc}); delete it to train from the start") from None
+    if not isinstance(model, dict):
+        raise LensError(f"{path} records no model; delete it to train from the start")
+    return model, training, meta, tensors
+
+
+def _resume(
+    folder: Path, lens: TunedLens, opt: torch.optim.Optimizer, wanted: dict, lm: LoadedModel
+) -> tuple[int, int]:
+    """The step to start from and the positions trained before it: (0, 0), or the checkpoint's
+    (translators and Adam moments restored) once its model, dtype, settings and text are this
+    training's; any other checkpoint is refused."""
     path = folder / CHECKPOINT
     if not path.is_file():
-        return 0
-    with safe_open(path, "pt") as fh:
-        meta = fh.metadata() or {}
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    check_model(json.loads(meta.get("model", "{}")), lm, folder)
-    _check_same(json.loads(meta.get("training", "{}")), wanted, folder)
+        return 0, 0
+    model, training, meta, tensors = _read_checkpoint(path)
+    check_model(model, lm, path, "checkpoint")
+    _check_same(training, wanted, path, "a partly trained lens")
+    step, positions, adam_step = int(meta["step"]), int(meta["positions"]), float(meta["adam_step"])
     names = list(lens.tensors())
+    missing = [k for n in names for k in (n, f"adam.exp_avg.{n}", f"adam.exp_avg_sq.{n}") if k not in tensors]
+    if missing:
+        raise LensError(f"{path} lacks {missing[0]} (not this lens's checkpoint); delete it to start over")
     with torch.no_grad():
         for name, p in zip(names, opt.param_groups[0]["params"]):
             p.copy_(tensors[name])
             opt.state[p] = {
-                "step": torch.tensor(float(meta["adam_step"])),
+                "step": torch.tensor(adam_step),
                 "exp_avg": tensors[f"adam.exp_avg.{name}"].clone(),
                 "exp_avg_sq": tensors[f"adam.exp_avg_sq.{name}"].clone(),
             }
-    return int(meta["step"])
+    return step, positions

@@ -17,6 +17,7 @@ place, so a killed conversion never leaves a half-written model that a later loa
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -36,6 +37,7 @@ import torch
 from crosslens.errors import CrosslensError
 from crosslens.models.anatomy import Anatomy, family_for
 from crosslens.models.devices import DTYPE_NAMES, bf16_units, check_device, dtype_name
+from crosslens.models.identity import cached_sha256, folder_digest, sha256_file
 from crosslens.models.options import ModelOptions
 
 __all__ = [
@@ -50,6 +52,8 @@ __all__ = [
     "dtype_name",
     "bf16_units",
     "model_depth",
+    "content_identity",
+    "sha256_file",
     "load_with",
 ]
 
@@ -116,6 +120,12 @@ ALIASES: dict[str, Callable[[], Path]] = {
 }
 
 
+@functools.cache
+def _alias_file(name: str) -> Path:
+    """The GGUF file an alias stands for, located (and its package's check run) once per process."""
+    return ALIASES[name]()
+
+
 @dataclass
 class LoadedModel:
     """A model ready for crosslens: weights, tokenizer, provenance and anatomy."""
@@ -130,6 +140,14 @@ class LoadedModel:
     load_seconds: float = 0.0
     source: dict[str, str] = field(default_factory=dict)
     autocast: torch.dtype | None = None  # the matmuls' dtype under torch.autocast (bf16-mixed)
+    identity: str | None = None  # what the model is, whatever it was given as (content_identity)
+
+    def __post_init__(self) -> None:
+        if self.identity is None:  # a model passed in loaded: known by its spec's content, else its name
+            try:
+                self.identity = content_identity(self.spec)
+            except ModelLoadError:
+                self.identity = f"name:{self.spec}"
 
     @property
     def precision(self) -> str:
@@ -146,6 +164,7 @@ class LoadedModel:
         return {
             "spec": self.spec,
             "revision": self.revision,
+            "model_id": self.identity,
             "model_type": self.anatomy.model_type,
             "n_layers": self.anatomy.n_layers,
             "d_model": self.anatomy.d_model,
@@ -155,14 +174,6 @@ class LoadedModel:
             "device": self.device,
             **self.source,
         }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_gguf(path: Path) -> str:
@@ -179,13 +190,18 @@ def _check_gguf(path: Path) -> str:
         raise ModelLoadError(f"not a readable GGUF file: {path} ({type(exc).__name__}: {exc})") from None
 
 
+def _hash_cache() -> Path:
+    """Where the hashes of large model files are remembered (crosslens.models.identity)."""
+    return cache_root() / "hashes"
+
+
 def convert_gguf(path: Path) -> Path:
     """Dequantise ``path`` once into a cached safetensors folder and return that folder."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not path.is_file():
         raise ModelLoadError(f"GGUF file not found: {path}")
-    digest = sha256_file(path)
+    digest = cached_sha256(path, _hash_cache())
     target = cache_root() / f"{path.stem}-{digest[:16]}"
     if (target / "crosslens.json").is_file():  # converted before from these very bytes
         return target
@@ -281,26 +297,52 @@ class ModelSpec:
         return re.sub(r"[^A-Za-z0-9_.@-]+", "-", name).strip("-.") or "model"
 
 
-def _resolve(spec: ModelSpec) -> tuple[str, str, dict[str, str]]:
-    """spec -> (what to pass to from_pretrained, revision/hash, provenance fields)."""
+def _resolve(spec: ModelSpec) -> tuple[str, str, str, dict[str, str]]:
+    """spec -> (what to pass to from_pretrained, revision/hash, content identity, provenance fields)."""
     if spec.kind in ("alias", "gguf"):
-        gguf_path = ALIASES[spec.location]() if spec.kind == "alias" else Path(spec.location)
+        gguf_path = _alias_file(spec.location) if spec.kind == "alias" else Path(spec.location)
         folder = convert_gguf(gguf_path)
         meta = json.loads((folder / "crosslens.json").read_text())
-        return str(folder), f"sha256:{meta['sha256']}", {"gguf": str(gguf_path), "cache": str(folder)}
+        provenance = {"gguf": str(gguf_path), "cache": str(folder)}
+        return str(folder), f"sha256:{meta['sha256']}", f"gguf:sha256:{meta['sha256']}", provenance
     if spec.kind == "local":
         folder = Path(spec.location)
         if not folder.is_dir():
             raise ModelLoadError(f"model path does not exist or is not a folder: {spec.text}")
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"model folder has no config.json: {spec.text}")
+        # The revision as crosslens has always recorded it (config and weight sizes: folders written
+        # before content identities stay reusable); the identity hashes every file's content.
         digest = hashlib.sha256((folder / "config.json").read_bytes())
         for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
             digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-        return str(folder), f"local:{digest.hexdigest()[:16]}", {}
+        identity = f"folder:sha256:{folder_digest(folder, _hash_cache())}"
+        return str(folder), f"local:{digest.hexdigest()[:16]}", identity, {}
     if spec.kind == "name":
         raise spec.unknown()
-    return spec.location, "", {}  # Hub id; the revision is read from the loaded config
+    return spec.location, "", f"hub:{spec.location}", {}  # the revision is read from the loaded config
+
+
+def content_identity(spec: str) -> str:
+    """What ``spec`` is, whatever path names it, from its files alone (before it loads): an alias or a
+    GGUF file ``gguf:sha256:<the file's hash>``, a folder ``folder:sha256:<hash of its config, weight
+    and tokenizer files>``, a Hub model ``hub:<org/name>`` (its commit is the revision, known once it
+    loads), anything else ``name:<spec>`` (a model passed in loaded). Hashes are remembered by path,
+    size and mtime (:mod:`crosslens.models.identity`), so a large model is read once, not per command."""
+    parsed = ModelSpec.parse(spec)
+    if parsed.kind in ("alias", "gguf"):
+        path = _alias_file(parsed.location) if parsed.kind == "alias" else Path(parsed.location)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return f"gguf:sha256:{cached_sha256(path, _hash_cache())}"
+    if parsed.kind == "local":
+        folder = Path(parsed.location)
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"{spec} is not a model folder (no config.json)")
+        return f"folder:sha256:{folder_digest(folder, _hash_cache())}"
+    if parsed.kind == "hub":
+        return f"hub:{parsed.location}"
+    return f"name:{spec}"
 
 
 def load_model(
@@ -322,7 +364,7 @@ def load_model(
     precision = dtype_name(dtype, device)
     torch_dtype = resolve_dtype(precision)
     parsed = ModelSpec.parse(spec)
-    source, revision, provenance = _resolve(parsed)
+    source, revision, identity, provenance = _resolve(parsed)
     hub_revision = parsed.revision
     try:
         config = AutoConfig.from_pretrained(
@@ -366,6 +408,7 @@ def load_model(
         load_seconds=time.perf_counter() - start,
         source=provenance,
         autocast=autocast,
+        identity=identity,
     )
 
 
@@ -402,7 +445,7 @@ def model_depth(spec: str) -> int | None:
     cannot be read offline. An unknown alias, a missing file or folder is one :class:`ModelLoadError`."""
     parsed = ModelSpec.parse(spec)
     if parsed.kind == "alias":
-        return _gguf_depth(ALIASES[spec]())
+        return _gguf_depth(_alias_file(spec))
     if parsed.kind == "gguf":
         path = Path(parsed.location)
         if not path.is_file():

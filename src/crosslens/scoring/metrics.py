@@ -42,6 +42,7 @@ __all__ = [
     "mcnemar_exact",
     "holm",
     "paired_effects",
+    "against_controls",
     "summarize",
     "ci95_across",
     "pearson_with_stars",
@@ -506,6 +507,24 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out.tolist()
+
+
+def against_controls(effect: float, null: Sequence[float]) -> dict[str, Any]:
+    """An effect against the effects of K control interventions (random directions, random neurons):
+    their mean and spread (sample sd), and the two-sided empirical p-value (1 + #{|null| >= |effect|})
+    / (K + 1). NaN controls are left out; ``n`` is how many count."""
+    v = np.array([x for x in null if not np.isnan(x)], dtype=float)
+    out: dict[str, Any] = {
+        "effect": effect,
+        "null_mean": math.nan,
+        "null_std": math.nan,
+        "p_empirical": math.nan,
+    }
+    if v.size and not np.isnan(effect):
+        out["null_mean"] = float(v.mean())
+        out["null_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        out["p_empirical"] = (1 + int(np.sum(np.abs(v) >= abs(effect) - 1e-12))) / (v.size + 1)
+    return out | {"n": int(v.size)}
 
 
 def mcnemar_exact(base: Sequence[bool], treated: Sequence[bool]) -> float:

@@ -29,7 +29,7 @@ from crosslens.models.loading import LoadedModel
 from crosslens.models.passes import length_batches, prompt_pass
 from crosslens.options import OptionError
 from crosslens.stages.base import Done, Stage
-from crosslens.store import atomic_write_bytes, no_fingerprint, settings_mismatch
+from crosslens.store import atomic_write_bytes, no_fingerprint, same_fingerprint, settings_mismatch
 
 __all__ = [
     "POOLS",
@@ -220,7 +220,7 @@ class ActivationFile:
         acts = Activations.load(self.path)
         if acts.fingerprint is None:
             raise no_fingerprint(self.path)
-        if acts.fingerprint != self.fingerprint:
+        if not same_fingerprint(acts.fingerprint, self.fingerprint):
             raise settings_mismatch(f"{self.path} holds activations", acts.fingerprint, self.fingerprint)
         return acts
 

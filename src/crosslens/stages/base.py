@@ -34,7 +34,7 @@ import pandas as pd
 
 from crosslens import __version__
 from crosslens.data.schema import ParallelDataset
-from crosslens.store import RunMismatchError, Store, unit_name
+from crosslens.store import RunMismatchError, Store, same_fingerprint, unit_name
 
 __all__ = ["Unit", "plan_units", "Stage", "run_stage", "command_line"]
 
@@ -107,7 +107,7 @@ class Stage:
         """What the folder holds, after checking every shard against this stage (no writes)."""
         done: Done = {}
         for path, meta in self.store.index(self.table):
-            if self.store.fingerprint_of(path, meta) != self.fingerprint:
+            if not same_fingerprint(self.store.fingerprint_of(path, meta), self.fingerprint):
                 raise self.store.mismatch(self.table, meta["fingerprint"], self.fingerprint)
             lang = meta["language"]
             for item, digest in meta["items"].items():

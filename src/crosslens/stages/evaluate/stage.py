@@ -16,6 +16,7 @@ import pandas as pd
 from crosslens.data.prompts import Prompter
 from crosslens.data.schema import ParallelDataset
 from crosslens.models.loading import LoadedModel
+from crosslens.options import check_seed
 from crosslens.scoring import metrics
 from crosslens.scoring.choices import LabelPlan, prompt_label_plan
 from crosslens.scoring.options import EvalOptions
@@ -82,6 +83,7 @@ def eval_stage(
     ``shots_from``: the items few-shot exemplars are drawn from (e.g. the dataset's dev split);
     default: ``ds`` itself, whose drawn items are then left out of the evaluation.
     """
+    check_seed(seed)
     languages = list(languages or ds.languages)
     prompter = build_prompter(lm, ds, languages, opts, seed, shots_from)
     exclude = [*exclude, *held_out(prompter, shots_from)]

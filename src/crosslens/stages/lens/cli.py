@@ -107,9 +107,10 @@ def add_commands(app: typer.Typer) -> None:
             TrainSettings,
             corpus_from_dataset,
             corpus_from_files,
+            precheck_training,
             train_lens,
         )
-        from crosslens.models.loading import load_with, model_depth
+        from crosslens.models.loading import content_identity, dtype_name, load_with, model_depth
         from crosslens.store import check_output
 
         if (corpus is None) == (dataset is None):
@@ -136,20 +137,32 @@ def add_commands(app: typer.Typer) -> None:
             if len(kept) < 2:
                 raise typer.BadParameter(f"--skip {skip} leaves {len(kept)} of {dataset}'s {len(ds)} items")
             text = corpus_from_dataset(ds.subset(kept))
+        known = {"spec": spec, "model_id": content_identity(spec)}
+        known |= {} if depth is None else {"n_layers": depth}  # the folder is checked before the load
+        precheck_training(out, known, dtype_name(model.dtype, model.device), model.device, settings, text)
         lm = load_with(model, spec, verbose=True)
-        per_step = settings.batch * settings.positions
+        finished = (out / "lens.json").is_file()  # then reused as it is (or refused), nothing trained
         loss_column = TextColumn("{task.fields[loss]}")
-        with progress(settings.steps * per_step, "train-lens", True, loss_column, loss="") as (advance, _, _):
+        # Exactly --tokens positions are trained (lenses.training.schedule): the bar counts them.
+        with progress(settings.tokens, "train-lens", True, loss_column, loss="") as (advance, _, _):
 
-            def on_step(step: int, steps: int, loss: float) -> None:
-                advance(0, completed=step * per_step, loss=f"mean KL {loss:.3f} nats")
+            def on_step(step: int, steps: int, loss: float, positions: int) -> None:
+                advance(0, completed=positions, loss=f"step {step}/{steps}, mean KL {loss:.3f} nats")
 
             lens = train_lens(lm, text, out, settings, on_step)
-        table = Table(title=f"validation KL(final || lens), nats per token ({settings.val_tokens} positions)")
+        training = lens.info.training
+        counts = training.get("positions") or {}  # a lens trained before counts were recorded has none
+        held_out = f" on {counts['validation']:,} held-out positions" if "validation" in counts else ""
+        table = Table(title=f"validation KL(final || lens), nats per token{held_out}")
         for col in ("layer", "tuned", "logit"):
             table.add_column(col, justify="right")
         for layer in lens.layers:
             table.add_row(str(layer), *(f"{lens.info.val_kl[k][str(layer)]:.3f}" for k in ("tuned", "logit")))
         out_console.print(table)
-        speed = lens.info.training.get("tokens_per_second_this_run")
-        out_console.print(f"wrote {out} ({lens.info.training['steps']} steps; {speed} positions/s this run)")
+        done = f"{counts['train']:,} positions in " if "train" in counts else ""
+        done += f"{training['steps']} steps"
+        if finished:
+            out_console.print(f"reused {out}, trained before with these settings ({done})")
+        else:
+            speed = training.get("tokens_per_second_this_run")
+            out_console.print(f"wrote {out} ({done}; {speed} positions/s this run)")

@@ -36,6 +36,7 @@ from crosslens.lenses.options import TrainOptions
 from crosslens.lenses.training import TrainSettings
 from crosslens.models.anatomy import paper_layers
 from crosslens.models.loading import LoadedModel
+from crosslens.options import check_seed
 from crosslens.scoring import metrics
 from crosslens.scoring.answers import label_fields
 from crosslens.scoring.choices import LabelPlan, encode_continuation, prompt_label_plan, score_prompts
@@ -210,6 +211,7 @@ def lens_stage(
 ) -> LensStage:
     """The readings of ``lens`` (a :class:`Lens` or ``logit`` / ``tuned:PATH``) of ``lm`` on ``ds``
     into ``out``, planned but not run (``shots_from``: see :func:`~crosslens.evaluate.eval_stage`)."""
+    check_seed(seed)
     lens = load_lens(lens, lm) if isinstance(lens, str) else lens
     stage = _plan(lm, ds, out, languages, layers, opts, seed, lens.kind, shots_from)
     stage._use(lens)

@@ -6,6 +6,7 @@ from crosslens.stages.registry import StageDef
 
 TABLE = "ablation"  # evaluation records under each ablation
 LAPE_TABLE = "neurons"  # activation probabilities, entropy and selection per neuron
+SETS_TABLE = "neuron_sets"  # the (layer, neuron) ids each setting deactivates, LAPE and random controls
 SUMMARY = "neurons_summary.json"
 FIGURES = {"neurons": "fig8_neurons.png", "ablation": "fig9_ablation.png"}
 

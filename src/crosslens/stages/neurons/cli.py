@@ -21,6 +21,39 @@ def _change(e: dict | None, scale: float, digits: int) -> str:
     return f"{scale * e['delta']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
+def _spread(null: dict | None, scale: float, digits: int) -> str:
+    """``-0.01 ± 0.03``: the random controls' mean change and its spread (sd over controls)."""
+    if not null or null.get("null_mean") is None or null["null_mean"] != null["null_mean"]:
+        return "–"
+    sd = null.get("null_std")
+    spread = f" ± {scale * sd:.{digits}f}" if sd is not None and sd == sd else ""
+    return f"{scale * null['null_mean']:+.{digits}f}{spread}"
+
+
+def _rows(m: str, kinds: dict[str, Any], score: str, k: int) -> list[list[str]]:
+    """The LAPE row, then the control: the one random set as it is, or the K random sets as their
+    mean ± sd (the LAPE row then adds the empirical p of its gold-score change among theirs)."""
+    rows = []
+    for kind, e in kinds.items():
+        if score not in e or (k > 1 and kind != "lape"):
+            continue
+        own = e[score][m]
+        row = [m, kind, str(e["n_neurons"]), _change(own["accuracy"], 100.0, 1)]
+        row += [f"{own['accuracy']['p_mcnemar']:.2g}", _change(own["gold_score"], 1.0, 2)]
+        row += [_change(own.get("consistency_pivot"), 1.0, 2)]
+        if k > 1:
+            p = e.get("controls", {}).get(score, {}).get(m, {}).get("gold_score", {}).get("p_empirical")
+            row.append("–" if p is None or p != p else f"{p:.2g}")
+        rows.append(row)
+    null = kinds.get("lape", {}).get("controls", {}).get(score, {}).get(m)
+    if k > 1 and null is not None:
+        row = [m, f"random ×{k}", str(kinds["lape"]["n_neurons"]), _spread(null.get("accuracy"), 100.0, 1)]
+        row += ["–", _spread(null.get("gold_score"), 1.0, 2), _spread(null.get("consistency_pivot"), 1.0, 2)]
+        row += ["–"]
+        rows.append(row)
+    return rows
+
+
 def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
     sel = summary["selection"]
     out_console.print(
@@ -29,33 +62,23 @@ def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
         highlight=False,
     )
     pivot = summary["pivot"]
+    k = summary.get("controls", 1)
     for score in ("cloze", "letters"):
         table = Table(
             title=f"deactivating a language's neurons: paired change in that language ({score}, 95 % CI)"
         )
-        for col in (
-            "ablated",
-            "neurons",
-            "n",
-            "Δ acc (points)",
-            "p McNemar",
-            "Δ gold score",
-            f"Δ cons. w/ {pivot}",
-        ):
+        columns = ["ablated", "neurons", "n", "Δ acc (points)", "p McNemar", "Δ gold score"]
+        columns.append(f"Δ cons. w/ {pivot}")
+        for col in columns + (["p vs random"] if k > 1 else []):
             table.add_column(col, justify="right")
         for m, kinds in summary["effects"].items():
-            for kind, e in kinds.items():
-                if score not in e:
-                    continue
-                own = e[score][m]
-                table.add_row(
-                    m,
-                    kind,
-                    str(e["n_neurons"]),
-                    _change(own["accuracy"], 100.0, 1),
-                    f"{own['accuracy']['p_mcnemar']:.2g}",
-                    _change(own["gold_score"], 1.0, 2),
-                    _change(own.get("consistency_pivot"), 1.0, 2),
-                )
+            for row in _rows(m, kinds, score, k):
+                table.add_row(*row)
         if table.row_count:
             out_console.print(table)
+    if k > 1:
+        out_console.print(
+            f"random ×{k}: mean change ± sd over {k} random sets of as many neurons in the same layers; "
+            "p vs random: the empirical p of the LAPE set's gold-score change among theirs",
+            highlight=False,
+        )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field, ValidationError
 
 from crosslens.data.schema import ParallelDataset
-from crosslens.options import Cli, OptionError, Options, csv, first_error
+from crosslens.options import MAX_BOOT, MAX_CONTROLS, Cli, OptionError, Options, csv, first_error
 
 if TYPE_CHECKING:
     from crosslens.stages.context import Plan
@@ -37,7 +37,18 @@ class NeuronsConfig(Options):
     activation_bar: Annotated[
         Rate, Field(description="quantile a kept neuron must exceed in a language to be specific to it")
     ] = 0.95
-    n_boot: Annotated[int, Field(ge=0, description="bootstrap replicates for the paired CIs")] = 1000
+    n_boot: Annotated[
+        int, Field(ge=0, le=MAX_BOOT, description="bootstrap replicates for the paired CIs")
+    ] = 1000
+    controls: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_CONTROLS,
+            description="random-neuron control sets per ablated language, each as many neurons of the same "
+            "layers (the null the LAPE effect is compared with)",
+        ),
+    ] = 1
     enabled: Annotated[bool, Cli(hidden=True)] = True
 
 

@@ -48,11 +48,34 @@ def neurons_figure(
     return save(fig, path)
 
 
+def _control_bars(
+    effects: Mapping[str, Any], score: str, langs: Sequence[str], key: str, scale: float
+) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """The grey bars of one panel: the one random set's change with its CI, or with K random sets
+    their mean change ± sd. None where no control was scored."""
+    null = (effects.get("lape") or {}).get("controls", {})
+    if null.get("n", 1) > 1 and score in null:
+        cells = [null[score].get(lang, {}).get(key) or {} for lang in langs]
+        mean = scale * floats(c.get("null_mean") for c in cells)
+        sd = scale * floats(c.get("null_std") for c in cells)
+        label = f"random ({null['n']} sets, mean ± sd)"
+        return np.nan_to_num(mean), np.vstack([np.nan_to_num(sd)] * 2), label
+    entry = effects.get("random")
+    if entry is None:
+        return None
+    cells = [entry[score][lang].get(key) or {} for lang in langs]
+    delta = np.nan_to_num(scale * floats(c.get("delta") for c in cells))
+    low = scale * floats(c.get("ci_low") for c in cells)
+    high = scale * floats(c.get("ci_high") for c in cells)
+    return delta, np.vstack([np.nan_to_num(delta - low), np.nan_to_num(high - delta)]), "random"
+
+
 def ablation_figure(summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
     """Per ablated language (rows): the change in every language's accuracy (left) and in its gold
-    answer's score (right: mean log-likelihood per character for cloze, log-probability of the gold
-    letter otherwise) when its LAPE neurons are deactivated (red) and for the random control (grey),
-    with paired bootstrap CIs. Cloze where scored, else letters."""
+    answer's score (right: its cloze score under the run's normalisation for cloze, the gold letter's
+    log-probability otherwise) when its LAPE neurons are deactivated (red, with paired bootstrap CIs)
+    and for the random control (grey: the one set with its CI, or K sets' mean ± sd). Cloze where
+    scored, else letters."""
     effects = summary["effects"]
     ablated = [m for m in effects if effects[m]]
     score = "cloze" if any("cloze" in e for m in ablated for e in effects[m].values()) else "letters"
@@ -64,10 +87,8 @@ def ablation_figure(summary: Mapping[str, Any], path: str | Path, title: str | N
     for row, m in enumerate(ablated):
         for col, (key, scale, label) in enumerate(panels):
             ax = axes[row, col]
-            for offset, kind, color in ((-0.2, "lape", "tab:red"), (0.2, "random", "tab:gray")):
-                entry = effects[m].get(kind)
-                if entry is None:
-                    continue
+            entry = effects[m].get("lape")
+            if entry is not None:
                 cells = [entry[score][lang].get(key) or {} for lang in langs]
                 delta = np.nan_to_num(scale * floats(c.get("delta") for c in cells))
                 low, high = (
@@ -75,10 +96,12 @@ def ablation_figure(summary: Mapping[str, Any], path: str | Path, title: str | N
                     scale * floats(c.get("ci_high") for c in cells),
                 )
                 err = np.vstack([np.nan_to_num(delta - low), np.nan_to_num(high - delta)])
-                name = f"{kind} ({entry['n_neurons']} neurons)"
-                ax.bar(
-                    x + offset, delta, width=0.4, color=color, label=name, yerr=err, capsize=2, ecolor="0.3"
-                )
+                name = f"lape ({entry['n_neurons']} neurons)"
+                ax.bar(x - 0.2, delta, 0.4, color="tab:red", label=name, yerr=err, capsize=2, ecolor="0.3")
+            bars = _control_bars(effects[m], score, langs, key, scale)
+            if bars is not None:
+                delta, err, name = bars
+                ax.bar(x + 0.2, delta, 0.4, color="tab:gray", label=name, yerr=err, capsize=2, ecolor="0.3")
             ax.axhline(0, color="0.4", linewidth=0.6)
             ax.set_xticks(x, langs, rotation=90 if len(langs) > 12 else 0, fontsize=8)
             if m in langs:
@@ -121,9 +144,12 @@ def _tables(n: Mapping[str, Any]) -> list[Table]:
         )
     ]
     pivot = n.get("pivot") or "en"
+    k = n.get("controls", 1)
     rows = []
     for m, kinds in n["effects"].items():
         for kind, e in kinds.items():
+            if k > 1 and kind != "lape":
+                continue  # the K random sets are one row below: their mean ± sd
             row = [m, kind, str(e["n_neurons"])]
             for score in ("cloze", "letters"):
                 if score not in e:
@@ -132,14 +158,18 @@ def _tables(n: Mapping[str, Any]) -> list[Table]:
                 own = e[score][m]
                 others = [v["accuracy"]["delta"] for lang, v in e[score].items() if lang != m]
                 others = [x for x in others if not missing(x)]
+                p = e.get("controls", {}).get(score, {}).get(m, {}).get("gold_score", {}).get("p_empirical")
+                against = "" if k == 1 or missing(p) else f" (p {p:.2g})"
                 row += [
                     _effect(own["accuracy"]) + f" (p {own['accuracy']['p_mcnemar']:.2g})",
-                    _effect(own.get("gold_score"), 1.0, 3),
+                    _effect(own.get("gold_score"), 1.0, 3) + against,
                     _effect(own.get("consistency_pivot"), 1.0, 3),
                     _effect(own.get("tr_plus_from_pivot")),
                     f"{100 * sum(others) / len(others):+.1f}" if others else "–",
                 ]
             rows.append(row)
+            if k > 1 and "controls" in e:
+                rows.append(_null_row(m, e, k))
     if rows:
         cols = [
             "Δ acc (p McNemar)",
@@ -154,14 +184,55 @@ def _tables(n: Mapping[str, Any]) -> list[Table]:
                 f"{n['n_eval_items']} held-out items [95 % bootstrap CI]",
                 ["ablated", "neurons", "n", *(f"cloze {c}" for c in cols), *(f"letters {c}" for c in cols)],
                 rows,
-                note="random: as many random neurons of the same layers (the control). Accuracy and tr+ in "
-                "points, consistency as Spearman's rho; gold score: the gold answer's mean "
-                "log-likelihood per "
-                "character (cloze) or its letter's log-probability (letters), in nats; 'others': mean change "
-                "over the other languages.",
+                note=_note(n),
             )
         )
     return out
+
+
+def _spread(null: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """``-0.4 ± 1.2``: the random controls' mean change ± sd."""
+    if not null or missing(null.get("null_mean")):
+        return "–"
+    sd = null.get("null_std")
+    return f"{scale * null['null_mean']:+.{digits}f}" + ("" if missing(sd) else f" ± {scale * sd:.{digits}f}")
+
+
+def _null_row(m: str, lape: Mapping[str, Any], k: int) -> list[str]:
+    """The K random sets of one ablated language as one row: each change's mean ± sd over the sets."""
+    row = [m, f"random ×{k}", str(lape["n_neurons"])]
+    for score in ("cloze", "letters"):
+        null = lape["controls"].get(score, {})
+        own = null.get(m, {})
+        others = [v["accuracy"]["null_mean"] for lang, v in null.items() if lang != m and "accuracy" in v]
+        others = [x for x in others if not missing(x)]
+        row += [
+            _spread(own.get("accuracy")),
+            _spread(own.get("gold_score"), 1.0, 3),
+            _spread(own.get("consistency_pivot"), 1.0, 3),
+            _spread(own.get("tr_plus_from_pivot")),
+            f"{100 * sum(others) / len(others):+.1f}" if others else "–",
+        ] if null else ["–"] * 5  # fmt: skip
+    return row
+
+
+def _note(n: Mapping[str, Any]) -> str:
+    """What the effects table's columns mean, with the run's cloze normalisation and controls."""
+    norm = n.get("cloze_norm") or "char"  # folders written before it was recorded: the default
+    per = {"char": "per character", "byte": "per UTF-8 byte", "token": "per token", "none": "summed",
+           "pmi": "minus its log-likelihood after an empty prompt (pmi)"}.get(norm, norm)  # fmt: skip
+    k = n.get("controls", 1)
+    control = (
+        "random: as many random neurons of the same layers (the control)"
+        if k == 1
+        else f"random ×{k}: {k} random sets of as many neurons of the same layers, each change's mean ± sd "
+        "over the sets; (p …) after the LAPE gold score: its empirical p among the sets' changes"
+    )
+    return (
+        f"{control}. Accuracy and tr+ in points, consistency as Spearman's rho; gold score: the gold "
+        f"answer's cloze score (its log-likelihood {per}, --cloze-norm {norm}) for cloze, its letter's "
+        "log-probability for letters, in nats; 'others': mean change over the other languages."
+    )
 
 
 class NeuronsReport(ReportPart):

@@ -19,10 +19,12 @@ the evaluation; the first token (BOS) and padding are not counted.
 
 **The causal test.** For each language m under test, the neurons specific to m are set to 0 during
 the forward pass (the activation output, so they contribute nothing to down_proj), and every
-language is evaluated (answer letters and full-answer cloze scores) on the held-out items. The
-control deactivates as many *random* neurons of the same layers (seeded, none of m's own). The
-effects are the paired changes against the unablated model on the same items: accuracy (exact
-McNemar test), consistency with English and tr+ from English, each with a paired bootstrap CI.
+language is evaluated (answer letters and full-answer cloze scores) on the held-out items. Each of
+the K controls deactivates as many *random* neurons of the same layers (seeded per draw, none of
+m's own); the drawn ids are saved (``neuron_sets/`` and the summary). The effects are the paired
+changes against the unablated model on the same items: accuracy (exact McNemar test), the gold
+answer's score, consistency with English and tr+ from English, each with a paired bootstrap CI;
+the LAPE effect is also set against the K controls' effects (their mean, spread, empirical p).
 """
 
 from __future__ import annotations
@@ -46,18 +48,19 @@ from crosslens.data.schema import Item, ParallelDataset
 from crosslens.models.anatomy import Anatomy
 from crosslens.models.loading import LoadedModel
 from crosslens.models.passes import length_batches, prompt_pass
+from crosslens.options import check_seed
 from crosslens.scoring import metrics
 from crosslens.scoring.choices import LabelPlan, label_plan
 from crosslens.scoring.options import EvalOptions
 from crosslens.scoring.records import item_rows
 from crosslens.stages.api import runner
-from crosslens.stages.base import Done, Stage, plan_units
+from crosslens.stages.base import Done, Stage, plan_units, setting_key
 from crosslens.stages.context import JobContext
 from crosslens.stages.fingerprints import data_fingerprint, scoring_fingerprint
-from crosslens.stages.neurons import FIGURES, LAPE_TABLE, SUMMARY, TABLE
+from crosslens.stages.neurons import FIGURES, LAPE_TABLE, SETS_TABLE, SUMMARY, TABLE
 from crosslens.stages.neurons.config import DEFAULTS, NeuronsConfig, check_rates, precheck_data
 from crosslens.stages.sampling import held_out_sample, items_digest
-from crosslens.store import atomic_write_bytes, no_fingerprint, settings_mismatch
+from crosslens.store import atomic_write_bytes, no_fingerprint, same_fingerprint, settings_mismatch, unit_name
 
 if TYPE_CHECKING:
     from crosslens.stages.base import Unit
@@ -69,6 +72,7 @@ __all__ = [
     "lape_entropy",
     "select_neurons",
     "random_control",
+    "control_kinds",
     "deactivate",
     "NeuronStage",
     "neuron_stage",
@@ -79,7 +83,7 @@ __all__ = [
 
 STATS_FILE = "neuron_stats.safetensors"
 BASELINE = ("", "none")  # the setting of the unablated model
-KINDS = ("lape", "random")
+GOLD_METRICS = ("accuracy", "gold_score", "consistency_pivot", "tr_plus_from_pivot")
 
 #: (layer -> neuron indices) of one set of neurons; layers numbered 1..n_layers like blocks.
 NeuronSet = dict[int, np.ndarray]
@@ -243,6 +247,18 @@ def _count(neurons: NeuronSet) -> int:
     return int(sum(len(v) for v in neurons.values()))
 
 
+def control_kinds(k: int) -> list[str]:
+    """The settings of ``k`` random controls: ``random`` (the first draw, named as when there was only
+    one, so earlier folders stay reusable), then ``random:1`` .. ``random:k-1``."""
+    return ["random"] + [f"random:{i}" for i in range(1, k)]
+
+
+def control_label(language: str, kind: str) -> str:
+    """What a control's draw is seeded with besides the seed: the language (the first draw, as
+    always), ``<language>:random:<i>`` for the others; each draw is fixed and independent of K."""
+    return language if kind == "random" else f"{language}:{kind}"
+
+
 def random_control(neurons: NeuronSet, n_neurons: int, seed: int, label: str) -> NeuronSet:
     """As many random neurons per layer as ``neurons`` has, none of them, drawn with a seed derived
     from ``seed`` and ``label`` (so each language's control is fixed and independent)."""
@@ -309,6 +325,7 @@ class NeuronStage(Stage):
     activation_bar: float
     n_boot: int
     seed: int
+    controls: int = 1
     _stats: NeuronStats | None = field(default=None, init=False, repr=False)
 
     @property
@@ -336,7 +353,7 @@ class NeuronStage(Stage):
             return None
         stats = NeuronStats.load(self.stats_path)
         expected = self.stats_fingerprint()
-        if stats.fingerprint != expected:
+        if not same_fingerprint(stats.fingerprint or {}, expected):
             raise settings_mismatch(
                 f"{self.stats_path} holds neuron statistics", stats.fingerprint or {}, expected
             )
@@ -344,9 +361,10 @@ class NeuronStage(Stage):
 
     def check(self) -> Done:
         done = super().check()
-        for path, meta in self.store.index(LAPE_TABLE):
-            if self.store.fingerprint_of(path, meta) != self.fingerprint:
-                raise self.store.mismatch(LAPE_TABLE, meta["fingerprint"], self.fingerprint)  # type: ignore[index]
+        for table in (LAPE_TABLE, SETS_TABLE):
+            for path, meta in self.store.index(table):
+                if not same_fingerprint(self.store.fingerprint_of(path, meta), self.fingerprint):
+                    raise self.store.mismatch(table, meta["fingerprint"], self.fingerprint)  # type: ignore[index]
         self._saved()
         return done
 
@@ -378,15 +396,31 @@ class NeuronStage(Stage):
         own = self.selection[0][language]
         if kind == "lape":
             return own
-        return random_control(own, self.lm.anatomy.n_neurons, self.seed, language)
+        return random_control(own, self.lm.anatomy.n_neurons, self.seed, control_label(language, kind))
 
     def prepare(self) -> None:
-        """Count (or reuse) the activation statistics, select, and write the LAPE table (a table
-        already there passed :meth:`check`, so it was written from these very statistics)."""
-        if self.store.has_rows(LAPE_TABLE):
-            return
-        meta = {"stage": LAPE_TABLE, "fingerprint": self.fingerprint}
-        self.store.write_unit(LAPE_TABLE, "lape.parquet", self.lape_table(), meta)
+        """Count (or reuse) the activation statistics, select, and write the LAPE table and the neuron
+        sets the settings deactivate (tables already there passed :meth:`check`, so they were written
+        from these very statistics; sets of new settings are added)."""
+        if not self.store.has_rows(LAPE_TABLE):
+            meta = {"stage": LAPE_TABLE, "fingerprint": self.fingerprint}
+            self.store.write_unit(LAPE_TABLE, "lape.parquet", self.lape_table(), meta)
+        held = {key for _, meta in self.store.index(SETS_TABLE) for key in (meta or {}).get("settings", [])}
+        for setting in self.selected_settings():
+            if setting == BASELINE or setting_key(setting) in held:
+                continue
+            meta = {"stage": SETS_TABLE, "fingerprint": self.fingerprint, "settings": [setting_key(setting)]}
+            name = unit_name(self.ds.name, setting[0], 0, [], [setting[1]])
+            self.store.write_unit(SETS_TABLE, name, self.set_rows(*setting), meta)
+
+    def set_rows(self, language: str, kind: str) -> pd.DataFrame:
+        """One row per (layer, neuron) a setting deactivates."""
+        rows = [
+            {"ablated": language, "neurons": kind, "layer": layer, "neuron": int(j)}
+            for layer, idx in sorted(self.neuron_set(language, kind).items())
+            for j in idx
+        ]
+        return pd.DataFrame(rows, columns=["ablated", "neurons", "layer", "neuron"])
 
     def lape_table(self) -> pd.DataFrame:
         """One row per (layer, neuron, language) for every neuron kept by LAPE (specific or not)."""
@@ -432,14 +466,16 @@ class NeuronStage(Stage):
         base = rows[rows["neurons"] == "none"]
         cloze = "cloze_correct" in rows
         effects: dict[str, Any] = {}
+        controls = control_kinds(self.controls)
         for m in self.ablate:
             effects[m] = {}
-            for kind in KINDS:
+            for kind in ["lape", *controls]:
                 treated = rows[(rows["ablated"] == m) & (rows["neurons"] == kind)]
                 if treated.empty:
                     continue
                 entry = {
                     "n_neurons": int(treated["n_ablated"].iloc[0]),
+                    "neurons": {str(x): ids.tolist() for x, ids in sorted(self.neuron_set(m, kind).items())},
                     "letters": metrics.paired_effects(
                         base, treated, pivot, n_boot=self.n_boot, seed=self.seed, scores_col="label_logprobs"
                     ),
@@ -450,6 +486,9 @@ class NeuronStage(Stage):
                         correct_col="cloze_correct", ranks_col="cloze_ranks", scores_col="cloze_norm",
                     )  # fmt: skip
                 effects[m][kind] = entry
+            drawn = [effects[m][k] for k in controls if k in effects[m]]
+            if "lape" in effects[m] and drawn:
+                effects[m]["lape"]["controls"] = _against_controls(effects[m]["lape"], drawn)
         summary = {
             "languages": self.languages,
             "ablated_languages": self.ablate,
@@ -466,6 +505,9 @@ class NeuronStage(Stage):
             "n_specific": {lang: _count(per) for lang, per in selected.items()},
             "overlap": _overlap(selected, self.languages),
             "effects": effects,
+            "controls": self.controls,
+            # the gold score of cloze effects is the gold answer's cloze score under this normalisation
+            "cloze_norm": self.opts.cloze_norm if cloze else None,
             "n_boot": self.n_boot,
             "seed": self.seed,
             # drawn by the report part (crosslens.stages.neurons.report)
@@ -473,6 +515,26 @@ class NeuronStage(Stage):
         }
         self.store.write_json(SUMMARY, metrics.to_jsonable(summary))
         return summary
+
+
+def _against_controls(lape: Mapping[str, Any], drawn: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per form (letters, cloze), language and measure, the LAPE set's change against the changes the
+    K random sets cause (:func:`crosslens.scoring.metrics.against_controls`: mean, sd, empirical p)."""
+    out: dict[str, Any] = {"n": len(drawn)}
+    for form in ("letters", "cloze"):
+        if form not in lape:
+            continue
+        out[form] = {
+            lang: {
+                key: metrics.against_controls(
+                    effect[key]["delta"], [c[form][lang][key]["delta"] for c in drawn if key in c[form][lang]]
+                )
+                for key in GOLD_METRICS
+                if key in effect
+            }
+            for lang, effect in lape[form].items()
+        }
+    return out
 
 
 def _overlap(selected: Mapping[str, NeuronSet], languages: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -495,9 +557,11 @@ def neuron_stage(
     n_boot: int = DEFAULTS.n_boot,
     seed: int = 0,
     opts: EvalOptions = EvalOptions(),
+    controls: int = DEFAULTS.controls,
 ) -> NeuronStage:
     """Language-specific neurons of ``lm`` on ``ds`` and their ablation, into ``out``, planned but
     not run (the statistics are counted when it begins)."""
+    check_seed(seed)
     from crosslens.store import Store
 
     section = NeuronsConfig(
@@ -507,6 +571,7 @@ def neuron_stage(
         filter_rate=filter_rate,
         activation_bar=activation_bar,
         n_boot=n_boot,
+        controls=controls,
     )  # fmt: skip  (validates the values like a config or the CLI would)
     languages = list(ds.languages)
     precheck_data(section, ds)
@@ -534,7 +599,7 @@ def neuron_stage(
         "text_items": find,
         "text": "item passage + question + choices, no template; held out of the evaluation",
     }
-    settings = [BASELINE] + [(m, kind) for m in ablate for kind in KINDS]
+    settings = [BASELINE] + [(m, kind) for m in ablate for kind in ["lape", *control_kinds(controls)]]
     return NeuronStage(
         ds=ds,
         table=TABLE,
@@ -555,6 +620,7 @@ def neuron_stage(
         activation_bar=activation_bar,
         n_boot=n_boot,
         seed=seed,
+        controls=controls,
     )
 
 
@@ -564,7 +630,7 @@ def build(ctx: JobContext) -> NeuronStage:
     assert isinstance(n, NeuronsConfig)
     return neuron_stage(
         ctx.lm, ctx.data, ctx.out, n.ablate, n.n_text_items, n.top_rate, n.filter_rate, n.activation_bar,
-        n.n_boot, ctx.seed, ctx.eval_options(),
+        n.n_boot, ctx.seed, ctx.eval_options(), n.controls,
     )  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from crosslens.data.prompts import get_template
 from crosslens.data.schema import ParallelDataset
 from crosslens.data.scripts import script_of
 from crosslens.models.loading import LoadedModel
-from crosslens.options import OptionError
+from crosslens.options import OptionError, check_seed
 from crosslens.stages.activations import Activations, SampleStage
 from crosslens.stages.api import runner
 from crosslens.stages.base import Unit
@@ -93,6 +93,7 @@ def pca_stage(
     seed: int = 0,
 ) -> PcaStage:
     """PCA of ``lm`` on ``ds`` into ``out``, planned but not run."""
+    check_seed(seed)
     if n_items < 2:
         raise OptionError("n_items", f"must be >= 2 (a projection needs two points), got {n_items}")
     layers = lm.anatomy.check_layers(layers)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from crosslens.data.schema import ParallelDataset
-from crosslens.options import Cli, OptionError, Options
+from crosslens.options import MAX_BOOT, Cli, OptionError, Options
 
 if TYPE_CHECKING:
     from crosslens.stages.context import Plan, Settings
@@ -32,7 +32,9 @@ class SimilarityConfig(Options):
         Literal["last", "mean"],
         Field(description="last: the last prompt token's state; mean: the mean over the prompt"),
     ] = "last"
-    n_boot: Annotated[int, Field(ge=0, description="bootstrap replicates over items for the CIs")] = 1000
+    n_boot: Annotated[
+        int, Field(ge=0, le=MAX_BOOT, description="bootstrap replicates over items for the CIs")
+    ] = 1000
     matrix_layer: Annotated[
         int | None,
         Field(ge=0, description="layer of the pairwise CKA matrix figure (default: the middle one)"),

@@ -16,7 +16,7 @@ import pandas as pd
 from crosslens.data.prompts import get_template
 from crosslens.data.schema import ParallelDataset
 from crosslens.models.loading import LoadedModel
-from crosslens.options import OptionError
+from crosslens.options import OptionError, check_seed
 from crosslens.scoring import metrics
 from crosslens.stages.activations import POOLS, Activations, SampleStage
 from crosslens.stages.api import runner
@@ -162,6 +162,7 @@ def similarity_stage(
     matrix_layer: int | None = None,
 ) -> SimilarityStage:
     """Representation similarity of ``lm`` on ``ds`` into ``out``, planned but not run."""
+    check_seed(seed)
     if pool not in POOLS:
         raise OptionError("pool", f"must be one of {', '.join(POOLS)}, got {pool!r}")
     if n_items < 4:

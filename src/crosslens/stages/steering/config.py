@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from crosslens.data.schema import ParallelDataset
-from crosslens.options import Cli, OptionError, Options, csv, csv_floats, csv_ints, first_error
+from crosslens.options import MAX_CONTROLS, Cli, OptionError, Options, csv, csv_floats, csv_ints, first_error
 from crosslens.scoring.options import CLOZE_NORMS
 
 if TYPE_CHECKING:
@@ -56,7 +56,11 @@ class SteeringConfig(Options):
     n_vectors: Annotated[int, Field(ge=1, description="items the vectors are built from (held out)")] = 50
     controls: Annotated[
         int,
-        Field(ge=0, description="random directions of each vector's norm (+ the wrong language's vector)"),
+        Field(
+            ge=0,
+            le=MAX_CONTROLS,
+            description="random directions of each vector's norm (+ the wrong language's vector)",
+        ),
     ] = 0
     positions: Annotated[
         list[Literal["last", "all"]],

@@ -15,6 +15,7 @@ import torch
 from crosslens.data.prompts import Template, get_template, render
 from crosslens.data.schema import ParallelDataset
 from crosslens.models.loading import LoadedModel
+from crosslens.options import check_seed
 from crosslens.scoring.answers import cloze_fields, label_fields
 from crosslens.scoring.choices import LabelPlan, encode_continuation, label_plan, require_finite
 from crosslens.scoring.options import EvalOptions
@@ -210,6 +211,7 @@ def steer_stage(
     vector (when two or more languages are steered), through the same grid. ``positions``: where
     gamma * v is added, ``last`` (the last prompt token, the paper's) and / or ``all``.
     """
+    check_seed(seed)
     section = check_steering(layers, gammas, n_vectors, controls, positions, opts, ds)
     layers = lm.anatomy.check_layers(section.layers)
     positions = list(dict.fromkeys(section.positions))

@@ -4,7 +4,6 @@ grid, and the random controls' null."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -73,23 +72,6 @@ def _add_paired_tests(df: pd.DataFrame, per: dict[Setting, dict], pivot: str, n_
             values[f"{prefix}p_holm"] = adjusted
 
 
-def _null(effect: float, null: list[float]) -> dict[str, Any]:
-    """The effect against the controls' effects: their mean and spread, and the two-sided empirical
-    p-value (1 + #{|null| >= |effect|}) / (K + 1)."""
-    v = np.array([x for x in null if not np.isnan(x)], dtype=float)
-    out: dict[str, Any] = {
-        "effect": effect,
-        "null_mean": math.nan,
-        "null_std": math.nan,
-        "p_empirical": math.nan,
-    }
-    if v.size and not np.isnan(effect):
-        out["null_mean"] = float(v.mean())
-        out["null_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
-        out["p_empirical"] = (1 + int(np.sum(np.abs(v) >= abs(effect) - 1e-12))) / (v.size + 1)
-    return out | {"n": int(v.size)}
-
-
 def _add_controls(
     df: pd.DataFrame, per: dict[Setting, dict], pivot: str, keys: list[str]
 ) -> dict[Setting, dict]:
@@ -110,11 +92,13 @@ def _add_controls(
             deltas = {m: langs[m][key] - base[m][key] for m in langs}
             null = {c: {m: ctl[c][m][key] - base[m][key] for m in langs} for c in names}
             for m in langs:
-                langs[m].setdefault("controls", {})[key] = _null(deltas[m], [null[c][m] for c in randoms])
+                null_m = [null[c][m] for c in randoms]
+                langs[m].setdefault("controls", {})[key] = metrics.against_controls(deltas[m], null_m)
                 if WRONG_LANGUAGE in null:
                     langs[m].setdefault("wrong_language", {})[key] = null[WRONG_LANGUAGE][m]
             mean = float(np.nanmean(list(deltas.values())))
-            setting[key] = _null(mean, [float(np.nanmean(list(null[c].values()))) for c in randoms])
+            means = [float(np.nanmean(list(null[c].values()))) for c in randoms]
+            setting[key] = metrics.against_controls(mean, means)
             if WRONG_LANGUAGE in null:
                 setting["wrong_language"][key] = float(np.nanmean(list(null[WRONG_LANGUAGE].values())))
         out[(layer, g, where)] = setting

@@ -18,7 +18,13 @@ from crosslens.models.loading import LoadedModel
 from crosslens.stages.activations import collect_activations
 from crosslens.stages.fingerprints import data_fingerprint
 from crosslens.stages.sampling import items_digest
-from crosslens.store import RunMismatchError, atomic_write_bytes, no_fingerprint, settings_mismatch
+from crosslens.store import (
+    RunMismatchError,
+    atomic_write_bytes,
+    no_fingerprint,
+    same_fingerprint,
+    settings_mismatch,
+)
 
 __all__ = ["SteeringVectors", "build_vectors", "vectors_fingerprint", "VECTORS_FILE"]
 
@@ -69,7 +75,7 @@ class SteeringVectors:
 
     def check(self, path: Path, fingerprint: dict[str, Any], digests: dict[str, str]) -> None:
         """Refuse vectors made for another model, prompt, data or item sample (one line)."""
-        if self.fingerprint != fingerprint:
+        if not same_fingerprint(self.fingerprint, fingerprint):
             raise settings_mismatch(f"{path} holds steering vectors", self.fingerprint, fingerprint)
         changed = sorted(m for m in self.digests if m in digests and self.digests[m] != digests[m])
         if changed:
