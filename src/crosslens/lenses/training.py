@@ -314,8 +314,8 @@ def train_lens(
     wanted = _settings_doc(settings, layers, corpus)
     if (folder / LENS_FILE).is_file():
         doc = read_info(folder)
-        check_model(doc["model"], lm, folder)
-        _check_same({k: doc["training"].get(k) for k in wanted}, wanted, folder)
+        check_model(doc.model.model_dump(exclude_unset=True), lm, folder)
+        _check_same({k: doc.training.get(k) for k in wanted}, wanted, folder)
         lens = load_lens(parse_lens(f"tuned:{folder}"), lm)
         assert isinstance(lens, TunedLens)
         return lens

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import torch
 
 from crosslens.errors import CrosslensError
+from crosslens.files import Schema, read_json
 from crosslens.models.anatomy import Anatomy, family_for
 from crosslens.models.devices import DTYPE_NAMES, bf16_units, check_device, dtype_name
 from crosslens.models.options import ModelOptions
@@ -286,8 +287,8 @@ def _resolve(spec: ModelSpec) -> tuple[str, str, dict[str, str]]:
     if spec.kind in ("alias", "gguf"):
         gguf_path = ALIASES[spec.location]() if spec.kind == "alias" else Path(spec.location)
         folder = convert_gguf(gguf_path)
-        meta = json.loads((folder / "crosslens.json").read_text())
-        return str(folder), f"sha256:{meta['sha256']}", {"gguf": str(gguf_path), "cache": str(folder)}
+        meta = read_json(folder / "crosslens.json", ConversionMarker)
+        return str(folder), f"sha256:{meta.sha256}", {"gguf": str(gguf_path), "cache": str(folder)}
     if spec.kind == "local":
         folder = Path(spec.location)
         if not folder.is_dir():
@@ -369,7 +370,21 @@ def load_model(
     )
 
 
+class ConversionMarker(Schema):
+    """``crosslens.json`` in a converted GGUF's cache folder: which file, with which bytes."""
+
+    gguf: str
+    sha256: str
+
+
 # -- model depth without weights ----------------------------------------------------------------------
+class ModelConfigFile(Schema):
+    """A model folder's ``config.json``, as far as crosslens reads it before loading: its depth."""
+
+    num_hidden_layers: int | None = None
+    text_config: ModelConfigFile | None = None  # a multimodal config keeps its decoder's here
+
+
 def _depth_from_config(cfg: dict[str, Any]) -> int | None:
     for c in (cfg, cfg.get("text_config") or {}):
         if isinstance(c.get("num_hidden_layers"), int):
@@ -382,8 +397,9 @@ def _gguf_depth(path: Path) -> int:
     root = cache_root()
     for marker in root.glob("*/crosslens.json") if root.is_dir() else ():
         try:
-            if json.loads(marker.read_text()).get("gguf") == str(path):
-                depth = _depth_from_config(json.loads((marker.parent / "config.json").read_text()))
+            if read_json(marker, ConversionMarker).gguf == str(path):
+                config = read_json(marker.parent / "config.json", ModelConfigFile)
+                depth = _depth_from_config(config.model_dump())
                 if depth is not None:
                     return depth
         except (OSError, ValueError):
@@ -412,7 +428,7 @@ def model_depth(spec: str) -> int | None:
         folder = Path(parsed.location)
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{spec} is not a model folder (no config.json)")
-        return _depth_from_config(json.loads((folder / "config.json").read_text()))
+        return _depth_from_config(read_json(folder / "config.json", ModelConfigFile).model_dump())
     if parsed.kind == "name":
         raise parsed.unknown()
     name, revision = parsed.location, parsed.revision
