@@ -173,8 +173,10 @@ def describe(exc: ValidationError) -> str:
     elif kind in _BOUNDS:
         bound = next(iter(err.get("ctx", {}).values()), "?")
         problem = f"expected a value {_BOUNDS[kind]} {bound}, got {_shown(given)}"
-    elif kind == "too_short":
-        problem = f"expected at least {err.get('ctx', {}).get('min_length', 1)} entries, got {_shown(given)}"
+    elif kind in ("too_short", "too_long"):
+        ctx = err.get("ctx", {})
+        bound = f"at least {ctx.get('min_length')}" if kind == "too_short" else f"at most {ctx.get('max_length')}"
+        problem = f"expected {bound} of them, got {ctx.get('actual_length')}"
     else:
         msg = err["msg"].removeprefix("Value error, ")
         if kind == "value_error" and not err["loc"]:

@@ -60,6 +60,7 @@ __all__ = [
     "corpus_from_files",
     "corpus_from_dataset",
     "train_lens",
+    "check_lens_folder",
     "default_layers",
 ]
 
@@ -294,6 +295,14 @@ def _check_same(recorded: dict[str, Any], wanted: dict[str, Any], folder: Path) 
     )
 
 
+def check_lens_folder(folder: Path) -> None:
+    """A lens folder holds a lens: refuse one holding results (run.json, a stage's Parquet tables)."""
+    if Store(folder).run_path.is_file() or any(folder.glob("*/*.parquet")):
+        raise LensError(
+            f"{folder} holds crosslens results, not a lens; train the lens into a folder of its own"
+        )
+
+
 def train_lens(
     lm: LoadedModel,
     corpus: Corpus,
@@ -308,6 +317,7 @@ def train_lens(
     """
     settings = resolve_head_dtype(settings, str(lm.device))
     folder = Path(folder)
+    check_lens_folder(folder)
     layers = lm.anatomy.check_layers(
         settings.layers if settings.layers is not None else default_layers(lm.anatomy.n_layers)
     )

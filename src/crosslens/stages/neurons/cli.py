@@ -28,20 +28,15 @@ def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
         + ", ".join(f"{m} {n}" for m, n in summary["n_specific"].items()),
         highlight=False,
     )
-    pivot = summary["pivot"]
+    pivot = summary["pivot"]  # None: no English items, so no consistency with them
+    if pivot is None:
+        out_console.print("no English pivot in this run: consistency with it is not measured")
     for score in ("cloze", "letters"):
         table = Table(
             title=f"deactivating a language's neurons: paired change in that language ({score}, 95 % CI)"
         )
-        for col in (
-            "ablated",
-            "neurons",
-            "n",
-            "Δ acc (points)",
-            "p McNemar",
-            "Δ gold score",
-            f"Δ cons. w/ {pivot}",
-        ):
+        columns = ["ablated", "neurons", "n", "Δ acc (points)", "p McNemar", "Δ gold score"]
+        for col in columns + ([f"Δ cons. w/ {pivot}"] if pivot else []):
             table.add_column(col, justify="right")
         for m, kinds in summary["effects"].items():
             for kind, e in kinds.items():
@@ -55,7 +50,7 @@ def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
                     _change(own["accuracy"], 100.0, 1),
                     f"{own['accuracy']['p_mcnemar']:.2g}",
                     _change(own["gold_score"], 1.0, 2),
-                    _change(own.get("consistency_pivot"), 1.0, 2),
+                    *([_change(own.get("consistency_pivot"), 1.0, 2)] if pivot else []),
                 )
         if table.row_count:
             out_console.print(table)

@@ -185,7 +185,7 @@ def _tables(n: Mapping[str, Any]) -> list[Table]:
             rows,
         )
     ]
-    pivot = n.get("pivot") or "en"
+    pivot = n.get("pivot") or "pivot"  # none: the columns anchored on English are empty
     rows = []
     for m, kinds in n["effects"].items():
         for kind, e in kinds.items():
