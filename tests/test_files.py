@@ -392,6 +392,23 @@ def test_a_model_config_that_is_a_list(
     assert not out.exists()
 
 
+def test_a_damaged_run_json_is_refused_before_the_model_loads(
+    saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text('{"stages": {"records": {"model": "tiny"}}}')
+    before = snapshot(out)
+    line = one_error(
+        ["eval", "-m", str(saved_model), "-d", "jsonl", "--data-dir", str(toy_jsonl_dir), "-o", str(out)],
+        capsys,
+    )
+    assert f'{out / "run.json"}: stages.records.model: expected an object, got "tiny"' in line
+    assert snapshot(out) == before
+
+
 def test_metrics_with_a_damaged_run_json(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = json.loads((results / "run.json").read_text())
     del run["stages"]["records"]["dataset"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from crosslens.data.loaders import read_belebele, read_mmlu_csvs
-from crosslens.files import FileFormatError
 from crosslens.data.registry import load_dataset
 from crosslens.data.schema import DataError
+from crosslens.files import FileFormatError
 
 SHARED = Path(
     os.environ.get("CROSSLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -175,7 +175,9 @@ def describe(exc: ValidationError) -> str:
         problem = f"expected a value {_BOUNDS[kind]} {bound}, got {_shown(given)}"
     elif kind in ("too_short", "too_long"):
         ctx = err.get("ctx", {})
-        bound = f"at least {ctx.get('min_length')}" if kind == "too_short" else f"at most {ctx.get('max_length')}"
+        bound = (
+            f"at least {ctx.get('min_length')}" if kind == "too_short" else f"at most {ctx.get('max_length')}"
+        )
         problem = f"expected {bound} of them, got {ctx.get('actual_length')}"
     else:
         msg = err["msg"].removeprefix("Value error, ")

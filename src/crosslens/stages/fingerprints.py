@@ -55,5 +55,6 @@ def precheck_folder(
     data source or prompt template (``template``: name or text, None for the dataset's)."""
     expected = prompt_fingerprint(spec, dtype, ds, get_template(template or ds.template))
     store = Store(out)
+    store.read_run()  # a damaged run.json is refused now, not once the model has loaded
     for table in tables:
         store.precheck(table, expected)
