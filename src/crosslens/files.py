@@ -156,7 +156,9 @@ def _shown(value: Any) -> str:
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    """A pydantic error location as the key path in the file (``a.b[2].c``; pydantic's ``[key]``
+    marks a mapping's key itself as the problem, which the message says)."""
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc if p != "[key]").lstrip(".")
     return key or "(top level)"
 
 
