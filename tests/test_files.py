@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import tiny_model
 from crosslens.cli import main
@@ -26,7 +27,7 @@ from crosslens.experiment.config import ConfigError, load_config
 from crosslens.files import FileFormatError
 from crosslens.lenses.kinds import LensError, load_lens, precheck_lens
 from crosslens.lenses.lens import LensInfo, TunedLens, model_identity
-from crosslens.models.loading import model_depth
+from crosslens.models.loading import model_depth, sha256_file
 from crosslens.stages.reporting import ResultFolder
 from crosslens.store import Store
 
@@ -267,13 +268,24 @@ def test_a_binary_config_names_its_file(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_non_finite_lens_weights_blame_the_lens_file(tmp_path: Path) -> None:
+def test_non_finite_lens_weights_blame_the_lens_not_the_model(tmp_path: Path) -> None:
     lm = tiny_model("llama")
     lens = TunedLens(lm.anatomy, [1], LensInfo(model_identity(lm), [1]))
     with torch.no_grad():
         lens.translators["1"].weight[0, 0] = float("nan")
-    lens.save(tmp_path / "lens")
-    with pytest.raises(LensError, match=r"1\.weight holds NaN or infinite values; the lens file is bad"):
+    with pytest.raises(LensError, match=r"translators\.1\.weight is not finite \(training diverged"):
+        lens.save(tmp_path / "lens")
+    assert not (tmp_path / "lens").exists()
+    with torch.no_grad():
+        lens.translators["1"].weight[0, 0] = 0.0
+    lens.save(tmp_path / "lens")  # then its file is damaged
+    weights = tmp_path / "lens" / "lens.safetensors"
+    tensors = load_file(weights)
+    tensors["translators.1.bias"][3] = float("inf")
+    save_file(tensors, weights)
+    doc = json.loads((tmp_path / "lens" / "lens.json").read_text())
+    (tmp_path / "lens" / "lens.json").write_text(json.dumps({**doc, "weights_sha256": sha256_file(weights)}))
+    with pytest.raises(LensError, match=r"1\.bias holds NaN or infinite values; the lens file is bad"):
         load_lens(f"tuned:{tmp_path / 'lens'}", lm)
 
 

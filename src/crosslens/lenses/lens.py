@@ -221,9 +221,17 @@ class TunedLens(Lens):
         }
 
     def save(self, folder: Path) -> None:
-        """Write ``lens.safetensors`` then ``lens.json`` (atomically; the json names the weights' hash)."""
+        """Write ``lens.safetensors`` then ``lens.json`` (atomically; the json names the weights' hash).
+        Weights that are not finite are never written: readings through them would blame the model."""
+        tensors = self.tensors()
+        bad = next((name for name, t in tensors.items() if not torch.isfinite(t).all()), None)
+        if bad is not None:
+            raise LensError(
+                f"{folder}: the tuned lens's {bad} is not finite (training diverged: lower the "
+                "learning rate); not saved"
+            )
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / LENS_WEIGHTS, save(self.tensors()))
+        atomic_write_bytes(folder / LENS_WEIGHTS, save(tensors))
         self.sha256 = sha256_file(folder / LENS_WEIGHTS)
         doc = {
             "format": FORMAT,
