@@ -100,7 +100,7 @@ def test_stages_beginning_at_once_keep_every_fingerprint(tmp_path):
     stages = [f"stage{i}" for i in range(16)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda s: store.begin(s, {"stage": s}, {}), stages * 4))
-    assert sorted(store.read_run()["stages"]) == sorted(stages)
+    assert sorted(store.read_run().stages) == sorted(stages)
 
 
 def test_cli_eval_and_metrics(tmp_path, tiny_llama_dir, toy_jsonl_dir, capsys):

@@ -13,6 +13,7 @@ import pytest
 from crosslens.data.loaders import read_belebele, read_mmlu_csvs
 from crosslens.data.registry import load_dataset
 from crosslens.data.schema import DataError
+from crosslens.files import FileFormatError
 
 SHARED = Path(
     os.environ.get("CROSSLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -280,7 +281,7 @@ def test_not_utf8(tmp_path):
 
 
 def test_unreadable_file(tmp_path):
-    with pytest.raises(DataError, match=r"missing\.jsonl: cannot read file"):
+    with pytest.raises(FileFormatError, match=r"missing\.jsonl: cannot read file"):
         read_belebele(tmp_path / "missing.jsonl", "eng_Latn")
 
 

@@ -40,9 +40,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crosslens.errors import CrosslensError
+from crosslens.files import Schema, read_json
 
 __all__ = [
     "Store",
+    "RunFile",
+    "RunStage",
     "RunMismatchError",
     "StoreBusyError",
     "OutputPathError",
@@ -59,6 +62,58 @@ __all__ = [
 ]
 
 SHARD_META = b"crosslens"  # Parquet metadata key of a shard's provenance
+
+
+class FewShot(Schema):
+    k: int
+    source: str
+    items: list[str]
+
+
+class Fingerprint(Schema):
+    """The keys of a stage's fingerprint that are read back (the report's run metadata); a stage
+    records more, kept as they are."""
+
+    dataset: str | None = None
+    fewshot: FewShot | None = None
+    cloze: bool = True
+
+
+class ModelEntry(Schema):
+    """What a stage records of its model (``LoadedModel.describe``); the report shows the rest as text."""
+
+    spec: str
+    model_type: str | None = None
+
+
+class LabelTokens(Schema):
+    form: str
+    tokens: list[str]
+
+
+class Selection(Schema):
+    items: list[str]
+    settings: list[Any] = []
+
+
+class RunStage(Schema):
+    """One stage's entry of ``run.json``: its fingerprint and provenance (keys read back typed)."""
+
+    fingerprint: Fingerprint = Fingerprint()
+    model: ModelEntry | None = None
+    dataset: str | None = None
+    languages: list[str] | None = None
+    pivot: str | None = None
+    layers: list[int] | None = None
+    label_tokens: LabelTokens | None = None
+    selection: Selection | None = None
+    command: str | None = None
+
+
+class RunFile(Schema):
+    """``run.json``: provenance and one fingerprint per stage (table name -> entry)."""
+
+    stages: dict[str, RunStage] = {}
 
 
 class RunMismatchError(CrosslensError, RuntimeError):
@@ -203,8 +258,9 @@ class Store:
     def run_path(self) -> Path:
         return self.root / "run.json"
 
-    def read_run(self) -> dict[str, Any]:
-        return json.loads(self.run_path.read_text()) if self.run_path.is_file() else {}
+    def read_run(self) -> RunFile:
+        """``run.json`` through its schema (empty where none was written yet)."""
+        return read_json(self.run_path, RunFile) if self.run_path.is_file() else RunFile()
 
     def begin(self, stage: str, fingerprint: dict[str, Any], meta: dict[str, Any]) -> None:
         """Record the fingerprint and provenance of ``stage`` in run.json (after the stage's checks).
@@ -218,7 +274,7 @@ class Store:
         with open(self.root / ".run.json.lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
-                run = self.read_run()
+                run = self.read_run().model_dump(exclude_unset=True)
                 run.setdefault("stages", {})[stage] = {"fingerprint": fingerprint, **meta}
                 self.remove_stale_temporaries(stage)
                 atomic_write_text(self.run_path, json.dumps(run, indent=2, default=str) + "\n")
@@ -229,9 +285,6 @@ class Store:
         path = self.root / name
         atomic_write_text(path, json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
         return path
-
-    def read_json(self, name: str) -> Any:
-        return json.loads((self.root / name).read_text())
 
     # -- tables -------------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 from crosslens.data.schema import LETTERS, DataError, Item
+from crosslens.files import Schema, json_records, read_text, validate
 
 Sources = dict[str, Callable[[], "Table"]]
 """Language code -> a function that reads that language's items."""
@@ -96,51 +98,14 @@ class _Row:
 
 
 # ---------------------------------------------------------------- raw file access
-
-
-def _read_text(path: Path) -> str:
-    """The file as text; non-UTF-8 bytes are an error (with line number), never replaced."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path} line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
-
-
-def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, record) for a JSON list file or a JSON-lines file (blank lines skipped).
-
-    JSON Lines separates records by ``\n`` only: U+2028, U+0085 and other characters that
-    ``str.splitlines`` would split on are legal inside a JSON string.
-    """
-    text = _read_text(path)
-    if text.lstrip().startswith("["):
-        for k, raw in enumerate(_parse_json(text, f"{path}"), 1):
-            yield f"{path} record {k}", raw
-        return
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            yield f"{path} line {n}", _parse_json(line.removesuffix("\r"), f"{path} line {n}")
-
-
-def _parse_json(text: str, where: str) -> Any:
-    """json.loads with its failures (bad syntax, nesting too deep for the parser) as one DataError line."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        at = f"line {e.lineno}" if "line" not in where else f"column {e.colno}"
-        raise DataError(f"{where}: invalid JSON ({e.msg} at {at})") from None
-    except RecursionError:
-        raise DataError(f"{where}: JSON nested too deeply to read") from None
+# Text and JSON are read by :mod:`crosslens.files` (one FileFormatError line for unreadable files, bytes
+# that are not UTF-8 and invalid JSON); the fields of a release's records are checked by ``_Row``,
+# which its CSV, Parquet and Hub rows share.
 
 
 def _csv_rows(path: Path, **fmt: Any) -> Iterator[tuple[str, list[str]]]:
     """(location, row) with the line number where each (possibly multi-line) record starts."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), **fmt)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), **fmt)
     start = 1
     try:
         for row in reader:
@@ -192,7 +157,7 @@ def _table(language: str, source: str, rows: Iterable[_Row], parse: Callable[[_R
 
 
 def _json_rows(path: Path) -> Iterator[_Row]:
-    return (_Row(raw, where) for where, raw in _json_records(path))
+    return (_Row(raw, where) for where, raw in json_records(path))
 
 
 def resource_dir(name: str) -> Path:
@@ -691,37 +656,53 @@ def xcopa_hub(split: str | None, dataset: str) -> Sources:
 # ---------------------------------------------------------------- generic jsonl
 
 
-def _generic_item(row: _Row, language: str, dataset: str) -> Item:
-    raw_id = row.value("id")
-    row.item_id = str(raw_id) if isinstance(raw_id, int) and not isinstance(raw_id, bool) else row.text("id")
-    choices = row.value("choices")
-    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-        raise row.error("field 'choices' must be a list of strings")
-    return row.item(
-        dataset=dataset,
-        item_id=row.item_id,
-        language=language,
-        question=row.text("question"),
-        choices=tuple(choices),
-        gold=row.integer("answer"),
-        context=row.text("context") if row.has("context") else None,
-    )
+def _text_id(value: Any) -> Any:
+    """An integer id is the item id it spells (``"id": 7`` is item ``'7'``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _index(value: Any) -> Any:
+    """An answer index written as text (``"2"``) is that number."""
+    return int(value) if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value) else value
+
+
+class JsonlRecord(Schema):
+    """One record of the generic format: ``{id, question, choices, answer[, context][, language]}``."""
+
+    id: Annotated[str, BeforeValidator(_text_id)]
+    question: str
+    choices: list[str]
+    answer: Annotated[int, BeforeValidator(_index)]
+    context: str | None = None
+    language: str | None = None  # in a single file holding every language
+
+
+def _generic_item(record: JsonlRecord, where: str, language: str, dataset: str) -> Item:
+    try:
+        return Item(dataset=dataset, item_id=record.id, language=language, question=record.question,
+                    choices=tuple(record.choices), gold=record.answer, context=record.context)  # fmt: skip
+    except DataError as e:
+        raise DataError(f"{where} (item {record.id!r}): {e}") from None
 
 
 def read_jsonl(path: Path, language: str, dataset: str = "jsonl") -> Table:
     """One ``<lang>.jsonl`` in the generic format ({id, question, choices, answer[, context]})."""
-    return _table(
-        language, str(path), _json_rows(path), partial(_generic_item, language=language, dataset=dataset)
-    )
+    table = Table(language, str(path))
+    for where, raw in json_records(path):
+        table.add(_generic_item(validate(raw, JsonlRecord, where), where, language, dataset), where)
+    return table
 
 
 def _split_by_language(path: Path, dataset: str) -> dict[str, Table]:
     """One generic jsonl file whose lines carry a 'language' field, split into per-language tables."""
     tables: dict[str, Table] = {}
-    for row in _json_rows(path):
-        lang = row.text("language").strip()
+    for where, raw in json_records(path):
+        record = validate(raw, JsonlRecord, where)
+        lang = (record.language or "").strip()
+        if not lang:
+            raise DataError(f"{where}: language: required in a file of every language")
         table = tables.setdefault(lang, Table(lang, str(path)))
-        table.add(_generic_item(row, lang, dataset), row.where)
+        table.add(_generic_item(record, where, lang, dataset), where)
     if not tables:
         raise DataError(f"{path}: file has no items")
     return tables

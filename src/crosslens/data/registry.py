@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from crosslens.data import loaders as L
 from crosslens.data.schema import LETTERS, DataError, ParallelDataset
+from crosslens.files import FileFormatError
 
 if TYPE_CHECKING:
     from crosslens.data.loaders import Sources, Table
@@ -178,7 +179,7 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}{hint} (known: {', '.join(specs)})")
     try:
         return _load(specs[name], languages, data_dir, strict, split, pivot_file, pivot)
-    except DataError as e:
+    except (DataError, FileFormatError) as e:
         raise DataError(f"{name}: {e}") from None
 
 

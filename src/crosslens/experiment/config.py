@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from crosslens.data.options import DatasetConfig
 from crosslens.errors import CrosslensError
+from crosslens.files import FileFormatError, read_text
 from crosslens.models.loading import ModelLoadError, load_with, model_depth
 from crosslens.models.options import ModelOptions
 from crosslens.options import OptionError, Options, describe_yaml
@@ -169,9 +170,9 @@ def load_config(path: str | Path, check_models: bool = True) -> ExperimentConfig
     """Read and fully validate a YAML config (``check_models=False`` skips reading model depths)."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        data = yaml.load(read_text(path), Loader=_UniqueKeyLoader)
+    except FileFormatError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from crosslens import __version__
+from crosslens.files import Schema, read_json
 from crosslens.render.tables import Table
+from crosslens.scoring import RECORDS
 from crosslens.stages.reporting import (
     Figure,
     ReportPart,
@@ -34,9 +35,17 @@ from crosslens.stages.reporting import (
 )
 from crosslens.store import atomic_write_text
 
-__all__ = ["write_report", "folder_sections", "summary_tables", "meta_table", "EXPERIMENT_FILE"]
+__all__ = ["write_report", "folder_sections", "summary_tables", "meta_table", "EXPERIMENT_FILE", "Experiment"]
 
 EXPERIMENT_FILE = "experiment.json"
+
+
+class Experiment(Schema):
+    """``experiment.json``: the command and configuration of the run whose results the report shows."""
+
+    command: str = ""
+    config: dict[str, Any] = {}
+
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -120,9 +129,22 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _experiment(root: Path) -> dict[str, Any] | None:
+def _experiment(root: Path) -> Experiment | None:
     p = root / EXPERIMENT_FILE
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(p, Experiment) if p.is_file() else None
+
+
+def _no_results(root: Path) -> ValueError:
+    """Nothing to report: say so, or that a folder's evaluation summary can be rebuilt."""
+    records = sorted(p.parent.parent for p in root.glob(f"**/{RECORDS}/*.parquet"))
+    if records:
+        return ValueError(
+            f"{records[0]} holds {RECORDS}/ but no summary.json; rebuild it with `crosslens metrics "
+            f"{records[0]}`, then report"
+        )
+    return ValueError(
+        f"{root}: no crosslens results here (none of {', '.join(summary_files())} in it or below)"
+    )
 
 
 def write_report(root: str | Path) -> Path:
@@ -130,9 +152,7 @@ def write_report(root: str | Path) -> Path:
     root = Path(root)
     results = find_results(root)
     if not results:
-        raise ValueError(
-            f"{root}: no crosslens results here (none of {', '.join(summary_files())} in it or below)"
-        )
+        raise _no_results(root)
     experiment = _experiment(root)
     e = html.escape
     h = [
@@ -148,9 +168,9 @@ def write_report(root: str | Path) -> Path:
         "",
     ]
     if experiment:
-        cmd = experiment.get("command", "")
+        cmd = experiment.command
         config = yaml.safe_dump(
-            experiment.get("config", {}), sort_keys=False, allow_unicode=True, default_flow_style=None
+            experiment.config, sort_keys=False, allow_unicode=True, default_flow_style=None
         )
         h.append(
             f"<h2>Experiment</h2><p>Command:</p><pre>{e(cmd)}</pre><p>Configuration:</p><pre>{e(config)}</pre>"

@@ -16,7 +16,6 @@ file only with ``torch.load(weights_only=True)``, never an arbitrary pickle.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from crosslens.models.anatomy import family_for
 from crosslens.options import OptionError
 from crosslens.stages.steering.vectors import VECTORS_FILE, SteeringVectors
+from crosslens.store import Store, check_output
 
 __all__ = ["FORMATS", "hookpoint", "write_lmeval", "read_lmeval", "write_gguf", "read_gguf", "export_vectors"]
 
@@ -135,6 +135,11 @@ def export_vectors(
     """Export the steering vectors v(language -> en) of a steering result ``folder``."""
     if fmt not in FORMATS:
         raise OptionError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    if out.is_dir():
+        name = "vectors.pt" if fmt == "lm-eval" else "vectors.gguf"
+        raise OptionError("out", f"{out} is a folder; give the file to write (e.g. {out / name})")
+    check_output(out.parent, "--out")
     path = Path(folder) / VECTORS_FILE
     if not path.is_file():
         raise ValueError(f"{folder}: no {VECTORS_FILE} (run `crosslens steer` into it first)")
@@ -163,11 +168,11 @@ def export_vectors(
 
 
 def _model_type(folder: Path) -> str:
-    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-    model: dict[str, Any] = run.get("stages", {}).get("steer", {}).get("model", {})
-    if "model_type" not in model:
+    steer = Store(folder).read_run().stages.get("steer")
+    model_type = steer.model.model_type if steer is not None and steer.model is not None else None
+    if model_type is None:
         raise ValueError(f"{folder}: run.json does not say which model the vectors are for")
-    return str(model["model_type"])
+    return model_type
 
 
 def _atomic(path: Path, write: Any) -> Path:

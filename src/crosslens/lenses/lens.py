@@ -25,7 +25,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from crosslens.files import Schema, read_json
 from crosslens.lenses.kinds import LensError, LensSpec, load_lens, parse_lens
 from crosslens.models.anatomy import Anatomy
 from crosslens.models.loading import LoadedModel, sha256_file
@@ -49,6 +50,8 @@ __all__ = [
     "load_tuned",
     "precheck_tuned",
     "model_identity",
+    "LensFile",
+    "TunedLensConfig",
     "LENS_FILE",
     "LENS_WEIGHTS",
 ]
@@ -56,6 +59,42 @@ __all__ = [
 LENS_FILE = "lens.json"
 LENS_WEIGHTS = "lens.safetensors"
 FORMAT = "crosslens-lens/1"
+
+
+class LensModel(Schema):
+    """The model a lens was made for, as :func:`model_identity` records it."""
+
+    spec: str | None = None
+    revision: str | None = None
+    model_type: str | None = None
+    n_layers: int
+    d_model: int
+    unembed_sha256: str | None = None
+
+
+class LensFile(Schema):
+    """``lens.json``: the model, the trained layers, how and on what it was trained, validation KL."""
+
+    format: Literal["crosslens-lens/1"]
+    kind: str
+    source: str = "crosslens"
+    model: LensModel
+    layers: list[int]
+    weights_sha256: str
+    training: dict[str, Any] = {}
+    val_kl: dict[str, dict[str, float]] = {}
+
+
+class TunedLensConfig(Schema):
+    """The ``config.json`` the tuned-lens project saves beside ``params.pt`` (``TunedLensConfig``)."""
+
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    d_model: int
+    num_hidden_layers: int
+    bias: bool = True
+    lens_type: str = "linear_tuned_lens"
+    unembed_hash: str | None = None
 
 
 class Lens:
@@ -182,9 +221,17 @@ class TunedLens(Lens):
         }
 
     def save(self, folder: Path) -> None:
-        """Write ``lens.safetensors`` then ``lens.json`` (atomically; the json names the weights' hash)."""
+        """Write ``lens.safetensors`` then ``lens.json`` (atomically; the json names the weights' hash).
+        Weights that are not finite are never written: readings through them would blame the model."""
+        tensors = self.tensors()
+        bad = next((name for name, t in tensors.items() if not torch.isfinite(t).all()), None)
+        if bad is not None:
+            raise LensError(
+                f"{folder}: the tuned lens's {bad} is not finite (training diverged: lower the "
+                "learning rate); not saved"
+            )
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / LENS_WEIGHTS, save(self.tensors()))
+        atomic_write_bytes(folder / LENS_WEIGHTS, save(tensors))
         self.sha256 = sha256_file(folder / LENS_WEIGHTS)
         doc = {
             "format": FORMAT,
@@ -270,58 +317,42 @@ def _folder(spec: LensSpec) -> tuple[Path, str]:
     )
 
 
-def _tuned_lens_config(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LensError(f"cannot read {folder / 'config.json'}: {exc}") from None
+def _tuned_lens_config(folder: Path) -> TunedLensConfig:
+    return read_json(folder / "config.json", TunedLensConfig)
 
 
 def precheck_tuned(spec: LensSpec, n_layers: int | None) -> None:
     """Before the model loads: the folder holds a lens, made for a model of this depth (if known)."""
     folder, fmt = _folder(spec)
     if fmt == "crosslens":
-        depth = read_info(folder)["model"].get("n_layers")
+        depth = read_info(folder).model.n_layers
     else:
-        depth = _tuned_lens_config(folder).get("num_hidden_layers")
+        depth = _tuned_lens_config(folder).num_hidden_layers
     if n_layers is not None and depth != n_layers:
         raise LensError(f"lens {folder} was made for a model of {depth} layers; this one has {n_layers}")
 
 
-def read_info(folder: Path) -> dict[str, Any]:
-    """``lens.json`` of a crosslens lens folder, checked for the keys crosslens reads."""
-    path = folder / LENS_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LensError(f"cannot read {path}: {exc}") from None
-    missing = [k for k in ("format", "kind", "model", "layers", "weights_sha256") if k not in doc]
-    if not isinstance(doc, dict) or missing or doc["format"] != FORMAT:
-        raise LensError(f"{path} is not a crosslens lens file ({FORMAT}; missing {missing})")
-    return doc
+def read_info(folder: Path) -> LensFile:
+    """``lens.json`` of a crosslens lens folder, read through its schema."""
+    return read_json(folder / LENS_FILE, LensFile)
 
 
 def _load_crosslens(folder: Path, lm: LoadedModel) -> TunedLens:
     doc = read_info(folder)
-    check_model(doc["model"], lm, folder)
+    model = doc.model.model_dump(exclude_unset=True)
+    check_model(model, lm, folder)
     weights = folder / LENS_WEIGHTS
     if not weights.is_file():
         raise LensError(f"{folder}: {LENS_FILE} without {LENS_WEIGHTS} (an unfinished lens)")
     digest = sha256_file(weights)
-    if digest != doc["weights_sha256"]:
+    if digest != doc.weights_sha256:
         raise LensError(f"{weights} does not match the hash in {LENS_FILE} (changed or partly copied)")
     try:
         tensors = load_file(weights)
     except SafetensorError as exc:
         raise LensError(f"cannot load {weights}: {exc}") from None
-    info = LensInfo(
-        doc["model"],
-        doc["layers"],
-        doc.get("training", {}),
-        doc.get("val_kl", {}),
-        doc.get("source", "crosslens"),
-    )
-    lens = TunedLens(lm.anatomy, doc["layers"], info, digest)
+    info = LensInfo(model, doc.layers, doc.training, doc.val_kl, doc.source)
+    lens = TunedLens(lm.anatomy, doc.layers, info, digest)
     _fill(lens, {k.removeprefix("translators."): v for k, v in tensors.items()}, weights)
     return lens
 
@@ -340,6 +371,8 @@ def _fill(lens: TunedLens, state: dict[str, torch.Tensor], where: Path) -> None:
                 raise LensError(
                     f"{where}: {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
                 )
+            if not torch.isfinite(value).all():
+                raise LensError(f"{where}: {key} holds NaN or infinite values; the lens file is bad")
             target.copy_(value.float())
 
 
@@ -355,14 +388,15 @@ def _load_tuned_lens_project(folder: Path, lm: LoadedModel) -> TunedLens:
     which are crosslens layers 0..L-1. Read with ``weights_only=True``; anything but tensors is refused."""
     a = lm.anatomy
     config = _tuned_lens_config(folder)
-    if config.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens" or not config.get("bias", True):
+    if config.lens_type != "linear_tuned_lens" or not config.bias:
         raise LensError(f"{folder}: only tuned-lens's linear_tuned_lens with bias is supported")
     for key, here in (("d_model", a.d_model), ("num_hidden_layers", a.n_layers)):
-        if config.get(key) != here:
+        if getattr(config, key) != here:
+            recorded = getattr(config, key)
             raise LensError(
-                f"lens {folder} was made for another model ({key}: {config.get(key)!r}, this model: {here})"
+                f"lens {folder} was made for another model ({key}: {recorded!r}, this model: {here})"
             )
-    if config.get("unembed_hash") and config["unembed_hash"] != tuned_lens_hash(a):
+    if config.unembed_hash and config.unembed_hash != tuned_lens_hash(a):
         raise LensError(
             f"lens {folder} was made for another model (its unembed_hash differs from {lm.spec}'s)"
         )
@@ -377,8 +411,8 @@ def _load_tuned_lens_project(folder: Path, lm: LoadedModel) -> TunedLens:
     state = {k.removeprefix("layer_translators."): v for k, v in state.items()}
     layers = sorted({int(k.split(".")[0]) for k in state if k.split(".")[0].isdigit()})
     model = {
-        "spec": config.get("base_model_name_or_path"),
-        "revision": config.get("base_model_revision"),
+        "spec": config.base_model_name_or_path,
+        "revision": config.base_model_revision,
         "n_layers": a.n_layers,
         "d_model": a.d_model,
     }

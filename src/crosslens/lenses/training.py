@@ -66,6 +66,7 @@ __all__ = [
     "corpus_from_files",
     "corpus_from_dataset",
     "train_lens",
+    "check_lens_folder",
     "default_layers",
     "precheck_training",
     "schedule",
@@ -385,6 +386,14 @@ def _check_same(recorded: Any, wanted: dict[str, Any], folder: Path, what: str) 
     )
 
 
+def check_lens_folder(folder: Path) -> None:
+    """A lens folder holds a lens: refuse one holding results (run.json, a stage's Parquet tables)."""
+    if Store(folder).run_path.is_file() or any(folder.glob("*/*.parquet")):
+        raise LensError(
+            f"{folder} holds crosslens results, not a lens; train the lens into a folder of its own"
+        )
+
+
 def train_lens(
     lm: LoadedModel,
     corpus: Corpus,
@@ -400,13 +409,13 @@ def train_lens(
     """
     settings = resolve_head_dtype(settings, str(lm.device))
     folder = Path(folder)
+    check_lens_folder(folder)
     layers = lm.anatomy.check_layers(_trained_layers(settings, lm.anatomy.n_layers))
     wanted = _settings_doc(settings, layers, corpus, lm.precision)
     if (folder / LENS_FILE).is_file():
         doc = read_info(folder)
-        check_model(doc["model"], lm, folder)
-        training = doc["training"] if isinstance(doc.get("training"), dict) else {}
-        _check_same({k: training.get(k) for k in wanted}, wanted, folder, "a lens trained")
+        check_model(doc.model.model_dump(exclude_unset=True), lm, folder)
+        _check_same({k: doc.training.get(k) for k in wanted}, wanted, folder, "a lens trained")
         lens = load_lens(parse_lens(f"tuned:{folder}"), lm)
         assert isinstance(lens, TunedLens)
         return lens

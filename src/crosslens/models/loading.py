@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from crosslens.errors import CrosslensError
+from crosslens.files import Schema, read_json
 from crosslens.models.anatomy import Anatomy, family_for
 from crosslens.models.devices import DTYPE_NAMES, bf16_units, check_device, dtype_name
 from crosslens.models.identity import cached_sha256, folder_digest, sha256_file
@@ -302,9 +303,9 @@ def _resolve(spec: ModelSpec) -> tuple[str, str, str, dict[str, str]]:
     if spec.kind in ("alias", "gguf"):
         gguf_path = _alias_file(spec.location) if spec.kind == "alias" else Path(spec.location)
         folder = convert_gguf(gguf_path)
-        meta = json.loads((folder / "crosslens.json").read_text())
+        meta = read_json(folder / "crosslens.json", ConversionMarker)
         provenance = {"gguf": str(gguf_path), "cache": str(folder)}
-        return str(folder), f"sha256:{meta['sha256']}", f"gguf:sha256:{meta['sha256']}", provenance
+        return str(folder), f"sha256:{meta.sha256}", f"gguf:sha256:{meta.sha256}", provenance
     if spec.kind == "local":
         folder = Path(spec.location)
         if not folder.is_dir():
@@ -412,7 +413,21 @@ def load_model(
     )
 
 
+class ConversionMarker(Schema):
+    """``crosslens.json`` in a converted GGUF's cache folder: which file, with which bytes."""
+
+    gguf: str
+    sha256: str
+
+
 # -- model depth without weights ----------------------------------------------------------------------
+class ModelConfigFile(Schema):
+    """A model folder's ``config.json``, as far as crosslens reads it before loading: its depth."""
+
+    num_hidden_layers: int | None = None
+    text_config: ModelConfigFile | None = None  # a multimodal config keeps its decoder's here
+
+
 def _depth_from_config(cfg: dict[str, Any]) -> int | None:
     for c in (cfg, cfg.get("text_config") or {}):
         if isinstance(c.get("num_hidden_layers"), int):
@@ -425,8 +440,9 @@ def _gguf_depth(path: Path) -> int:
     root = cache_root()
     for marker in root.glob("*/crosslens.json") if root.is_dir() else ():
         try:
-            if json.loads(marker.read_text()).get("gguf") == str(path):
-                depth = _depth_from_config(json.loads((marker.parent / "config.json").read_text()))
+            if read_json(marker, ConversionMarker).gguf == str(path):
+                config = read_json(marker.parent / "config.json", ModelConfigFile)
+                depth = _depth_from_config(config.model_dump())
                 if depth is not None:
                     return depth
         except (OSError, ValueError):
@@ -455,7 +471,7 @@ def model_depth(spec: str) -> int | None:
         folder = Path(parsed.location)
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{spec} is not a model folder (no config.json)")
-        return _depth_from_config(json.loads((folder / "config.json").read_text()))
+        return _depth_from_config(read_json(folder / "config.json", ModelConfigFile).model_dump())
     if parsed.kind == "name":
         raise parsed.unknown()
     name, revision = parsed.location, parsed.revision

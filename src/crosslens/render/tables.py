@@ -45,7 +45,7 @@ def corr(cell: Mapping[str, Any] | None) -> str:
     if not cell or missing(cell.get("r")):
         return "–"
     text = f"{cell['r']:.2f}" + cell.get("stars", "")
-    if not missing(cell.get("ci_low")):
+    if not missing(cell.get("ci_low")) and not missing(cell.get("ci_high")):
         text += f" [{cell['ci_low']:.2f}, {cell['ci_high']:.2f}]"
     return (text + f", n = {cell['n']}").replace("-", "−")
 

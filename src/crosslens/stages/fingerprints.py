@@ -74,5 +74,6 @@ def precheck_folder(
     the model's, when it is already loaded)."""
     expected = prompt_fingerprint(spec, dtype, ds, get_template(template or ds.template), identity)
     store = Store(out)
+    store.read_run()  # a damaged run.json is refused now, not once the model has loaded
     for table in tables:
         store.precheck(table, expected)

@@ -8,18 +8,22 @@ order. A stage's part lives in its own folder (``report.py``) and draws its figu
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from crosslens.files import Schema, read_json
 from crosslens.render.tables import Table
-from crosslens.stages.registry import load, stage_defs
+from crosslens.stages.registry import StageDef, load, stage_defs
+from crosslens.store import Store
 
 __all__ = [
     "ResultFolder",
+    "Summary",
+    "Estimate",
+    "PairMean",
     "Figure",
     "ReportPart",
     "Column",
@@ -31,6 +35,24 @@ __all__ = [
 ]
 
 Column = tuple[str, dict[str, str]]  # (header, language -> cell)
+
+
+class Summary(Schema):
+    """A stage's summary file: a JSON object; a stage's report part types the keys it reads."""
+
+
+class Estimate(Schema):
+    """A mean and its confidence interval (null where undefined)."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class PairMean(Schema):
+    """A mean over language pairs."""
+
+    mean: float | None
 
 
 @dataclass(frozen=True)
@@ -59,22 +81,24 @@ class ResultFolder:
 
     @classmethod
     def read(cls, path: Path, root: Path) -> ResultFolder:
-        def load_json(name: str) -> Any:
-            p = path / name
-            return json.loads(p.read_text()) if p.is_file() else None
+        """The folder's run.json and summaries, each read through its schema (the stage's part's)."""
 
-        run = load_json("run.json") or {}
+        def summary(d: StageDef) -> dict[str, Any] | None:
+            p = path / d.summary
+            return read_json(p, _part(d).schema).model_dump(exclude_unset=True) if p.is_file() else None
+
+        run = Store(path).read_run().model_dump(exclude_unset=True)
         stages = run.get("stages", {})
         rel = path.relative_to(root).as_posix()
         parts = [] if rel == "." else rel.split("/")
         model = next(
-            (s["model"]["spec"] for s in stages.values() if isinstance(s.get("model"), dict)),
+            (s["model"]["spec"] for s in stages.values() if s.get("model") is not None),
             parts[-2] if len(parts) >= 2 else path.name,
         )
-        summaries = {d.key: load_json(d.summary) for d in stage_defs()}
+        summaries = {d.key: summary(d) for d in stage_defs()}
         summary = summaries.get("eval")
         dataset = next(
-            (s["fingerprint"]["dataset"] for s in stages.values() if "dataset" in s.get("fingerprint", {})),
+            (s["fingerprint"]["dataset"] for s in stages.values() if s.get("fingerprint", {}).get("dataset")),
             (summary or {}).get("dataset") or (parts[-1] if parts else path.name),
         )
         return cls(path, rel, model, dataset, run, summaries)
@@ -96,11 +120,15 @@ class ResultFolder:
 class ReportPart:
     """A stage's part of the report; every method has an empty default.
 
-    ``summary_tables``: tables across folders (Table 1, Table 2); ``meta_rows``: lines of the
-    folder's run-metadata table (None values are left out); ``columns``: per-language columns for
-    the folder's language table; ``sections``: the folder's tables and figures in reading order
-    (``columns`` holds every part's per-language columns), figures drawn here, once.
+    ``schema``: what its summary file holds (the file is read through it, so a part reads only keys
+    of the types it names); ``summary_tables``: tables across folders (Table 1, Table 2);
+    ``meta_rows``: lines of the folder's run-metadata table (None values are left out);
+    ``columns``: per-language columns for the folder's language table; ``sections``: the folder's
+    tables and figures in reading order (``columns`` holds every part's per-language columns),
+    figures drawn here, once.
     """
+
+    schema: ClassVar[type[Summary]] = Summary
 
     def summary_tables(self, folders: Sequence[ResultFolder]) -> list[Table]:
         return []
@@ -130,11 +158,16 @@ def model_grid(
     return models, datasets, {(label(r), r.dataset): r for r in folders}
 
 
+def _part(d: StageDef) -> ReportPart:
+    """A stage's report part (an empty one where it has none)."""
+    if not d.report:
+        return ReportPart()
+    return load(d.report) if isinstance(d.report, str) else d.report()
+
+
 def report_parts() -> list[tuple[str, ReportPart]]:
     """(stage key, part) of every registered stage with a report part, in registry order."""
-    return [
-        (d.key, load(d.report) if isinstance(d.report, str) else d.report()) for d in stage_defs() if d.report
-    ]
+    return [(d.key, _part(d)) for d in stage_defs() if d.report]
 
 
 def draw(table: str, folder: Path) -> list[Path]:
@@ -142,8 +175,8 @@ def draw(table: str, folder: Path) -> list[Path]:
     defn = next((d for d in stage_defs() if d.table == table), None)
     if defn is None or not defn.report:
         return []
-    part = load(defn.report) if isinstance(defn.report, str) else defn.report()
-    return [s.path for s in part.sections(ResultFolder.read(folder, folder)) if isinstance(s, Figure)]
+    sections = _part(defn).sections(ResultFolder.read(folder, folder))
+    return [s.path for s in sections if isinstance(s, Figure)]
 
 
 def summary_files() -> tuple[str, ...]:

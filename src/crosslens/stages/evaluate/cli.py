@@ -53,15 +53,18 @@ def add_commands(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="bootstrap seed")] = 0,
     ) -> None:
         """Recompute summary.json from the records alone and print it."""
+        from crosslens.files import FileFormatError
         from crosslens.stages.evaluate.stage import summarize_records
         from crosslens.store import Store
 
         store = Store(out)
-        stage = store.read_run().get("stages", {}).get("records")
+        stage = store.read_run().stages.get("records")
         if not stage:
             raise typer.BadParameter(f"{out} has no evaluation run (no records stage in run.json)")
-        items = stage.get("selection", {}).get("items")  # what summary.json was computed on
+        if stage.dataset is None:
+            raise FileFormatError(f"{store.run_path}: stages.records.dataset: required key is missing")
+        items = stage.selection.items if stage.selection else None  # what summary.json was computed on
         summary = summarize_records(
-            store, stage["dataset"], stage["languages"], stage["pivot"], seed=seed, items=items
+            store, stage.dataset, stage.languages, stage.pivot, seed=seed, items=items
         )
         print_summary(summary)

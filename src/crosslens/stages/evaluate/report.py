@@ -5,16 +5,77 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import matplotlib
 import numpy as np
+from pydantic import Field, model_validator
 
+from crosslens.files import Schema, require
 from crosslens.render.figures import new_figure, save
 from crosslens.render.tables import Table, ci, pct, rate
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, model_grid
+from crosslens.stages.reporting import Column, Figure, PairMean, ReportPart, ResultFolder, Summary, model_grid
 
-__all__ = ["PART", "transfer_heatmap"]
+__all__ = ["PART", "EvalSummary", "transfer_heatmap"]
+
+Rates = dict[str, float | None]  # language -> a rate (null where undefined)
+
+
+class ClozeTag(Schema):
+    accuracy: dict[str, float] = {}
+    consistency: PairMean = PairMean(mean=None)
+
+
+class TagSummary(Schema):
+    """Table 1 over one tag's items."""
+
+    n_items: int
+    accuracy_mean: float | None = None
+    accuracy_std: float | None = None
+    cloze: ClozeTag | None = None
+    consistency: PairMean
+    tr_plus: PairMean
+    tr_minus: PairMean
+
+
+class Bootstrap(Schema):
+    """Item-bootstrap CIs: per language, the accuracy's [low, high]."""
+
+    accuracy: dict[str, Annotated[list[float | None], Field(min_length=2, max_length=2)] | None] = {}
+
+
+class EvalSummary(Summary):
+    """``summary.json``: what Table 1, the per-language table, the tag table and Fig. 1 read."""
+
+    dataset: str | None = None
+    languages: list[str]
+    n_items: int | None = None
+    pivot: str | None = None
+    accuracy: Rates
+    accuracy_mean: float | None = None
+    accuracy_std: float | None = None
+    cloze_accuracy: dict[str, float] | None = None
+    cloze_norm: str = "char"
+    consistency: PairMean
+    tr_plus: PairMean
+    tr_minus: PairMean
+    bootstrap: Bootstrap | None = None
+    consistency_with_pivot: Rates | None = None
+    tr_plus_from_pivot: Rates | None = None
+    mean_consistency: Rates = {}
+    incoming_tr_plus: Rates = {}
+    pairwise: dict[str, dict[str, Rates]]
+    by_tag: dict[str, TagSummary] | None = None
+
+    @model_validator(mode="after")
+    def _every_pair(self) -> EvalSummary:
+        """Fig. 1 reads tr+ for every ordered pair of languages."""
+        require(self.pairwise, ["tr_plus"], "pairwise")
+        for a in self.languages:
+            require(self.pairwise["tr_plus"], [a], "pairwise.tr_plus")
+            require(self.pairwise["tr_plus"][a], self.languages, f"pairwise.tr_plus.{a}")
+        return self
+
 
 FIG1 = "fig1_transfer.png"
 CAPTION = (
@@ -92,6 +153,8 @@ def _tag_table(s: Mapping[str, Any]) -> Table:
 
 
 class EvalReport(ReportPart):
+    schema = EvalSummary
+
     def summary_tables(self, folders: Sequence[ResultFolder]) -> list[Table]:
         """Table 1: rows are models, column groups datasets, as in the paper; '–' where missing."""
         models, datasets, by = model_grid(folders)

@@ -105,6 +105,7 @@ def add_commands(app: typer.Typer) -> None:
         from crosslens.data.options import DatasetConfig
         from crosslens.lenses.training import (
             TrainSettings,
+            check_lens_folder,
             corpus_from_dataset,
             corpus_from_files,
             precheck_training,
@@ -125,6 +126,7 @@ def add_commands(app: typer.Typer) -> None:
             raise OptionError("layers", f"layer {bad[0]} does not exist in {spec} (layers 0..{depth})")
         settings = TrainSettings(**train.model_dump(), layers=tuple(wanted) or None, seed=seed)
         check_output(out)
+        check_lens_folder(out)
         model.available()
         if corpus:
             text = corpus_from_files(corpus)

@@ -8,14 +8,61 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import model_validator
+
+from crosslens.files import Schema, require
 from crosslens.lenses.kinds import lens_kinds
 from crosslens.render.figures import at, band, new_figure, save
 from crosslens.render.tables import Table, ci, corr, pct, signed
 from crosslens.scoring.records import chance_level
 from crosslens.stages.lens import lens_table, stage_key
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, model_grid
+from crosslens.stages.reporting import Column, Estimate, Figure, ReportPart, ResultFolder, Summary, model_grid
 
-__all__ = ["LensReport", "lens_figure", "fidelity_figure"]
+__all__ = ["LensReport", "LensSummary", "lens_figure", "fidelity_figure"]
+
+PerLayer = dict[str, Estimate]  # layer -> estimate across languages
+
+
+class LatentAccuracy(Schema):
+    native: PerLayer
+    en: PerLayer
+    label: PerLayer
+
+
+class Correlation(Schema):
+    """A Table 2 cell: Pearson's r, its stars and CI, and the number of languages."""
+
+    r: float | None
+    stars: str = ""
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None
+
+
+class Table2(Schema):
+    acc: Correlation | None = None
+    cons: Correlation | None = None
+    tr_plus_in: Correlation | None = None
+
+
+class LensSummary(Summary):
+    """``lens_summary.json`` (and each lens kind's): what Table 2, the per-layer table, Fig. 2 and the
+    fidelity figure read."""
+
+    layers: list[int]
+    log_ratio: PerLayer
+    latent_accuracy: LatentAccuracy
+    val_kl: dict[str, dict[str, float | None]] | None = None
+    mean_log_ratio: dict[str, float | None] = {}
+    table2: Table2 | None = None
+
+    @model_validator(mode="after")
+    def _every_layer(self) -> LensSummary:
+        require(self.log_ratio, self.layers, "log_ratio")
+        for form in ("native", "en", "label"):
+            require(getattr(self.latent_accuracy, form), self.layers, f"latent_accuracy.{form}")
+        return self
+
 
 FORM_LABELS = {"native": "native answers", "en": "English answers", "label": "letters (A/B/C/D)"}
 FORM_COLORS = {"native": "tab:orange", "en": "tab:blue", "label": "tab:gray"}
@@ -143,6 +190,8 @@ def _layer_table(summary: Mapping[str, Any], name: str) -> Table:
 
 class LensReport(ReportPart):
     """The part of one lens kind's readings (the logit lens's part also writes Table 2 for all kinds)."""
+
+    schema = LensSummary
 
     def __init__(self, kind: str):
         self.kind = kind

@@ -30,9 +30,10 @@ def _spread(null: dict | None, scale: float, digits: int) -> str:
     return f"{scale * null['null_mean']:+.{digits}f}{spread}"
 
 
-def _rows(m: str, kinds: dict[str, Any], score: str, k: int) -> list[list[str]]:
+def _rows(m: str, kinds: dict[str, Any], score: str, k: int, pivot: bool) -> list[list[str]]:
     """The LAPE row, then the control: the one random set as it is, or the K random sets as their
-    mean ± sd (the LAPE row then adds the empirical p of its gold-score change among theirs)."""
+    mean ± sd (the LAPE row then adds the empirical p of its gold-score change among theirs);
+    the change in consistency with the pivot where there is one."""
     rows = []
     for kind, e in kinds.items():
         if score not in e or (k > 1 and kind != "lape"):
@@ -40,7 +41,7 @@ def _rows(m: str, kinds: dict[str, Any], score: str, k: int) -> list[list[str]]:
         own = e[score][m]
         row = [m, kind, str(e["n_neurons"]), _change(own["accuracy"], 100.0, 1)]
         row += [f"{own['accuracy']['p_mcnemar']:.2g}", _change(own["gold_score"], 1.0, 2)]
-        row += [_change(own.get("consistency_pivot"), 1.0, 2)]
+        row += [_change(own.get("consistency_pivot"), 1.0, 2)] if pivot else []
         if k > 1:
             p = e.get("controls", {}).get(score, {}).get(m, {}).get("gold_score", {}).get("p_empirical")
             row.append("–" if p is None or p != p else f"{p:.2g}")
@@ -48,7 +49,8 @@ def _rows(m: str, kinds: dict[str, Any], score: str, k: int) -> list[list[str]]:
     null = kinds.get("lape", {}).get("controls", {}).get(score, {}).get(m)
     if k > 1 and null is not None:
         row = [m, f"random ×{k}", str(kinds["lape"]["n_neurons"]), _spread(null.get("accuracy"), 100.0, 1)]
-        row += ["–", _spread(null.get("gold_score"), 1.0, 2), _spread(null.get("consistency_pivot"), 1.0, 2)]
+        row += ["–", _spread(null.get("gold_score"), 1.0, 2)]
+        row += [_spread(null.get("consistency_pivot"), 1.0, 2)] if pivot else []
         row += ["–"]
         rows.append(row)
     return rows
@@ -61,18 +63,20 @@ def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
         + ", ".join(f"{m} {n}" for m, n in summary["n_specific"].items()),
         highlight=False,
     )
-    pivot = summary["pivot"]
+    pivot = summary["pivot"]  # None: no English items, so no consistency with them
+    if pivot is None:
+        out_console.print("no English pivot in this run: consistency with it is not measured")
     k = summary.get("controls", 1)
     for score in ("cloze", "letters"):
         table = Table(
             title=f"deactivating a language's neurons: paired change in that language ({score}, 95 % CI)"
         )
         columns = ["ablated", "neurons", "n", "Δ acc (points)", "p McNemar", "Δ gold score"]
-        columns.append(f"Δ cons. w/ {pivot}")
+        columns += [f"Δ cons. w/ {pivot}"] if pivot else []
         for col in columns + (["p vs random"] if k > 1 else []):
             table.add_column(col, justify="right")
         for m, kinds in summary["effects"].items():
-            for row in _rows(m, kinds, score, k):
+            for row in _rows(m, kinds, score, k, pivot is not None):
                 table.add_row(*row)
         if table.row_count:
             out_console.print(table)

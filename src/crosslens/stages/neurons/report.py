@@ -9,13 +9,78 @@ from typing import Any
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
+from pydantic import model_validator
 
+from crosslens.files import Schema, require
 from crosslens.render.figures import floats, language_colors, new_figure, save
 from crosslens.render.tables import Table, ci, missing
 from crosslens.stages.neurons import FIGURES
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, Summary
 
-__all__ = ["PART", "neurons_figure", "ablation_figure"]
+__all__ = ["PART", "NeuronsSummary", "neurons_figure", "ablation_figure"]
+
+
+class Change(Schema):
+    """A paired change and its bootstrap CI (null where undefined)."""
+
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class AccuracyChange(Change):
+    p_mcnemar: float
+
+
+class LanguageEffect(Schema):
+    accuracy: AccuracyChange
+    gold_score: Change | None = None
+    consistency_pivot: Change | None = None
+    tr_plus_from_pivot: Change | None = None
+
+
+class Effect(Schema):
+    """Deactivating one set of neurons (a language's, or a control): the change in every language."""
+
+    n_neurons: int
+    cloze: dict[str, LanguageEffect] = {}
+    letters: dict[str, LanguageEffect] = {}
+
+
+class LapeSelection(Schema):
+    n_kept: int
+    n_neurons: int
+    top_rate: float
+
+
+class NeuronsSummary(Summary):
+    """``neurons_summary.json``: what the neurons and ablation tables and figures read."""
+
+    languages: list[str]
+    pivot: str | None = None
+    n_layers: int
+    n_text_items: int
+    n_eval_items: int
+    selection: LapeSelection
+    n_specific: dict[str, int]
+    per_layer: dict[str, dict[str, int]]
+    overlap: dict[str, dict[str, int]]
+    effects: dict[str, dict[str, Effect]]  # ablated language -> kind (lape, random) -> effect
+
+    @model_validator(mode="after")
+    def _every_language(self) -> NeuronsSummary:
+        require(self.per_layer, self.n_specific, "per_layer")
+        require(self.overlap, self.n_specific, "overlap")
+        every = [e for kinds in self.effects.values() for e in kinds.values()]
+        scores = sorted({s for e in every for s in ("cloze", "letters") if s in e.model_fields_set})
+        for m, kinds in self.effects.items():
+            for kind, e in kinds.items():
+                key = f"effects.{m}.{kind}"
+                require(e.model_fields_set, scores, key)  # the figure reads one score of every effect
+                for score in scores:
+                    require(getattr(e, score), [m, *self.languages], f"{key}.{score}")
+        return self
+
 
 CAPTIONS = {
     "neurons": "Language-specific neurons (LAPE) per layer, one line per language.",
@@ -143,7 +208,7 @@ def _tables(n: Mapping[str, Any]) -> list[Table]:
             rows,
         )
     ]
-    pivot = n.get("pivot") or "en"
+    pivot = n.get("pivot") or "pivot"  # none: the columns anchored on English are empty
     k = n.get("controls", 1)
     rows = []
     for m, kinds in n["effects"].items():
@@ -236,6 +301,8 @@ def _note(n: Mapping[str, Any]) -> str:
 
 
 class NeuronsReport(ReportPart):
+    schema = NeuronsSummary
+
     def sections(self, folder: ResultFolder, columns: Sequence[Column] = ()) -> list[Any]:
         n = folder.summaries.get("neurons")
         if not n:

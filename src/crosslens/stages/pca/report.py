@@ -12,10 +12,18 @@ from matplotlib.lines import Line2D
 
 from crosslens.render.figures import grid, language_colors, new_figure, save
 from crosslens.stages.pca import FIG3, TABLE
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, Summary
 from crosslens.store import Store
 
-__all__ = ["PART", "pca_figure"]
+__all__ = ["PART", "PcaSummary", "pca_figure"]
+
+
+class PcaSummary(Summary):
+    """``pca_summary.json``: the layers projected and the items sampled."""
+
+    layers: list[int]
+    n_items: int
+
 
 SCRIPT_MARKERS = {"Latin": "o", "non-Latin": "^"}
 CAPTION = "Fig. 3. PCA of last-token activations per layer; colour = language, ○ Latin / △ other scripts."
@@ -79,6 +87,8 @@ def pca_figure(proj_df: pd.DataFrame, path: str | Path, title: str | None = None
 
 
 class PcaReport(ReportPart):
+    schema = PcaSummary
+
     def meta_rows(self, folder: ResultFolder) -> list[tuple[str, Any]]:
         s = folder.summaries.get("pca")
         return [("PCA", f"{s['n_items']} items, layers {', '.join(map(str, s['layers']))}")] if s else []

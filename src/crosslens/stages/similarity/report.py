@@ -10,14 +10,59 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
+from pydantic import model_validator
 
+from crosslens.files import Schema, require
 from crosslens.render.figures import band, grid, language_colors, new_figure, save
 from crosslens.render.tables import Table, ci, missing
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+from crosslens.stages.reporting import Column, Estimate, Figure, ReportPart, ResultFolder, Summary
 from crosslens.stages.similarity import FIGURES, TABLE
 from crosslens.store import Store
 
-__all__ = ["PART", "cka_figure", "cka_matrix_figure"]
+__all__ = ["PART", "SimilaritySummary", "cka_figure", "cka_matrix_figure"]
+
+
+class CkaCell(Schema):
+    cka: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class CkaWithPivot(Schema):
+    debiased: dict[str, dict[str, CkaCell]]  # language -> layer -> CKA with the pivot
+
+
+class Cosines(Schema):
+    parallel: Estimate
+    nonparallel: Estimate
+    gap: Estimate
+
+
+class CosineLayer(Schema):
+    all_pairs: Cosines
+
+
+class SimilaritySummary(Summary):
+    """``similarity_summary.json``: what the CKA and cosine tables and both figures read."""
+
+    languages: list[str]
+    layers: list[int]
+    level: float
+    pivot: str | None = None
+    n_items: int
+    pool: str
+    n_boot: int
+    matrix_layer: int
+    cka_with_pivot: CkaWithPivot | None = None
+    cosine: dict[str, CosineLayer]
+
+    @model_validator(mode="after")
+    def _every_layer(self) -> SimilaritySummary:
+        require(self.cosine, self.layers, "cosine")
+        for lang, cells in (self.cka_with_pivot.debiased if self.cka_with_pivot else {}).items():
+            require(cells, self.layers, f"cka_with_pivot.debiased.{lang}")
+        return self
+
 
 CAPTIONS = {
     "cka": (
@@ -141,6 +186,8 @@ def _tables(sim: Mapping[str, Any]) -> tuple[Table | None, Table]:
 
 
 class SimilarityReport(ReportPart):
+    schema = SimilaritySummary
+
     def sections(self, folder: ResultFolder, columns: Sequence[Column] = ()) -> list[Any]:
         s = folder.summaries.get("similarity")
         if not s:

@@ -10,15 +10,100 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.lines import Line2D
+from pydantic import Field, model_validator
 
 from crosslens.data.scripts import script_of
+from crosslens.files import Schema, require
 from crosslens.render.figures import band, grid, new_figure, save
 from crosslens.render.tables import Table, missing, pct, signed
 from crosslens.scoring import RECORDS
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+from crosslens.stages.reporting import Column, Estimate, Figure, ReportPart, ResultFolder, Summary
 from crosslens.store import Store
 
-__all__ = ["PART", "gamma_sweep_figure", "steer_change_figure", "default_gamma"]
+__all__ = ["PART", "SteerSummary", "gamma_sweep_figure", "steer_change_figure", "default_gamma"]
+
+_UNSET = Estimate(mean=None, ci_low=None, ci_high=None)  # a key that may be absent, but not null
+
+
+class PairedChange(Schema):
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class LanguageSteer(Schema):
+    accuracy: float
+    paired: dict[str, PairedChange] = {}
+
+
+class ControlStat(Schema):
+    """Random directions against the real one: their mean change, its spread, the empirical p."""
+
+    null_mean: float | None
+    null_std: float | None = None
+    p_empirical: float | None = None
+
+
+_NO_CONTROL = ControlStat(null_mean=None)
+
+
+class Controls(Schema):
+    accuracy: ControlStat = _NO_CONTROL
+    consistency_en: ControlStat = _NO_CONTROL
+    tr_plus_from_en: ControlStat = _NO_CONTROL
+    cloze_accuracy: ControlStat = _NO_CONTROL
+    cloze_consistency_en: ControlStat = _NO_CONTROL
+    cloze_tr_plus_from_en: ControlStat = _NO_CONTROL
+
+
+CLOZE_KEYS = tuple(
+    f"{d}cloze_{k}" for d in ("", "delta_") for k in ("accuracy", "consistency_en", "tr_plus_from_en")
+)
+
+
+class Setting(Schema):
+    """One (layer, gamma, positions) of the sweep: means over steered languages and their changes."""
+
+    layer: int
+    gamma: float
+    positions: str = "last"
+    accuracy: Estimate
+    consistency_en: Estimate
+    tr_plus_from_en: Estimate
+    delta_accuracy: Estimate
+    delta_consistency_en: Estimate
+    delta_tr_plus_from_en: Estimate
+    cloze_accuracy: Estimate = _UNSET
+    cloze_consistency_en: Estimate = _UNSET
+    cloze_tr_plus_from_en: Estimate = _UNSET
+    delta_cloze_accuracy: Estimate = _UNSET
+    delta_cloze_consistency_en: Estimate = _UNSET
+    delta_cloze_tr_plus_from_en: Estimate = _UNSET
+    n_significant_holm: int = 0
+    cloze_n_significant_holm: int = 0
+    per_language: dict[str, LanguageSteer]
+    controls: Controls = Controls()
+
+
+class SteerSummary(Summary):
+    """``steer_summary.json``: what the steering table, Fig. 4 and Fig. 5 read."""
+
+    forms: list[str] = []
+    settings: list[Setting] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _a_full_grid(self) -> SteerSummary:
+        """Every setting scored alike, over the same languages, and a gamma = 0 baseline per line."""
+        first = self.settings[0]
+        cloze = "cloze" in self.forms or "cloze_accuracy" in first.model_fields_set
+        for i, s in enumerate(self.settings):
+            require(s.model_fields_set, CLOZE_KEYS if cloze else (), f"settings[{i}]")
+            require(s.per_language, first.per_language, f"settings[{i}].per_language")
+        lines = {(s.layer, s.positions) for s in self.settings}
+        for layer, where in sorted(lines - {(s.layer, s.positions) for s in self.settings if s.gamma == 0}):
+            raise ValueError(f"settings: layer {layer} ({where} positions) has no gamma = 0 setting")
+        return self
+
 
 STEER_METRICS = (
     ("accuracy", "accuracy (%)", 100.0),
@@ -176,7 +261,8 @@ def _against_controls(setting: Mapping[str, Any], key: str, scale: float, digits
     if not c or missing(c.get("null_mean")):
         return "–"
     sd = "" if missing(c.get("null_std")) else f" ± {scale * c['null_std']:.{digits}f}"
-    return f"{scale * c['null_mean']:+.{digits}f}{sd} (p {c['p_empirical']:.2f})"
+    p = "–" if missing(c.get("p_empirical")) else f"{c['p_empirical']:.2f}"
+    return f"{scale * c['null_mean']:+.{digits}f}{sd} (p {p})"
 
 
 def _steer_table(steer: Mapping[str, Any]) -> Table:
@@ -223,6 +309,8 @@ def _scripts(folder: Path) -> dict[str, str] | None:
 
 
 class SteeringReport(ReportPart):
+    schema = SteerSummary
+
     def meta_rows(self, folder: ResultFolder) -> list[tuple[str, Any]]:
         steer = folder.stage("steer")
         if not steer:
