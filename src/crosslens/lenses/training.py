@@ -360,8 +360,8 @@ def precheck_training(
     wanted = _settings_doc(s, _trained_layers(s, model["n_layers"]), corpus, dtype)
     if (folder / LENS_FILE).is_file():
         doc = read_info(folder)
-        compare_model(doc["model"], model, folder)
-        training = doc["training"] if isinstance(doc.get("training"), dict) else {}
+        compare_model(doc.model.model_dump(exclude_unset=True), model, folder)
+        training = doc.training
         _check_same({k: training.get(k) for k in wanted}, wanted, folder, "a lens trained")
     elif (folder / CHECKPOINT).is_file():
         recorded, training = _read_checkpoint(folder / CHECKPOINT, with_tensors=False)[:2]
