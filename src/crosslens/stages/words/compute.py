@@ -1,0 +1,204 @@
+"""The word tasks' maths: which tokens stand for a word, which concepts a tokenizer keeps (Wendler et
+al.'s filter), the readings of one next-token distribution, and CIs over concepts.
+
+**A word's tokens.** A model answering ``中文: "`` with 花 emits the word's first token next, and
+it may write the word with or without a leading space, or capitalised. A word's token set is the
+first token of each variant (each accepted form, as written and with its first letter upper-cased;
+each with and without a leading space), as the variant follows the prompts' closing context
+``: "`` (tokenised jointly, the context cut off; :func:`~crosslens.scoring.choices.encode_continuation`),
+de-duplicated. A variant whose first token is a bare space (no token joins the space and the word's
+start) or part of a character (a byte token, shared by every character that starts with that byte)
+adds nothing: such a token stands for no word in particular. P(word) is the sum of the next-token
+probabilities of that set: the probability that the model starts writing the word. A word whose
+first token is a short piece (``Bl`` of ``Blume``) counts every word starting so: the price of a
+next-token readout.
+
+**The filter.** A concept is kept for a target language when its target token set shares no token
+with its English token set (else P(target) and P(English) would count the same mass twice),
+neither set holds the tokenizer's unknown token and neither is empty (every variant starts with a
+byte token). English as the target is not filtered (its two
+probabilities are the same number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from crosslens.data.words import Concept
+from crosslens.scoring.choices import encode_continuation
+
+__all__ = [
+    "CONTEXT",
+    "TOKENS_RULE",
+    "REASONS",
+    "LEVEL",
+    "METRICS",
+    "Screen",
+    "word_tokens",
+    "screen",
+    "readings",
+    "mean_ci",
+    "curves",
+    "landmarks",
+]
+
+CONTEXT = ': "'  # how every word-task prompt ends, right before the answer
+TOKENS_RULE = "first-token:forms*capitalised*space-v1"  # bump when word_tokens changes (fingerprinted)
+LEVEL = 0.95
+REASONS = {
+    "shared": "share a first token with the English word",
+    "unknown": "start with the tokenizer's unknown token",
+    "bytes": "start with part of a character (a byte token)",
+}
+METRICS = ("p_target", "p_english", "mass_target", "mass_english", "entropy")
+
+
+def word_tokens(tokenizer: Any, forms: Sequence[str]) -> tuple[int, ...]:
+    """The first token of every variant of ``forms`` (see the module docstring), sorted."""
+    context = list(tokenizer(CONTEXT, add_special_tokens=False).input_ids)
+    ids: set[int] = set()
+    for form in forms:
+        for text in dict.fromkeys((form, form[:1].upper() + form[1:])):
+            for sep in ("", " "):
+                cont, _ = encode_continuation(tokenizer, CONTEXT, context, text, sep, special=False)
+                first = tokenizer.decode(cont[:1]) if cont else ""
+                if first.strip() and "\ufffd" not in first:  # not a bare space, not part of a character
+                    ids.add(int(cont[0]))
+    return tuple(sorted(ids))
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One tokenizer's view of a word list: each (concept, language)'s token set, and per target
+    language the concepts kept and those dropped, by reason (:data:`REASONS`)."""
+
+    tokens: Mapping[tuple[str, str], tuple[int, ...]]
+    kept: Mapping[str, list[str]]
+    dropped: Mapping[str, dict[str, list[str]]]
+
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Per target: concepts screened, kept, and the dropped ones by reason (what the summary keeps)."""
+        return {
+            t: {
+                "concepts": len(self.kept[t]) + sum(len(v) for v in self.dropped[t].values()),
+                "kept": len(self.kept[t]),
+                "dropped": {reason: list(ids) for reason, ids in self.dropped[t].items()},
+            }
+            for t in self.kept
+        }
+
+
+def screen(
+    tokenizer: Any, concepts: Sequence[Concept], targets: Sequence[str], english: str = "en"
+) -> Screen:
+    """Wendler et al.'s filter of ``concepts`` for each target language under ``tokenizer``."""
+    unknown = tokenizer.unk_token_id
+    tokens = {
+        (c.id, lang): word_tokens(tokenizer, c.words[lang])
+        for c in concepts
+        for lang in dict.fromkeys([english, *targets])
+    }
+    kept: dict[str, list[str]] = {}
+    dropped: dict[str, dict[str, list[str]]] = {}
+    for target in targets:
+        kept[target], dropped[target] = [], {reason: [] for reason in REASONS}
+        for c in concepts:
+            mine, en = tokens[(c.id, target)], tokens[(c.id, english)]
+            if unknown is not None and unknown in (*mine, *en):
+                dropped[target]["unknown"].append(c.id)
+            elif not mine or not en:
+                dropped[target]["bytes"].append(c.id)
+            elif target != english and set(mine) & set(en):
+                dropped[target]["shared"].append(c.id)
+            else:
+                kept[target].append(c.id)
+    return Screen(tokens, kept, dropped)
+
+
+def _set_logprob(logp: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """log sum_{i in ids[b]} p_b(i) for every row b of ``logp`` (B, V)."""
+    width = max(len(x) for x in ids)
+    index = torch.tensor([list(x) + [x[0]] * (width - len(x)) for x in ids], dtype=torch.long)
+    real = torch.tensor([[k < len(x) for k in range(width)] for x in ids])
+    picked = logp.gather(1, index.to(logp.device))
+    return picked.masked_fill(~real.to(logp.device), -torch.inf).logsumexp(-1)
+
+
+def readings(
+    logp: torch.Tensor, target: Sequence[Sequence[int]], english: Sequence[Sequence[int]]
+) -> dict[str, np.ndarray]:
+    """From next-token log-probabilities (B, V): P(target word), P(English word) (each the sum over its
+    token set), the entropy (nats) and the most probable token."""
+    logp = logp.float()
+    p = logp.exp()
+    entropy = torch.where(p > 0, -p * logp, torch.zeros_like(p)).sum(-1)
+    return {
+        "p_target": _set_logprob(logp, target).exp().cpu().numpy(),
+        "p_english": _set_logprob(logp, english).exp().cpu().numpy(),
+        "entropy": entropy.cpu().numpy(),
+        "top_id": logp.argmax(-1).cpu().numpy(),
+    }
+
+
+def mean_ci(values: np.ndarray, n_boot: int, seed: int, level: float = LEVEL) -> dict[str, Any]:
+    """Mean over concepts with a percentile bootstrap CI (NaN skipped; no CI below two values)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    out: dict[str, Any] = {"mean": float(v.mean()) if v.size else np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    if v.size >= 2 and n_boot > 0:
+        rng = np.random.default_rng(seed)
+        reps = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+        out["ci_low"], out["ci_high"] = (
+            float(x) for x in np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
+        )
+    return out | {"n": int(v.size)}
+
+
+def curves(rows: pd.DataFrame, n_boot: int, seed: int, english: str = "en") -> dict[str, Any]:
+    """``{task: {target: {lens: {layer: {metric: {mean, ci_low, ci_high, n}}}}}}``, each a mean over
+    concepts (a concept's value is its mean over the sources it was asked from), with target ``all``
+    pooling every non-English target (a concept's value: its mean over every pair it is in)."""
+    keys = ["task", "target", "lens", "layer", "concept"]
+    per_target = rows.groupby(keys)[list(METRICS)].mean().reset_index()
+    pooled = (
+        rows[rows["target"] != english]
+        .groupby(["task", "lens", "layer", "concept"])[list(METRICS)]
+        .mean()
+        .reset_index()
+        .assign(target="all")
+    )
+    out: dict[str, Any] = {}
+    for (task, target, lens, layer), grp in pd.concat([per_target, pooled]).groupby(keys[:-1], sort=False):
+        cell = {m: mean_ci(grp[m].to_numpy(), n_boot, seed) for m in METRICS}
+        out.setdefault(task, {}).setdefault(target, {}).setdefault(lens, {})[int(layer)] = cell
+    return out
+
+
+def landmarks(curve: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Where a P(target)-vs-P(English) curve turns: the layer (before the last) where mean P(English)
+    peaks, both means there, and the first layer from which mean P(target) stays above mean
+    P(English) to the last layer (None if it never does)."""
+    layers = sorted(int(x) for x in curve)
+    mean = {m: {x: curve[x][m]["mean"] for x in layers} for m in ("p_target", "p_english")}
+    inner = layers[:-1] or layers
+    peak = max(inner, key=lambda x: (mean["p_english"][x], -x))
+    takeover = None
+    for x in reversed(layers):
+        if not mean["p_target"][x] > mean["p_english"][x]:
+            break
+        takeover = x
+    return {
+        "english_peak_layer": peak,
+        "english_peak": mean["p_english"][peak],
+        "target_at_english_peak": mean["p_target"][peak],
+        "target_takes_over": takeover,
+        "final_layer": layers[-1],
+        "final_target": mean["p_target"][layers[-1]],
+        "final_english": mean["p_english"][layers[-1]],
+    }
