@@ -18,9 +18,11 @@ from crosslens.data.schema import DataError
 from crosslens.data.token_languages import TokenLanguages
 from crosslens.data.words import LANGUAGE_NAMES, read_words
 from crosslens.lenses.lens import LensInfo, TunedLens
+from crosslens.models.passes import prefix_groups
 from crosslens.options import OptionError
+from crosslens.stages.activations import last_token_states
 from crosslens.stages.words.compute import mean_ci, screen, word_tokens
-from crosslens.stages.words.stage import words_stage
+from crosslens.stages.words.stage import shared_last_states, words_stage
 from crosslens.stages.words.tasks import Pair, exemplars, render
 from crosslens.store import RunMismatchError, Store
 from helpers import toy_dataset
@@ -224,6 +226,21 @@ def test_probabilities_equal_a_naive_computation_through_the_same_lens(family: s
                 assert row["top_token"] == lm.tokenizer.decode([int(p.argmax())])
     masses = rows[["mass_english", "mass_target", "mass_other", "mass_none"]].sum(axis=1)
     np.testing.assert_allclose(masses, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_a_shared_exemplar_block_is_encoded_once_with_the_same_states(family: str, tmp_path: Path) -> None:
+    """A pair's prompts share their exemplar block: encoded once (its cache extended by each prompt's
+    own tokens) they give the states of each prompt encoded alone (Gemma 3's sliding window is 8)."""
+    lm = tiny_model(family)
+    words = read_words(write_words(tmp_path / "w.jsonl"))
+    pair = Pair("translation", "en", "de")
+    prompts = [render(pair, c, exemplars(words, pair, c.id, 4, seed=0)) for c in words.concepts]
+    ids = [lm.tokenizer(p).input_ids for p in prompts]
+    assert any(k >= 32 for k, _ in prefix_groups(ids, 32))
+    shared, alone = shared_last_states(lm, ids, [0, 2, 4], 3), last_token_states(lm, ids, [0, 2, 4], 3)
+    for layer in (0, 2, 4):
+        np.testing.assert_allclose(shared[layer], alone[layer], atol=1e-4, rtol=0)
 
 
 def test_mean_ci_is_a_percentile_bootstrap() -> None:

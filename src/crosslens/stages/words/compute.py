@@ -121,29 +121,31 @@ def screen(
     return Screen(tokens, kept, dropped)
 
 
-def _set_logprob(logp: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    """log sum_{i in ids[b]} p_b(i) for every row b of ``logp`` (B, V)."""
+def _set_logsumexp(z: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """log sum_{i in ids[b]} exp z_b(i) for every row b of the logits ``z`` (B, V)."""
     width = max(len(x) for x in ids)
     index = torch.tensor([list(x) + [x[0]] * (width - len(x)) for x in ids], dtype=torch.long)
     real = torch.tensor([[k < len(x) for k in range(width)] for x in ids])
-    picked = logp.gather(1, index.to(logp.device))
-    return picked.masked_fill(~real.to(logp.device), -torch.inf).logsumexp(-1)
+    picked = z.gather(1, index.to(z.device))
+    return picked.masked_fill(~real.to(z.device), -torch.inf).logsumexp(-1)
 
 
 def readings(
-    logp: torch.Tensor, target: Sequence[Sequence[int]], english: Sequence[Sequence[int]]
-) -> dict[str, np.ndarray]:
-    """From next-token log-probabilities (B, V): P(target word), P(English word) (each the sum over its
-    token set), the entropy (nats) and the most probable token."""
-    logp = logp.float()
-    p = logp.exp()
-    entropy = torch.where(p > 0, -p * logp, torch.zeros_like(p)).sum(-1)
-    return {
-        "p_target": _set_logprob(logp, target).exp().cpu().numpy(),
-        "p_english": _set_logprob(logp, english).exp().cpu().numpy(),
-        "entropy": entropy.cpu().numpy(),
-        "top_id": logp.argmax(-1).cpu().numpy(),
+    logits: torch.Tensor, target: Sequence[Sequence[int]], english: Sequence[Sequence[int]]
+) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    """From next-token logits (B, V): P(target word), P(English word) (each the sum over its token
+    set), the entropy (nats, ``log Z - E_p[z]``: one pass, no 0 * log 0) and the most probable
+    token; and the probabilities themselves (B, V), which the token-language masses read."""
+    z = logits.float()
+    log_z = z.logsumexp(-1)
+    p = (z - log_z[:, None]).exp()
+    found = {
+        "p_target": (_set_logsumexp(z, target) - log_z).exp(),
+        "p_english": (_set_logsumexp(z, english) - log_z).exp(),
+        "entropy": log_z - (p * z).sum(-1),
+        "top_id": z.argmax(-1),
     }
+    return {k: v.cpu().numpy() for k, v in found.items()}, p
 
 
 def mean_ci(values: np.ndarray, n_boot: int, seed: int, level: float = LEVEL) -> dict[str, Any]:

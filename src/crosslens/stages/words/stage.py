@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import ValidationError
@@ -38,9 +39,10 @@ from crosslens.lenses.kinds import LensError, lens_kinds, load_lens
 from crosslens.lenses.lens import Lens
 from crosslens.models.anatomy import paper_layers
 from crosslens.models.loading import LoadedModel
+from crosslens.models.passes import continuation_pass, prefix_groups, prompt_pass
 from crosslens.options import OptionError, first_error
 from crosslens.scoring import metrics
-from crosslens.scoring.choices import context_limit
+from crosslens.scoring.choices import SHARED_PREFIX_MIN, context_limit
 from crosslens.scoring.options import CHUNK_SIZE
 from crosslens.stages.activations import last_token_states
 from crosslens.stages.api import runner
@@ -70,7 +72,7 @@ from crosslens.stages.words.tasks import (
 )
 from crosslens.store import Store
 
-__all__ = ["WordsStage", "words_stage", "run_words", "build", "lens_tag"]
+__all__ = ["WordsStage", "words_stage", "run_words", "build", "lens_tag", "shared_last_states"]
 
 MAX_LOGITS = 2**26  # vocabulary logits projected at once (a 262k vocabulary: 256 states)
 
@@ -139,9 +141,8 @@ class WordsStage(Stage):
                     f"{pair.key} {c!r}: the prompt needs {len(x)} tokens, more than the {limit} of "
                     f"{self.lm.spec}'s context; use fewer exemplars (shots)"
                 )
-        states = last_token_states(
-            self.lm, ids, sorted({layer for _, layer in unit.settings}), self.batch_size
-        )
+        layers = sorted({layer for _, layer in unit.settings})
+        states = shared_last_states(self.lm, ids, layers, self.batch_size)
         target = [self.screened.tokens[(c, pair.target)] for c in concepts]
         english = [self.screened.tokens[(c, ENGLISH)] for c in concepts]
         langs, target_name = self._mass_languages(pair.target)
@@ -153,9 +154,8 @@ class WordsStage(Stage):
             for start in range(0, len(concepts), step):
                 part = slice(start, start + step)
                 with torch.no_grad():
-                    logp = lens.logits(h[part], layer).float().log_softmax(-1)
-                r = readings(logp, target[part], english[part])
-                mass = self.table_languages.masses(logp.exp(), langs)
+                    r, p = readings(lens.logits(h[part], layer), target[part], english[part])
+                mass = self.table_languages.masses(p, langs)
                 for k, concept in enumerate(concepts[part]):
                     top = int(r["top_id"][k])
                     rows.append(
@@ -248,6 +248,30 @@ class WordsStage(Stage):
             if pair.task not in out:
                 out[pair.task] = self.prompt(pair, u.item_ids[0])
         return out
+
+
+def shared_last_states(
+    lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], layers: Sequence[int], batch_size: int
+) -> dict[int, np.ndarray]:
+    """float32 (n, d) states at each prompt's last token per layer, in input order. Prompts sharing a
+    prefix (a pair's exemplar block) have it encoded once, their own tokens fed after its cache
+    (:func:`~crosslens.models.passes.prefix_groups`, as :func:`~crosslens.scoring.choices.score_prompts`
+    shares them); each prefix runs alone, so no padding sits inside a sliding window."""
+    out = {layer: np.zeros((len(prompt_ids), lm.anatomy.d_model), dtype=np.float32) for layer in layers}
+    groups = prefix_groups(prompt_ids, SHARED_PREFIX_MIN)
+    alone = [members[0] for k, members in groups if k == 0]
+    if alone:
+        states = last_token_states(lm, [prompt_ids[i] for i in alone], layers, batch_size)
+        for layer in layers:
+            out[layer][alone] = states[layer]
+    for k, members in ((k, m) for k, m in groups if k > 0):
+        prefix = prompt_pass(lm, [prompt_ids[members[0]][:k]], [], use_cache=True)
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            fed = continuation_pass(lm, prefix, [0] * len(chunk), [prompt_ids[i][k:] for i in chunk], layers)
+            for layer in layers:
+                out[layer][chunk] = torch.stack([s[-1] for s in fed[layer]]).float().cpu().numpy()
+    return out
 
 
 def _lens_info(lens: Lens) -> dict[str, Any]:

@@ -14,10 +14,13 @@ right after the opening quote of the answer, so the next token *is* the answer's
 * **cloze** (in B): the concept's one-blank sentence followed by the target language's word for
   "Answer" (``... Réponse: "``), after exemplar sentences answered the same way.
 
-Exemplars are other concepts of the whole word list (never the one asked, and not only the
-concepts a tokenizer keeps), drawn with the run's seed for each (task, source, target, concept),
-so a prompt never depends on which other pairs or concepts a run asks for. Words are the
-canonical (first) forms.
+Exemplars are concepts of the whole word list (not only those a tokenizer keeps) in an order
+drawn with the run's seed for each (task, source, target): every prompt of a pair shows the first
+``k`` of them, except that the concept asked is never its own exemplar (the next one stands in).
+So a pair's prompts share one exemplar block (encoded once: the prompts differ only in their last
+line), and a prompt never depends on which other pairs or concepts a run reads. Wendler et al.
+draw exemplars per concept; fixed exemplars per pair are lm-evaluation-harness's practice and
+make a run several times faster. Words are the canonical (first) forms.
 """
 
 from __future__ import annotations
@@ -108,10 +111,10 @@ def check_shots(words: WordList, tasks: Sequence[str], shots: int | None) -> Non
 
 
 def exemplars(words: WordList, pair: Pair, concept: str, k: int, seed: int) -> list[Concept]:
-    """``k`` other concepts of the list, drawn with ``seed`` for this pair and concept."""
-    pool = [c for c in words.concepts if c.id != concept]
+    """The first ``k`` concepts other than ``concept`` of the pair's seeded order of the whole list."""
     check_shots(words, [pair.task], k)
-    return random.Random(f"words-{seed}-{pair.key}-{concept}").sample(pool, k)
+    order = random.Random(f"words-{seed}-{pair.key}").sample(list(words.concepts), len(words.concepts))
+    return [c for c in order if c.id != concept][:k]
 
 
 def _line(pair: Pair, concept: Concept, answer: bool) -> str:
