@@ -112,6 +112,11 @@ def world(saved_model: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
         weights = folder / "model.safetensors"
         weights.write_bytes(damage(weights.read_bytes()))
     (root / "no-config").mkdir()
+    (root / "partial-words.jsonl").write_text(
+        '{"id": "dog", "words": {"en": ["dog"], "de": ["Hund"], "zh": ["狗"]}}\n'
+        '{"id": "cat", "words": {"en": ["cat"], "zh": ["猫"]}}\n',
+        encoding="utf-8",
+    )
     return w
 
 
@@ -161,6 +166,12 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("neurons --top-rate 0", lambda w: [*NEURONS(w), "--top-rate", "0"], ("--top-rate",)),
     ("neurons --activation-bar 2", lambda w: [*NEURONS(w), "--activation-bar", "2"], ("--activation-bar",)),
     ("neurons text beyond the items", lambda w: [*NEURONS(w), "--n-text-items", "7"], ("--n-text-items: 7", "no items")),
+    ("words --task sing", lambda w: [*WORDS(w), "--task", "sing"], ("--task", "'sing'")),
+    ("words --target xx", lambda w: [*WORDS(w), "--target", "xx"], ("--target", "'xx'", "word list")),
+    ("words --words missing", lambda w: [*WORDS(w), "--words", str(w.path("nowhere.jsonl"))], ("--words", "nowhere.jsonl")),
+    ("words list without a translation", lambda w: [*WORDS(w), "--words", str(w.path("partial-words.jsonl"))], ("partial-words.jsonl line 2", "'cat'", "'de'")),
+    ("words --lens tuned without a folder", lambda w: [*WORDS(w), "--lens", "tuned"], ("--lens", "tuned:LENS_DIR")),
+    ("words --shots beyond the list", lambda w: [*WORDS(w), "--shots", "500"], ("--shots", "500")),
     ("info with an empty prompt", lambda w: ["info", "-m", str(w.model), "--prompt", ""], ("--prompt",)),
     ("unknown dataset", lambda w: [*EVAL(w, dataset="jsonll")], ("jsonll", "jsonl")),
     ("unknown language", lambda w: [*EVAL(w), "--languages", "en,xx"], ("'xx'",)),
@@ -187,6 +198,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("config: similarity 3 items", lambda w: ["run", config(w, "sn.yaml", CFG + "similarity: {n_items: 3}\n")], ("similarity.n_items",)),
     ("config: PCA's 3 items for similarity", lambda w: ["run", config(w, "sp3.yaml", CFG + "pca: {n_items: 3}\nsimilarity: {}\n")], ("similarity.n_items", "pca.n_items = 3")),
     ("config: neurons unknown language", lambda w: ["run", config(w, "na.yaml", CFG + "neurons: {ablate: [xx]}\n")], ("neurons.ablate", "'xx'")),
+    ("config: words unknown task", lambda w: ["run", config(w, "wt.yaml", CFG + "words: {tasks: [sing]}\n")], ("words.tasks", "'sing'")),
+    ("config: words target the list lacks", lambda w: ["run", config(w, "wl.yaml", CFG + "words: {targets: [xx]}\n")], ("words.targets", "'xx'")),
     ("config: neurons top_rate 0", lambda w: ["run", config(w, "nt.yaml", CFG + "neurons: {top_rate: 0}\n")], ("neurons.top_rate",)),
 ]  # fmt: skip
 
@@ -209,6 +222,10 @@ def SIM(w: World) -> list[str]:  # noqa: N802
 
 def NEURONS(w: World) -> list[str]:  # noqa: N802
     return ["neurons", *EVAL(w)[1:], "--n-text-items", "2"]
+
+
+def WORDS(w: World) -> list[str]:  # noqa: N802
+    return ["words", *EVAL(w)[1:], "--layers", "1"]
 
 
 def STEER(w: World) -> list[str]:  # noqa: N802
@@ -240,7 +257,7 @@ def test_bad_input_is_one_line_and_touches_nothing(
     if args[0] == "run":
         assert not re.search(r"(^|\s)--[a-z]", line.split(": ", 1)[1]), line
     else:
-        assert not re.search(r"\b(steering|neurons|similarity|pca|lens)\.[a-z_]+:", line), line
+        assert not re.search(r"\b(steering|neurons|similarity|pca|lens|words)\.[a-z_]+:", line), line
     assert [snapshot(f) for f in folders] == before  # the fresh folders were never created
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ from crosslens.lenses.lens import LensInfo, TunedLens
 from crosslens.models.passes import prefix_groups
 from crosslens.options import OptionError
 from crosslens.stages.activations import last_token_states
-from crosslens.stages.words.compute import mean_ci, screen, word_tokens
+from crosslens.stages.words.compute import curves, mean_ci, screen, word_tokens
 from crosslens.stages.words.stage import shared_last_states, words_stage
 from crosslens.stages.words.tasks import Pair, exemplars, render
 from crosslens.store import RunMismatchError, Store
@@ -168,6 +169,23 @@ def test_the_filter_drops_exactly_the_planted_overlaps(family: str, tmp_path: Pa
     assert screened.counts()["de"] | {"dropped": None} == {"concepts": 6, "kept": 3, "dropped": None}
 
 
+def test_translation_leaves_out_a_target_word_the_source_word_gives_away(tmp_path: Path) -> None:
+    """A target word sharing a first token with the source word could be copied from the prompt (花
+    in Chinese and Japanese): it is left out of that translation pair only."""
+    rows = [{"id": c, "words": {"en": [en], "de": [de], "fr": [de if c == "capital" else fr]}}
+            for c, en, de, fr in CONCEPTS]  # fmt: skip
+    words = read_words(write_words(tmp_path / "w.jsonl", rows))
+    screened = screen(tiny_model("llama").tokenizer, words.concepts, ["de"], sources=["fr", "en"])
+    assert screened.copies("fr", "de") == ["capital"] and screened.copies("en", "de") == []
+    lm = tiny_model("llama")
+    stage = plan(lm, tmp_path / "out", tmp_path / "w.jsonl", sources=["fr"], targets=["de", "en"])
+    assert stage.copies == {"translation:fr>de": ["capital"], "translation:fr>en": []}
+    read: dict[str, set[str]] = {}
+    for u in stage.units:
+        read.setdefault(u.language, set()).update(u.item_ids)
+    assert "capital" not in read["translation:fr>de"] and "capital" in read["translation:fr>en"]
+
+
 # -- the readings --------------------------------------------------------------------------------------------
 def _naive(lm, prompt: str, layer: int, lens: TunedLens | None) -> torch.Tensor:
     """Next-token probabilities after ``prompt`` at ``layer`` from transformers' own hidden states:
@@ -243,6 +261,23 @@ def test_a_shared_exemplar_block_is_encoded_once_with_the_same_states(family: st
         np.testing.assert_allclose(shared[layer], alone[layer], atol=1e-4, rtol=0)
 
 
+def test_translation_from_english_is_kept_apart_from_the_latent_curves() -> None:
+    """Its prompt holds the English word: its P(English) measures copying, pooled on its own."""
+    rows = pd.DataFrame(
+        [
+            {"task": "translation", "source": s, "target": t, "lens": "logit", "layer": 1, "concept": c,
+             "p_target": 0.1, "p_english": 0.9 if s == "en" else 0.2, "mass_target": 0.0,
+             "mass_english": 0.0, "entropy": 1.0}
+            for s, t in (("en", "de"), ("fr", "de"), ("de", "en"), ("en", "fr"))
+            for c in ("a", "b")
+        ]
+    )  # fmt: skip
+    found = curves(rows, 0, 0)["translation"]
+    assert set(found) == {"de", "en", "all", "from_en"}
+    mean = {g: found[g]["logit"][1]["p_english"]["mean"] for g in found}
+    assert mean == pytest.approx({"de": 0.2, "en": 0.2, "all": 0.2, "from_en": 0.9})
+
+
 def test_mean_ci_is_a_percentile_bootstrap() -> None:
     values = np.array([0.1, 0.2, 0.3, 0.4, np.nan])
     cell = mean_ci(values, 2000, seed=0)
@@ -260,9 +295,9 @@ def test_more_targets_layers_and_concepts_extend_and_equal_a_fresh_run(tmp_path:
     lm = tiny_model("llama")
     words = write_words(tmp_path / "w.jsonl")
     out, fresh = tmp_path / "out", tmp_path / "fresh"
-    run(plan(lm, out, words, targets=["de"], sources=["en"], layers=[1, 2], n_concepts=4))
+    run(plan(lm, out, words, targets=["de"], sources=["fr"], layers=[1, 2], n_concepts=4))
     first = _shards(out)
-    more = {"targets": ["de", "fr"], "sources": ["en"], "layers": [1, 2, 4]}
+    more = {"targets": ["de", "en"], "sources": ["fr"], "layers": [1, 2, 4]}
     summary = run(plan(lm, out, words, **more))
     assert all(_shards(out)[k] == v for k, v in first.items()) and len(_shards(out)) > len(first)
     run(plan(lm, fresh, words, **more))
@@ -271,11 +306,11 @@ def test_more_targets_layers_and_concepts_extend_and_equal_a_fresh_run(tmp_path:
     a, b = (df.sort_values(keys).reset_index(drop=True) for df in (a, b))
     assert not a.duplicated(keys).any() and len(a) == len(b)
     np.testing.assert_allclose(a["p_target"], b["p_target"], atol=1e-6)
-    assert summary["layers"] == [1, 2, 4] and summary["pairs"] == ["translation:en>de", "translation:en>fr"]
-    assert set(summary["curves"]["translation"]) == {"de", "fr", "all"}
+    assert summary["layers"] == [1, 2, 4] and summary["pairs"] == ["translation:fr>de", "translation:fr>en"]
+    assert set(summary["curves"]["translation"]) == {"de", "en", "all"}
     # A smaller selection reads a subset: the summary covers the run's own pairs and layers.
     before = _shards(out)
-    again = run(plan(lm, out, words, targets=["de"], sources=["en"], layers=[2]))
+    again = run(plan(lm, out, words, targets=["de"], sources=["fr"], layers=[2]))
     assert again["layers"] == [2] and set(again["curves"]["translation"]) == {"de", "all"}
     assert _shards(out) == before
 
@@ -358,3 +393,21 @@ def test_cli_runs_prints_the_filter_and_the_report_has_its_section(
         assert len(lines) == 1 and "Traceback" not in err, err
         for word in expected:
             assert word in " ".join(err.split()), err
+
+
+@pytest.mark.slow
+def test_gemma_3_270m_reads_english_between_chinese_and_german(tmp_path: Path) -> None:
+    """The field's picture on the real Gemma 3 270M (docs/words.md): translating de -> zh and
+    zh -> de, the English word is likelier than the target word at layer 14, and the target word
+    is likelier than the English word in the model's own output (layer 18)."""
+    from crosslens.data.registry import load_dataset
+    from crosslens.models.loading import load_model
+
+    lm = load_model("gemma-3-270m")
+    stage = words_stage(lm, load_dataset("crosslens-mini", ["de", "zh"]), tmp_path, layers=[14, 18],
+                        n_concepts=8, n_boot=100)  # fmt: skip
+    summary = run(stage)
+    for target in ("de", "zh"):
+        curve = summary["curves"]["translation"][target]["logit"]
+        assert curve[14]["p_english"]["mean"] > 3 * curve[14]["p_target"]["mean"], target
+        assert curve[18]["p_target"]["mean"] > 3 * curve[18]["p_english"]["mean"], target

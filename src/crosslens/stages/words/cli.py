@@ -11,7 +11,8 @@ from rich.table import Table
 from crosslens.console import out_console
 from crosslens.render.figures import at
 from crosslens.render.tables import missing
-from crosslens.stages.words.report import targets_of
+from crosslens.stages.words.compute import ALL
+from crosslens.stages.words.report import group_label, targets_of
 
 __all__ = ["print_summary", "filter_lines"]
 
@@ -39,9 +40,14 @@ def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
     out_console.print(f"word list {name}: the tokenizer's filter (Wendler et al.)", highlight=False)
     for line in filter_lines(summary):
         out_console.print(f"  {line}", highlight=False)
+    copies = summary.get("copies") or {}
+    if copies:
+        pairs = ", ".join(f"{key.partition(':')[2]} {len(ids)}" for key, ids in copies.items())
+        line = f"  left out of translation pairs (the target shares a first token with the source): {pairs}"
+        out_console.print(line, highlight=False)
     several = len(summary["lenses"]) > 1
     for task in (t for t in summary["tasks"] if t in summary["curves"]):
-        for lens, curve in summary["curves"][task].get("all", {}).items():
+        for lens, curve in summary["curves"][task].get(ALL, {}).items():
             title = summary["lenses"][lens]["title"]
             table = Table(title=f"{task}, {title}: mean over concepts, non-English targets pooled")
             for col in ("layer", "P(target)", "P(English)", "mass target", "mass English", "entropy"):
@@ -60,7 +66,7 @@ def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
             for lens, m in summary["landmarks"][task][target].items():
                 n = at(summary["curves"][task][target][lens], m["final_layer"])["p_target"]["n"]
                 table.add_row(
-                    target, *([lens] if several else []), str(n), f"{m['english_peak']:.3f}",
+                    group_label(target), *([lens] if several else []), str(n), f"{m['english_peak']:.3f}",
                     str(m["english_peak_layer"]), f"{m['target_at_english_peak']:.3f}",
                     "–" if m["target_takes_over"] is None else str(m["target_takes_over"]),
                     f"{m['final_target']:.3f}", f"{m['final_english']:.3f}",

@@ -16,8 +16,9 @@ next-token readout.
 **The filter.** A concept is kept for a target language when its target token set shares no token
 with its English token set (else P(target) and P(English) would count the same mass twice),
 neither set holds the tokenizer's unknown token and neither is empty (every variant starts with a
-byte token). English as the target is not filtered (its two
-probabilities are the same number).
+byte token). In translation, a concept is also left out of a pair when its target set shares a
+token with its source word's (:meth:`Screen.copies`): copying from the prompt is not translating.
+English as the target is not compared with English (its two probabilities are the same number).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ __all__ = [
     "REASONS",
     "LEVEL",
     "METRICS",
+    "ALL",
+    "FROM_ENGLISH",
     "Screen",
     "word_tokens",
     "screen",
@@ -82,6 +85,12 @@ class Screen:
     kept: Mapping[str, list[str]]
     dropped: Mapping[str, dict[str, list[str]]]
 
+    def copies(self, source: str, target: str) -> list[str]:
+        """The kept concepts whose target word shares a first token with their ``source`` word: in
+        translation the model could copy the word from the prompt (Chinese and Japanese share many
+        characters), which would read as the target, so they are left out of that pair."""
+        return [c for c in self.kept[target] if set(self.tokens[(c, target)]) & set(self.tokens[(c, source)])]
+
     def counts(self) -> dict[str, dict[str, Any]]:
         """Per target: concepts screened, kept, and the dropped ones by reason (what the summary keeps)."""
         return {
@@ -95,14 +104,19 @@ class Screen:
 
 
 def screen(
-    tokenizer: Any, concepts: Sequence[Concept], targets: Sequence[str], english: str = "en"
+    tokenizer: Any,
+    concepts: Sequence[Concept],
+    targets: Sequence[str],
+    english: str = "en",
+    sources: Sequence[str] = (),
 ) -> Screen:
-    """Wendler et al.'s filter of ``concepts`` for each target language under ``tokenizer``."""
+    """Wendler et al.'s filter of ``concepts`` for each target language under ``tokenizer`` (the
+    token sets of ``sources`` are kept too, for :meth:`Screen.copies`)."""
     unknown = tokenizer.unk_token_id
     tokens = {
         (c.id, lang): word_tokens(tokenizer, c.words[lang])
         for c in concepts
-        for lang in dict.fromkeys([english, *targets])
+        for lang in dict.fromkeys([english, *targets, *sources])
     }
     kept: dict[str, list[str]] = {}
     dropped: dict[str, dict[str, list[str]]] = {}
@@ -162,24 +176,36 @@ def mean_ci(values: np.ndarray, n_boot: int, seed: int, level: float = LEVEL) ->
     return out | {"n": int(v.size)}
 
 
+ALL, FROM_ENGLISH = "all", "from_en"  # the pooled groups of :func:`curves`
+
+
 def curves(rows: pd.DataFrame, n_boot: int, seed: int, english: str = "en") -> dict[str, Any]:
-    """``{task: {target: {lens: {layer: {metric: {mean, ci_low, ci_high, n}}}}}}``, each a mean over
-    concepts (a concept's value is its mean over the sources it was asked from), with target ``all``
-    pooling every non-English target (a concept's value: its mean over every pair it is in)."""
+    """``{task: {group: {lens: {layer: {metric: {mean, ci_low, ci_high, n}}}}}}``, each a mean over
+    concepts. Groups: each target language (a concept's value is its mean over the sources it was
+    asked from), :data:`ALL` pooling every non-English target (its mean over every such pair), and,
+    apart, :data:`FROM_ENGLISH`: translation *from* English into the other targets. Translation from
+    English is left out of the other groups: its prompt holds the English word, so P(English) there
+    measures copying from the prompt, not a latent English (Wendler et al. translate from other
+    languages only)."""
     keys = ["task", "target", "lens", "layer", "concept"]
-    per_target = rows.groupby(keys)[list(METRICS)].mean().reset_index()
-    pooled = (
-        rows[rows["target"] != english]
-        .groupby(["task", "lens", "layer", "concept"])[list(METRICS)]
-        .mean()
-        .reset_index()
-        .assign(target="all")
-    )
+    copying = (rows["task"] == "translation") & (rows["source"] == english)
+    latent = rows[~copying]
+    groups = [
+        latent.groupby(keys)[list(METRICS)].mean().reset_index(),
+        _pooled(latent[latent["target"] != english], ALL),
+        _pooled(rows[copying & (rows["target"] != english)], FROM_ENGLISH),
+    ]
     out: dict[str, Any] = {}
-    for (task, target, lens, layer), grp in pd.concat([per_target, pooled]).groupby(keys[:-1], sort=False):
+    for (task, target, lens, layer), grp in pd.concat(groups).groupby(keys[:-1], sort=False):
         cell = {m: mean_ci(grp[m].to_numpy(), n_boot, seed) for m in METRICS}
         out.setdefault(task, {}).setdefault(target, {}).setdefault(lens, {})[int(layer)] = cell
     return out
+
+
+def _pooled(rows: pd.DataFrame, group: str) -> pd.DataFrame:
+    """Each concept's mean over the rows' pairs, per (task, lens, layer), as target ``group``."""
+    keys = ["task", "lens", "layer", "concept"]
+    return rows.groupby(keys)[list(METRICS)].mean().reset_index().assign(target=group)
 
 
 def landmarks(curve: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:

@@ -14,9 +14,10 @@ from crosslens.render.figures import at, band, grid, new_figure, save
 from crosslens.render.tables import Table, missing
 from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
 from crosslens.stages.words import FIGURES
+from crosslens.stages.words.compute import ALL, FROM_ENGLISH
 from crosslens.stages.words.config import ENGLISH
 
-__all__ = ["PART", "curves_figure", "latent_figure", "targets_of"]
+__all__ = ["PART", "curves_figure", "latent_figure", "targets_of", "group_title"]
 
 COLORS = {
     "p_target": "tab:orange",
@@ -34,11 +35,13 @@ STYLES = ("-", "--", ":", "-.")  # one per lens
 CAPTIONS = {
     "curves": (
         "Word tasks (Wendler et al. 2024): P(target word) and P(English word) at the last prompt position "
-        "per layer, mean over concepts (translation: over sources too); one panel per task and target, "
-        "one line style per lens; shaded: 95 % bootstrap CI over concepts."
+        "per layer, mean over concepts (translation: over the non-English sources too; translation from "
+        "English, whose prompt holds the English word, in a panel of its own); one panel per task and "
+        "target, one line style per lens; shaded: 95 % bootstrap CI over concepts."
     ),
     "latent": (
-        "Latent language in the word tasks, every non-English target pooled: the word probabilities, the "
+        "Latent language in the word tasks, every non-English target and source pooled: the word "
+        "probabilities, the "
         "next-token mass on English and on target-language tokens (token -> language table), and the "
         "entropy (right axis, nats); one panel per task and lens."
     ),
@@ -50,10 +53,26 @@ def _stats(curve: Mapping[str, Any], layers: Sequence[int], metric: str) -> list
 
 
 def targets_of(summary: Mapping[str, Any], task: str) -> list[str]:
-    """The targets of ``task`` in run order, then ``all`` where it pools more than one target."""
+    """The groups of ``task`` in run order: each target, ``all`` where it pools more than one target,
+    then translation from English (apart: its prompt holds the English word)."""
     by_target = summary["curves"].get(task, {})
     own = [t for t in summary["targets"] if t in by_target]
-    return own + (["all"] if "all" in by_target and len([t for t in own if t != ENGLISH]) > 1 else [])
+    pooled = [ALL] if ALL in by_target and len([t for t in own if t != ENGLISH]) > 1 else []
+    return own + pooled + ([FROM_ENGLISH] if FROM_ENGLISH in by_target else [])
+
+
+def group_label(group: str) -> str:
+    """A curve group in a table's target column."""
+    return {ALL: "all", FROM_ENGLISH: "from en"}.get(group, group)
+
+
+def group_title(task: str, group: str) -> str:
+    """A curve group as figures and tables name it."""
+    if group == ALL:
+        return f"{task}, all targets but English"
+    if group == FROM_ENGLISH:
+        return f"{task} from English (copying), all targets"
+    return f"{task} → {group}"
 
 
 def curves_figure(summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
@@ -62,7 +81,7 @@ def curves_figure(summary: Mapping[str, Any], path: str | Path, title: str | Non
     panels = [(task, target) for task in summary["tasks"] for target in targets_of(summary, task)]
     cols = min(len(panels), 5)
     fig = new_figure(2.9 * cols + 0.6, 2.5 * -(-len(panels) // cols) + 0.6)
-    axes = grid(fig, len(panels), cols, sharey=True)
+    axes = grid(fig, len(panels), cols)  # each panel its own scale: copying from English reaches 0.8
     lenses = list(summary["lenses"])
     for ax, (task, target) in zip(axes, panels):
         for lens, style in zip(lenses, STYLES):
@@ -74,8 +93,7 @@ def curves_figure(summary: Mapping[str, Any], path: str | Path, title: str | Non
                 band(ax, layers, _stats(curve, layers, metric), 1.0, COLORS[metric], LABELS[metric] + suffix,
                      linestyle=style)  # fmt: skip
         n = at(next(iter(summary["curves"][task][target].values())), layers[-1])["p_target"]["n"]
-        where = "all targets but en" if target == "all" else f"→ {target}"
-        ax.set_title(f"{task} {where} (n = {n})", fontsize=8)
+        ax.set_title(f"{group_title(task, target)} (n = {n})", fontsize=8)
         ax.set_xlabel("layer", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
@@ -93,12 +111,12 @@ def latent_figure(summary: Mapping[str, Any], path: str | Path, title: str | Non
     English and target-language tokens, the entropy on a second axis."""
     layers = [int(x) for x in summary["layers"]]
     panels = [
-        (task, lens) for task in summary["tasks"] for lens in summary["curves"].get(task, {}).get("all", {})
+        (task, lens) for task in summary["tasks"] for lens in summary["curves"].get(task, {}).get(ALL, {})
     ]
-    fig = new_figure(4.4 * max(1, len(panels)) + 0.4, 3.6)
+    fig = new_figure(max(6.4, 4.4 * len(panels) + 0.4), 3.8)
     axes = grid(fig, max(1, len(panels)), max(1, len(panels)), sharey=True)
     for ax, (task, lens) in zip(axes, panels):
-        curve = summary["curves"][task]["all"][lens]
+        curve = summary["curves"][task][ALL][lens]
         for metric in ("p_target", "p_english", "mass_target", "mass_english"):
             stats = _stats(curve, layers, metric)
             if all(missing(s["mean"]) for s in stats):
@@ -113,13 +131,14 @@ def latent_figure(summary: Mapping[str, Any], path: str | Path, title: str | Non
         ax.set_title(f"{task}, {summary['lenses'][lens]['title']}", fontsize=9)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     if panels:
+        axes[0].set_ylim(bottom=0)  # once all panels are drawn: their shared scale fits every one
         axes[0].set_ylabel("probability / mass")
         handles, labels = axes[0].get_legend_handles_labels()
         extra, extra_labels = twin.get_legend_handles_labels()
-        fig.legend(handles + extra, labels + extra_labels, loc="outside lower center", fontsize=8, ncol=5)
+        ncol = min(5, 2 * len(panels) + 1)
+        fig.legend(handles + extra, labels + extra_labels, loc="outside lower center", fontsize=8, ncol=ncol)
     if title:
         fig.suptitle(title, fontsize=10)
     return save(fig, path)
@@ -150,7 +169,7 @@ def filter_table(s: Mapping[str, Any]) -> Table:
 
 
 def layer_table(s: Mapping[str, Any], task: str) -> Table | None:
-    pooled = s["curves"][task].get("all")
+    pooled = s["curves"][task].get(ALL)
     if not pooled:
         return None
     lenses = list(pooled)
@@ -184,7 +203,7 @@ def landmark_table(s: Mapping[str, Any], task: str) -> Table:
     for target in targets_of(s, task):
         for lens, m in s["landmarks"][task][target].items():
             rows.append([
-                target, s["lenses"][lens]["title"],
+                group_label(target), s["lenses"][lens]["title"],
                 f"{m['english_peak']:.3f} (layer {m['english_peak_layer']})",
                 f"{m['target_at_english_peak']:.3f}",
                 "–" if m["target_takes_over"] is None else str(m["target_takes_over"]),
@@ -239,7 +258,7 @@ class WordsReport(ReportPart):
                 "words", curves_figure(s, folder.path / FIGURES["curves"], folder.title), CAPTIONS["curves"]
             )
         )
-        if any("all" in by_target for by_target in s["curves"].values()):
+        if any(ALL in by_target for by_target in s["curves"].values()):
             latent = latent_figure(s, folder.path / FIGURES["latent"], folder.title)
             out.append(Figure("words_latent", latent, CAPTIONS["latent"]))
         return out

@@ -97,6 +97,7 @@ class WordsStage(Stage):
     lenses: dict[str, Lens]
     layers: list[int]
     screened: Screen
+    copies: dict[str, list[str]]
     shots: int | None
     seed: int
     n_boot: int
@@ -225,6 +226,7 @@ class WordsStage(Stage):
             if len(df)
             else 0,
             "filter": self.screened.counts(),
+            "copies": {key: ids for key, ids in self.copies.items() if ids},
             "reasons": REASONS,
             "token_languages": {
                 "method": self.table_languages.method,
@@ -336,12 +338,15 @@ def words_stage(
     read = {lens_tag(x): x for x in (_use(entry, lm, layers) for entry in lenses)}
     concepts = word_list.concepts[: section.n_concepts]
     targets_read = list(dict.fromkeys(p.target for p in planned))
-    screened = screen(lm.tokenizer, concepts, targets_read, ENGLISH)
+    screened = screen(
+        lm.tokenizer, concepts, targets_read, ENGLISH, list(dict.fromkeys(p.source for p in planned))
+    )
+    copies = {p.key: screened.copies(p.source, p.target) for p in planned if p.task == "translation"}
     settings = tuple((tag, layer) for tag in read for layer in layers)
     units = [
         Unit(word_list.name, p.key, k // chunk_size, tuple(kept[k : k + chunk_size]), settings)
         for p in planned
-        for kept in [screened.kept[p.target]]
+        for kept in [[c for c in screened.kept[p.target] if c not in copies.get(p.key, ())]]
         for k in range(0, len(kept), chunk_size)
     ]
     if not units:
@@ -383,6 +388,7 @@ def words_stage(
         lenses=read,
         layers=layers,
         screened=screened,
+        copies=copies,
         shots=shots,
         seed=seed,
         n_boot=n_boot,
