@@ -411,3 +411,26 @@ def test_gemma_3_270m_reads_english_between_chinese_and_german(tmp_path: Path) -
         curve = summary["curves"]["translation"][target]["logit"]
         assert curve[14]["p_english"]["mean"] > 3 * curve[14]["p_target"]["mean"], target
         assert curve[18]["p_target"]["mean"] > 3 * curve[18]["p_english"]["mean"], target
+
+
+def test_an_experiment_runs_the_words_section_and_reports_it(tmp_path: Path) -> None:
+    from crosslens.experiment.config import parse_config
+    from crosslens.experiment.runner import run_experiment
+
+    lm = tiny_model("gemma3")
+    config = {
+        "models": [lm.spec],
+        "datasets": [{"name": "crosslens-mini", "languages": ["en", "de", "fr"], "limit": 4}],
+        "layers": [2, 4],
+        "lens": {"enabled": False},
+        "pca": {"enabled": False},
+        "words": {"tasks": ["translation", "repetition"], "n_concepts": 8, "n_boot": 20},
+        "output": str(tmp_path / "runs"),
+    }
+    report = run_experiment(parse_config(config, check_models=False), progress=False, models={lm.spec: lm})
+    folder = tmp_path / "runs" / "tiny-gemma3" / "crosslens-mini"
+    summary = json.loads((folder / "words_summary.json").read_text())
+    assert summary["tasks"] == ["translation", "repetition"] and summary["layers"] == [2, 4]
+    assert set(Store(folder).read("words")["task"]) == {"translation", "repetition"}
+    md = report.with_name("report.md").read_text()
+    assert "Word task repetition: where P(target) and P(English) turn" in md and "fig_words.png" in md

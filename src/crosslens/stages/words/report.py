@@ -69,9 +69,9 @@ def group_label(group: str) -> str:
 def group_title(task: str, group: str) -> str:
     """A curve group as figures and tables name it."""
     if group == ALL:
-        return f"{task}, all targets but English"
+        return f"{task} → all but en"
     if group == FROM_ENGLISH:
-        return f"{task} from English (copying), all targets"
+        return f"{task} from en (copying)"
     return f"{task} → {group}"
 
 
