@@ -352,21 +352,22 @@ def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("stage", ["eval", "lens", "steer"])
+@pytest.mark.parametrize("stage", ["eval", "lens", "steer", "words"])
 def test_a_non_finite_reading_is_never_ranked(
     stage: str, nan_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = write_toy(tmp_path / "data")
     out = tmp_path / "out"
-    extra = {"eval": [], "lens": ["--layers", "1,4"], "steer": ["--layers", "2", "--n-vectors", "3"]}[stage]
+    extra = {"eval": [], "lens": ["--layers", "1,4"], "steer": ["--layers", "2", "--n-vectors", "3"],
+             "words": ["--layers", "1,4", "--n-concepts", "4"]}[stage]  # fmt: skip
     capsys.readouterr()
     code = main([stage, "-m", str(nan_model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out), *extra])
     err = capsys.readouterr().err
     line = " ".join(err[err.index("error:") :].split())
     assert code == 2 and "Traceback" not in err
-    assert "item 'q" in line and "layer 4" in line or "layer 2" in line, line
+    assert ("item 'q" in line or "concepts '" in line) and "layer 4" in line or "layer 2" in line, line
     assert "nan" in line
-    for table in ("records", "lens", "steer"):  # no shard, so no summary that averages a NaN
+    for table in ("records", "lens", "steer", "words"):  # no shard, so no summary that averages a NaN
         assert not list((out / table).glob("*.parquet")) if (out / table).exists() else True
     assert not any(out.glob("*summary.json"))
 

@@ -42,7 +42,7 @@ from crosslens.models.loading import LoadedModel
 from crosslens.models.passes import continuation_pass, prefix_groups, prompt_pass
 from crosslens.options import OptionError, first_error
 from crosslens.scoring import metrics
-from crosslens.scoring.choices import SHARED_PREFIX_MIN, context_limit
+from crosslens.scoring.choices import SHARED_PREFIX_MIN, context_limit, require_finite
 from crosslens.scoring.options import CHUNK_SIZE
 from crosslens.stages.activations import last_token_states
 from crosslens.stages.api import runner
@@ -156,6 +156,8 @@ class WordsStage(Stage):
                 part = slice(start, start + step)
                 with torch.no_grad():
                     r, p = readings(lens.logits(h[part], layer), target[part], english[part])
+                where = f"{pair.key}, concepts {concepts[part][0]!r}.., layer {layer} ({tag} lens)"
+                require_finite(np.concatenate([r["p_target"], r["p_english"], r["entropy"]]), where)
                 mass = self.table_languages.masses(p, langs)
                 for k, concept in enumerate(concepts[part]):
                     top = int(r["top_id"][k])
