@@ -112,6 +112,11 @@ def world(saved_model: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
         weights = folder / "model.safetensors"
         weights.write_bytes(damage(weights.read_bytes()))
     (root / "no-config").mkdir()
+    (root / "partial-words.jsonl").write_text(
+        '{"id": "dog", "words": {"en": ["dog"], "de": ["Hund"], "zh": ["狗"]}}\n'
+        '{"id": "cat", "words": {"en": ["cat"], "zh": ["猫"]}}\n',
+        encoding="utf-8",
+    )
     return w
 
 
@@ -165,6 +170,12 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("inspect: a language the dataset lacks", lambda w: [*INSPECT(w), "-d", "crosslens-mini", "--language", "xx"], ("--language", "'xx'")),
     ("inspect: an empty prompt", lambda w: [*INSPECT(w), "--prompt", ""], ("--prompt", "empty")),
     ("inspect --top-k 0", lambda w: [*INSPECT(w), "--prompt", "x", "--top-k", "0"], ("--top-k",)),
+    ("words --task sing", lambda w: [*WORDS(w), "--task", "sing"], ("--task", "'sing'")),
+    ("words --target xx", lambda w: [*WORDS(w), "--target", "xx"], ("--target", "'xx'", "word list")),
+    ("words --words missing", lambda w: [*WORDS(w), "--words", str(w.path("nowhere.jsonl"))], ("--words", "nowhere.jsonl")),
+    ("words list without a translation", lambda w: [*WORDS(w), "--words", str(w.path("partial-words.jsonl"))], ("partial-words.jsonl line 2", "'cat'", "'de'")),
+    ("words --lens tuned without a folder", lambda w: [*WORDS(w), "--lens", "tuned"], ("--lens", "tuned:LENS_DIR")),
+    ("words --shots beyond the list", lambda w: [*WORDS(w), "--shots", "500"], ("--shots", "500")),
     ("info with an empty prompt", lambda w: ["info", "-m", str(w.model), "--prompt", ""], ("--prompt",)),
     ("unknown dataset", lambda w: [*EVAL(w, dataset="jsonll")], ("jsonll", "jsonl")),
     ("unknown language", lambda w: [*EVAL(w), "--languages", "en,xx"], ("'xx'",)),
@@ -191,6 +202,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("config: similarity 3 items", lambda w: ["run", config(w, "sn.yaml", CFG + "similarity: {n_items: 3}\n")], ("similarity.n_items",)),
     ("config: PCA's 3 items for similarity", lambda w: ["run", config(w, "sp3.yaml", CFG + "pca: {n_items: 3}\nsimilarity: {}\n")], ("similarity.n_items", "pca.n_items = 3")),
     ("config: neurons unknown language", lambda w: ["run", config(w, "na.yaml", CFG + "neurons: {ablate: [xx]}\n")], ("neurons.ablate", "'xx'")),
+    ("config: words unknown task", lambda w: ["run", config(w, "wt.yaml", CFG + "words: {tasks: [sing]}\n")], ("words.tasks", "'sing'")),
+    ("config: words target the list lacks", lambda w: ["run", config(w, "wl.yaml", CFG + "words: {targets: [xx]}\n")], ("words.targets", "'xx'")),
     ("config: neurons top_rate 0", lambda w: ["run", config(w, "nt.yaml", CFG + "neurons: {top_rate: 0}\n")], ("neurons.top_rate",)),
     # Seeds, everywhere they are taken: refused while parsing, before anything is read or written.
     ("eval --seed -1", lambda w: [*EVAL(w), "--seed", "-1"], ("--seed", "-1")),
@@ -245,6 +258,10 @@ def INSPECT(w: World) -> list[str]:  # noqa: N802
     return ["inspect", "-m", str(w.model), "-o", str(w.path("fresh"))]
 
 
+def WORDS(w: World) -> list[str]:  # noqa: N802
+    return ["words", *EVAL(w)[1:], "--layers", "1"]
+
+
 def STEER(w: World) -> list[str]:  # noqa: N802
     return ["steer", *EVAL(w)[1:], "--layers", "1", "--n-vectors", "3"]
 
@@ -283,7 +300,7 @@ def test_bad_input_is_one_line_and_touches_nothing(
     if args[0] == "run":
         assert not re.search(r"(^|\s)--[a-z]", line.split(": ", 1)[1]), line
     else:
-        assert not re.search(r"\b(steering|neurons|similarity|pca|lens)\.[a-z_]+:", line), line
+        assert not re.search(r"\b(steering|neurons|similarity|pca|lens|words)\.[a-z_]+:", line), line
     assert [snapshot(f) for f in folders] == before  # the fresh folders were never created
 
 
@@ -378,21 +395,22 @@ def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("stage", ["eval", "lens", "steer"])
+@pytest.mark.parametrize("stage", ["eval", "lens", "steer", "words"])
 def test_a_non_finite_reading_is_never_ranked(
     stage: str, nan_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = write_toy(tmp_path / "data")
     out = tmp_path / "out"
-    extra = {"eval": [], "lens": ["--layers", "1,4"], "steer": ["--layers", "2", "--n-vectors", "3"]}[stage]
+    extra = {"eval": [], "lens": ["--layers", "1,4"], "steer": ["--layers", "2", "--n-vectors", "3"],
+             "words": ["--layers", "1,4", "--n-concepts", "4"]}[stage]  # fmt: skip
     capsys.readouterr()
     code = main([stage, "-m", str(nan_model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out), *extra])
     err = capsys.readouterr().err
     line = " ".join(err[err.index("error:") :].split())
     assert code == 2 and "Traceback" not in err
-    assert "item 'q" in line and "layer 4" in line or "layer 2" in line, line
+    assert ("item 'q" in line or "concepts '" in line) and "layer 4" in line or "layer 2" in line, line
     assert "nan" in line
-    for table in ("records", "lens", "steer"):  # no shard, so no summary that averages a NaN
+    for table in ("records", "lens", "steer", "words"):  # no shard, so no summary that averages a NaN
         assert not list((out / table).glob("*.parquet")) if (out / table).exists() else True
     assert not any(out.glob("*summary.json"))
 

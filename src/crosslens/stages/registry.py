@@ -38,6 +38,7 @@ BUILTIN = (
     "crosslens.stages.evaluate",
     "crosslens.stages.lens",
     "crosslens.stages.inspect",
+    "crosslens.stages.words",
     "crosslens.stages.pca",
     "crosslens.stages.similarity",
     "crosslens.stages.neurons",
