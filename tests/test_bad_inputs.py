@@ -99,6 +99,7 @@ def world(saved_model: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
         ),
     )
     write_toy(root / "no-en", languages=("de", "zh"))
+    (write_toy(root / "xx-lang", languages=("en", "de")) / "de.jsonl").rename(root / "xx-lang" / "xx.jsonl")
     write_toy(
         root / "long",
         edit=lambda lang, lines: lines.__setitem__(
@@ -173,6 +174,10 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("truncated weights", lambda w: [*EVAL(w, model=str(w.path("model-truncated")), out=w.path("fresh"))], ("cannot load weights",)),
     ("random-byte weights", lambda w: [*EVAL(w, model=str(w.path("model-random")), out=w.path("fresh"))], ("cannot load weights",)),
     ("weights with a bad header", lambda w: [*EVAL(w, model=str(w.path("model-bad-header")), out=w.path("fresh"))], ("cannot load weights",)),
+    ("latent --lens banana", lambda w: [*LATENT(w), "--lens", "banana"], ("--lens", "'banana'")),
+    ("latent --lens tuned without its folder", lambda w: [*LATENT(w), "--lens", "tuned"], ("--lens", "tuned:PATH")),
+    ("latent --positions first", lambda w: [*LATENT(w), "--positions", "first"], ("--positions", "first")),
+    ("latent on a code of no language", lambda w: [*LATENT(w, data=w.path("xx-lang"))], ("--languages", "'xx'", "names no language")),
     ("lens without English", lambda w: [*LENS(w, data=w.path("no-en")), "--languages", "de,zh"], ("English",)),
     ("prompt past the context", lambda w: [*EVAL(w, data=w.path("long"), out=w.path("fresh"))], ("'q0'", "512", "--skip-long")),
     ("another model into the folder", lambda w: [*EVAL(w, model="smollm2-135m")], ("model", "smollm2-135m")),
@@ -187,6 +192,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("config: similarity 3 items", lambda w: ["run", config(w, "sn.yaml", CFG + "similarity: {n_items: 3}\n")], ("similarity.n_items",)),
     ("config: PCA's 3 items for similarity", lambda w: ["run", config(w, "sp3.yaml", CFG + "pca: {n_items: 3}\nsimilarity: {}\n")], ("similarity.n_items", "pca.n_items = 3")),
     ("config: neurons unknown language", lambda w: ["run", config(w, "na.yaml", CFG + "neurons: {ablate: [xx]}\n")], ("neurons.ablate", "'xx'")),
+    ("config: latent lens banana", lambda w: ["run", config(w, "ll.yaml", CFG + "latent: {lenses: [logit, banana]}\n")], ("latent.lenses", "'banana'")),
+    ("config: latent tuned without its folder", lambda w: ["run", config(w, "lt.yaml", CFG + "latent: {lenses: [tuned]}\n")], ("latent.lenses", "tuned:PATH")),
     ("config: neurons top_rate 0", lambda w: ["run", config(w, "nt.yaml", CFG + "neurons: {top_rate: 0}\n")], ("neurons.top_rate",)),
 ]  # fmt: skip
 
@@ -197,6 +204,10 @@ def EVAL(w: World, model: str | None = None, data: Path | None = None, out: Path
 
 def LENS(w: World, data: Path | None = None) -> list[str]:  # noqa: N802
     return ["lens", *EVAL(w, data=data)[1:], "--layers", "1,2"]
+
+
+def LATENT(w: World, data: Path | None = None) -> list[str]:  # noqa: N802
+    return ["latent", *EVAL(w, data=data)[1:], "--layers", "1"]
 
 
 def PCA(w: World) -> list[str]:  # noqa: N802
@@ -240,7 +251,7 @@ def test_bad_input_is_one_line_and_touches_nothing(
     if args[0] == "run":
         assert not re.search(r"(^|\s)--[a-z]", line.split(": ", 1)[1]), line
     else:
-        assert not re.search(r"\b(steering|neurons|similarity|pca|lens)\.[a-z_]+:", line), line
+        assert not re.search(r"\b(steering|neurons|similarity|pca|lens|latent)\.[a-z_]+:", line), line
     assert [snapshot(f) for f in folders] == before  # the fresh folders were never created
 
 

@@ -241,8 +241,11 @@ def latent_stage(
         | prompter.fingerprint()
         | {
             "positions": positions,
-            "token_table": {k: v for k, v in table.provenance.items() if k != "languages"}
-            | {"columns": len(table.languages)},
+            # the token -> language table, key by key so a refusal names what differs
+            "token_table": table.method,
+            "token_table_wordfreq": table.wordfreq_version,
+            "token_table_lists": table.lists_sha256[:16],
+            "tokenizer_sha256": table.tokenizer_sha256[:16],
             "lenses": {kind: lens.fingerprint() for kind, lens in by_kind.items()},
         }
     )
