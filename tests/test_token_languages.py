@@ -16,7 +16,7 @@ from crosslens.data.token_languages import TokenLanguages, build_token_languages
 
 RARE_HAN = "靐"  # a Han character in neither the Chinese nor the Japanese list (checked below)
 WORDS = ["the", "house", "Haus", "und", "maison", "一", "房子", "です", "घर", "дом", "بيت", RARE_HAN, "xqz"]
-NOISE = [",", "...", "2024", "(", "!?"]
+NOISE = [",", "...", "2024", "(", "!?", "A", "y"]  # lone ASCII letters: answer labels, initials
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 

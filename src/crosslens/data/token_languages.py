@@ -11,9 +11,13 @@ Method (:data:`METHOD`):
 1. **Surface text.** Each id is decoded alone (``tokenizer.decode([i])``), which turns byte-level
    BPE pieces (``Ġ`` + byte characters: Llama 3, Qwen, SmolLM2) and SentencePiece pieces (``▁``:
    Gemma) into real text; surrounding whitespace (the word-start marker) is stripped. Special
-   tokens, empty strings, strings without a letter (punctuation, digits, symbols, whitespace) and
-   strings holding U+FFFD (a partial UTF-8 sequence: one byte of a multi-byte character) get
-   "none".
+   tokens, empty strings, strings without a letter (punctuation, digits, symbols, whitespace),
+   strings holding U+FFFD (a partial UTF-8 sequence: one byte of a multi-byte character) and a
+   single ASCII letter get "none". A lone ASCII letter is an answer label (the next token after a
+   multiple-choice prompt's "Answer:" is " A" to " D"), an initial or a variable far more often than
+   a word, and every Latin-script list holds the letters, so they would otherwise spread over those
+   languages as "other" mass (" A" would be 27 % Hungarian, " C" half French); the cost is a few
+   one-letter words (Spanish "y", Italian "e", English "I").
 2. **Word frequencies** (wordfreq's ``best`` lists): the text is normalised the way wordfreq
    normalises each language (NFC/NFKC, case folding, abjad marks, Turkish dotted i, Traditional to
    Simplified Chinese for ``zh``) and looked up in every table language's list; ``f_l`` is its
@@ -500,6 +504,8 @@ def _texts(tokenizer: Any, vocab_size: int) -> list[str | None]:
     for i in range(vocab_size):
         text = None if i in special else tokenizer.decode([i]).strip()
         if not text or "\ufffd" in text or not any(ch.isalpha() for ch in text):
+            text = None
+        elif len(text) == 1 and text.isascii():  # a letter: a label, an initial (module docstring)
             text = None
         texts.append(text)
     return texts
