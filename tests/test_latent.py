@@ -29,7 +29,7 @@ from crosslens.models.loading import LoadedModel
 from crosslens.options import OptionError
 from crosslens.scoring.choices import encode_continuation
 from crosslens.scoring.options import EvalOptions
-from crosslens.stages.latent.compute import shares
+from crosslens.stages.latent.compute import elsewhere, shares
 from crosslens.stages.latent.report import PART
 from crosslens.stages.latent.stage import latent_stage, run_latent
 from crosslens.stages.reporting import ResultFolder
@@ -147,6 +147,8 @@ def test_a_planted_head_gives_the_known_masses(tmp_path: Path) -> None:
     assert de["none"]["mean"] == pytest.approx(want[col["none"]], abs=1e-6)
     assert de["other"]["mean"] == pytest.approx(1 - want[[col["en"], col["de"], col["none"]]].sum(), abs=1e-6)
     assert s["table"]["assigned_mass"]["logit"][2] == pytest.approx(1 - want[col["none"]], abs=1e-6)
+    # The head ignores the prompt: every language's reading is the same, so is the control.
+    assert de["native_elsewhere"]["mean"] == pytest.approx(de["native"]["mean"], abs=1e-6)
 
 
 def test_shares_of_a_reading() -> None:
@@ -165,6 +167,22 @@ def test_shares_of_a_reading() -> None:
     np.testing.assert_allclose(got["other"], [0.2, 0.1, np.nan])
     np.testing.assert_allclose(got["en"] + got["native"].where(got.language != "en", 0) + got["other"]
                                + got["none"], [1, 1, np.nan])  # fmt: skip
+
+
+def test_the_control_is_the_same_language_read_from_the_other_prompts() -> None:
+    rows = pd.DataFrame(
+        {
+            "lens": "logit",
+            "layer": 1,
+            "item_id": ["a", "a", "a", "b", "b", "b"],
+            "language": ["de", "fr", "zh", "de", "fr", "zh"],
+            "mass_de": [0.5, 0.1, 0.3, 0.4, 0.2, 0.0],
+            "mass_fr": [0.0, 0.6, 0.2, 0.1, 0.3, 0.1],
+            "mass_zh": [0.1, 0.0, 0.2, 0.0, 0.0, 0.9],
+        }
+    )
+    got = elsewhere(rows, {"de": "de", "fr": "fr", "zh": "zh", "et": None})
+    np.testing.assert_allclose(got, [0.2, 0.1, 0.05, 0.1, 0.1, 0.0])
 
 
 def test_bad_inputs_before_any_work(tmp_path: Path) -> None:

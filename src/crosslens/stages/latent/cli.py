@@ -1,4 +1,4 @@
-"""The latent stage on the command line: English / native mass per layer and language, per lens."""
+"""The latent stage on the command line: English and native mass per layer and language, per lens."""
 
 from __future__ import annotations
 
@@ -14,34 +14,47 @@ from crosslens.render.tables import missing, pct
 __all__ = ["print_summary"]
 
 
+def _mean(values: list[float]) -> str:
+    values = [v for v in values if not missing(v)]
+    return f"{sum(values) / len(values):.2f}" if values else "–"
+
+
 def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
-    t = summary["table"]
+    """Per lens, at the last prompt token: the English mass per layer and language (and the mean
+    entropy), then the native mass with its control (the same language from the other prompts)."""
+    n = summary["n_items"]
     for lens in summary["lenses"]:
         curves = summary["curves"]["last"][lens]
         langs = [lang for lang in summary["languages"] if lang in curves]
-        table = Table(
-            title=f"{lens} lens, last prompt token: English / native mass (%), mean over "
-            f"{summary['n_items']} items (CIs: latent_summary.json and the report)"
+        others = [lang for lang in langs if summary["native"].get(lang) != "en"]
+        english = Table(title=f"{lens} lens, last prompt token: English mass (%), mean over {n} items")
+        native = Table(
+            title=f"{lens} lens, last prompt token: native mass (%) (same language from the other prompts)"
         )
-        table.add_column("layer", justify="right")
-        for lang in langs:
-            table.add_column(lang, justify="right")
-        table.add_column("entropy", justify="right")
+        for table, columns in ((english, [*langs, "entropy"]), (native, others)):
+            for col in ["layer", *columns]:
+                table.add_column(col, justify="right")
         for layer in summary["layers"]:
-            cells, entropy = [], []
-            for lang in langs:
-                cell = at(curves[lang], layer)
-                en, nat = cell["en"]["mean"], cell["native"]["mean"]
-                english = summary["native"].get(lang) == "en"
-                cells.append(pct(en) if english else f"{pct(en)} / {pct(nat)}")
-                if not missing(cell["entropy"]["mean"]):
-                    entropy.append(cell["entropy"]["mean"])
-            mean_h = f"{sum(entropy) / len(entropy):.2f}" if entropy else "–"
-            table.add_row(str(layer), *cells, mean_h)
-        out_console.print(table)
+            cells = {lang: at(curves[lang], layer) for lang in langs}
+            english.add_row(
+                str(layer),
+                *(pct(cells[lang]["en"]["mean"]) for lang in langs),
+                _mean([cells[lang]["entropy"]["mean"] for lang in langs]),
+            )
+            native.add_row(
+                str(layer),
+                *(
+                    f"{pct(cells[lang]['native']['mean'])} ({pct(cells[lang]['native_elsewhere']['mean'])})"
+                    for lang in others
+                ),
+            )
+        out_console.print(english)
+        if others:
+            out_console.print(native)
+    t = summary["table"]
     out_console.print(
         f"token-language table: {100 * t['vocab_share']:.1f} % of {t['vocab_size']} tokens assigned a "
-        f"language ({t['method']}, wordfreq {t['wordfreq']})",
+        f"language ({t['method']}, wordfreq {t['wordfreq']}); 95 % CIs: latent_summary.json, the report",
         highlight=False,
     )
     if summary["unidentified"]:

@@ -20,6 +20,7 @@ __all__ = [
     "readout",
     "native_codes",
     "shares",
+    "elsewhere",
     "curves",
     "SHARES",
 ]
@@ -76,18 +77,42 @@ def shares(rows: pd.DataFrame, native: Mapping[str, str | None]) -> pd.DataFrame
     return rows.assign(en=en, native=nat, other=other, none=none)
 
 
+def elsewhere(rows: pd.DataFrame, native: Mapping[str, str | None]) -> pd.Series:
+    """Each reading's control for its native mass: the mass on the prompt's language in the *other*
+    languages' readings of the same item, lens and layer (their mean). A lens that decodes every prompt
+    to the same words of one language (the middle layers of a small model) gives that language native
+    mass for prompts in any language; native mass above this control is the prompt's own. NaN where
+    the table cannot identify the language or no other language was read. ``rows``: one reading per
+    (lens, language, layer, item): one position, or each item's mean over its answer positions."""
+    keys = ["lens", "layer", "item_id"]
+    code = rows["language"].map(native)
+    out = pd.Series(np.nan, index=rows.index)
+    for lang, own in native.items():
+        if own is None:
+            continue
+        mine = rows["language"] == lang
+        others = rows[~mine & (code != own)]
+        if others.empty:
+            continue
+        control = others.groupby(keys)[mass_column(own)].mean()
+        at = pd.MultiIndex.from_frame(rows.loc[mine, keys])
+        out[mine] = control.reindex(at).to_numpy()
+    return out
+
+
 def _stats(values: Sequence[float]) -> dict[str, Any]:
     mean, low, high = ci95_across(values)
     return {"mean": mean, "ci_low": low, "ci_high": high}
 
 
 def curves(readings: pd.DataFrame) -> dict[str, Any]:
-    """``{lens: {language: {layer: {share or entropy: {mean, ci_low, ci_high}}}}}``: means over items
-    with t-based 95 % CIs, from :func:`shares` rows with one value per (lens, language, layer, item)."""
+    """``{lens: {language: {layer: {share, entropy or native_elsewhere: {mean, ci_low, ci_high}}}}}``:
+    means over items with t-based 95 % CIs, from :func:`shares` rows (with :func:`elsewhere`'s
+    ``native_elsewhere``) holding one value per (lens, language, layer, item)."""
     out: dict[str, Any] = {}
     keys = ["lens", "language", "layer"]
     for (lens, lang, layer), g in readings.groupby(keys, sort=True):
-        cell = {name: _stats(g[name].to_numpy()) for name in (*SHARES, "entropy")}
+        cell = {name: _stats(g[name].to_numpy()) for name in (*SHARES, "entropy", "native_elsewhere")}
         cell["n_items"] = int(g["item_id"].nunique())
         out.setdefault(lens, {}).setdefault(lang, {})[int(layer)] = cell
     return out

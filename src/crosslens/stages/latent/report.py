@@ -25,11 +25,14 @@ STYLE = {  # share -> (colour, legend label)
     "other": ("tab:green", "other languages"),
     "none": ("0.55", "no language"),
 }
+CONTROL = "prompt's language, from the\nother languages' prompts"
 GROUPS = {"last": "the last prompt token", "answer": "the gold answer's tokens (mean per item)"}
 CAPTION = (
     "Latent language: the lens's next-token probability mass on English tokens, on tokens of the "
     "prompt's own language, of other languages and of no identifiable language, per layer, at {where}; "
-    "shaded: 95 % CI over items. Token languages come from word frequencies and scripts (docs/latent.md)."
+    "dashed: the mass on the prompt's language when the same items are read in the other languages (a "
+    "lens that decodes every prompt to words of one language gives it mass for any prompt); shaded: "
+    "95 % CI over items. Token languages come from word frequencies and scripts (docs/latent.md)."
 )
 
 
@@ -57,6 +60,9 @@ def latent_figure(
             if share == "native" and english:
                 continue  # the same readings as English
             band(ax, layers, [at(cells, layer)[share] for layer in layers], 100.0, color, label)
+        if not english:
+            control = [at(cells, layer)["native_elsewhere"] for layer in layers]
+            band(ax, layers, control, 100.0, STYLE["native"][0], CONTROL, linestyle="--")
         for line, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, line)
         native = "" if summary["native"].get(lang) else " (native: unidentified)"
@@ -68,7 +74,7 @@ def latent_figure(
         ax.set_ylabel("mass (%)")
     for ax in axes[-cols:]:
         ax.set_xlabel("layer")
-    order = [label for _, label in STYLE.values() if label in handles]
+    order = [label for _, label in STYLE.values() if label in handles] + [CONTROL] * (CONTROL in handles)
     fig.legend([handles[k] for k in order], order, loc="outside right center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -92,7 +98,9 @@ def _layer_table(s: Mapping[str, Any], lens: str, group: str) -> Table:
         cells = []
         for lang in langs:
             en, nat = _cell(curves[lang], layer, "en"), _cell(curves[lang], layer, "native")
-            cells.append(pct(en) if s["native"].get(lang) == "en" else f"{pct(en)} / {pct(nat)}")
+            control = _cell(curves[lang], layer, "native_elsewhere")
+            english = s["native"].get(lang) == "en"
+            cells.append(pct(en) if english else f"{pct(en)} / {pct(nat)} ({pct(control)})")
         entropy = [_cell(curves[lang], layer, "entropy") for lang in langs]
         entropy = [e for e in entropy if e is not None]
         mean_h = f"{sum(entropy) / len(entropy):.2f}" if entropy else "–"
@@ -101,8 +109,10 @@ def _layer_table(s: Mapping[str, Any], lens: str, group: str) -> Table:
         f"Latent language per layer ({lens} lens, {GROUPS[group]}): English / native mass (%)",
         ["layer", *langs, "entropy (nats)", "assigned (%)"],
         rows,
-        note="Means over items; entropy: mean over languages; assigned: the share of the distributions' "
-        "mass on tokens the table gives a language (the rest is 'none'). English prompts: one number.",
+        note="Means over items; in parentheses: the mass on the same language when the items are read in "
+        "the other languages (native mass above it is the prompt's own); entropy: mean over languages; "
+        "assigned: the share of the distributions' mass on tokens the table gives a language (the rest "
+        "is 'none'). English prompts: one number.",
     )
 
 

@@ -46,7 +46,7 @@ from crosslens.stages.base import Done, Stage, Unit, plan_units
 from crosslens.stages.context import JobContext
 from crosslens.stages.fingerprints import data_fingerprint
 from crosslens.stages.latent import FIGURE, SUMMARY, TABLE
-from crosslens.stages.latent.compute import curves, native_codes, readout, shares
+from crosslens.stages.latent.compute import MASS, SHARES, curves, elsewhere, native_codes, readout, shares
 from crosslens.stages.latent.config import DEFAULTS, POSITIONS, LatentConfig, check_languages
 from crosslens.stages.prompting import build_prompter, held_out
 from crosslens.store import Store
@@ -168,12 +168,11 @@ def summarize_latent(
     native = native_codes(languages, table.languages)
     read = shares(rows, native)
     groups = {"last": read[read["position"] == 0]}
-    if positions == "answer":
-        answer = read[read["position"] > 0]
+    if positions == "answer":  # each item's answer tokens averaged first, so items weigh alike
+        values = [*SHARES, "entropy", *(c for c in read.columns if c.startswith(MASS))]
         keys = ["lens", "language", "layer", "item_id"]
-        groups["answer"] = answer.groupby(keys, as_index=False)[
-            ["en", "native", "other", "none", "entropy"]
-        ].mean()
+        groups["answer"] = read[read["position"] > 0].groupby(keys, as_index=False)[values].mean()
+    groups = {name: frame.assign(native_elsewhere=elsewhere(frame, native)) for name, frame in groups.items()}
     coverage = table.coverage()
     codes = sorted({c for c in native.values() if c is not None} | {"en"})
     unidentified = [lang for lang, code in native.items() if code is None]
