@@ -13,6 +13,8 @@ from crosslens.render.tables import missing, pct
 
 __all__ = ["print_summary"]
 
+WHERE = {"last": "last prompt token", "answer": "gold answer tokens"}
+
 
 def _mean(values: list[float]) -> str:
     values = [v for v in values if not missing(v)]
@@ -20,37 +22,37 @@ def _mean(values: list[float]) -> str:
 
 
 def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:
-    """Per lens, at the last prompt token: the English mass per layer and language (and the mean
-    entropy), then the native mass with its control (the same language from the other prompts)."""
+    """Per lens and position group: the English mass per layer and language (and the mean entropy),
+    then the native mass with its control (the same language read from the other prompts)."""
     n = summary["n_items"]
-    for lens in summary["lenses"]:
-        curves = summary["curves"]["last"][lens]
-        langs = [lang for lang in summary["languages"] if lang in curves]
-        others = [lang for lang in langs if summary["native"].get(lang) != "en"]
-        english = Table(title=f"{lens} lens, last prompt token: English mass (%), mean over {n} items")
-        native = Table(
-            title=f"{lens} lens, last prompt token: native mass (%) (same language from the other prompts)"
-        )
-        for table, columns in ((english, [*langs, "entropy"]), (native, others)):
-            for col in ["layer", *columns]:
-                table.add_column(col, justify="right")
-        for layer in summary["layers"]:
-            cells = {lang: at(curves[lang], layer) for lang in langs}
-            english.add_row(
-                str(layer),
-                *(pct(cells[lang]["en"]["mean"]) for lang in langs),
-                _mean([cells[lang]["entropy"]["mean"] for lang in langs]),
+    for group, by_lens in summary["curves"].items():
+        where = WHERE[group]
+        for lens in summary["lenses"]:
+            curves = by_lens[lens]
+            langs = [lang for lang in summary["languages"] if lang in curves]
+            others = [lang for lang in langs if summary["native"].get(lang) != "en"]
+            english = Table(title=f"{lens} lens, {where}: English mass (%), mean over {n} items")
+            native = Table(
+                title=f"{lens} lens, {where}: native mass (%) (same language from the other prompts)"
             )
-            native.add_row(
-                str(layer),
-                *(
-                    f"{pct(cells[lang]['native']['mean'])} ({pct(cells[lang]['native_elsewhere']['mean'])})"
-                    for lang in others
-                ),
-            )
-        out_console.print(english)
-        if others:
-            out_console.print(native)
+            for table, columns in ((english, [*langs, "entropy"]), (native, others)):
+                for col in ["layer", *columns]:
+                    table.add_column(col, justify="right")
+            for layer in summary["layers"]:
+                cells = {lang: at(curves[lang], layer) for lang in langs}
+                english.add_row(
+                    str(layer),
+                    *(pct(cells[lang]["en"]["mean"]) for lang in langs),
+                    _mean([cells[lang]["entropy"]["mean"] for lang in langs]),
+                )
+                native.add_row(
+                    str(layer),
+                    *(f"{pct(cells[lang]['native']['mean'])} ({pct(cells[lang]['native_elsewhere']['mean'])})"
+                      for lang in others),
+                )  # fmt: skip
+            out_console.print(english)
+            if others:
+                out_console.print(native)
     t = summary["table"]
     out_console.print(
         f"token-language table: {100 * t['vocab_share']:.1f} % of {t['vocab_size']} tokens assigned a "
