@@ -27,6 +27,7 @@ import torch
 
 from conftest import tiny_model
 from crosslens.cli import main
+from crosslens.stages.registry import stage_defs
 from helpers import QUESTIONS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,6 +100,7 @@ def world(saved_model: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
         ),
     )
     write_toy(root / "no-en", languages=("de", "zh"))
+    (write_toy(root / "xx-lang", languages=("en", "de")) / "de.jsonl").rename(root / "xx-lang" / "xx.jsonl")
     write_toy(
         root / "long",
         edit=lambda lang, lines: lines.__setitem__(
@@ -188,6 +190,10 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("truncated weights", lambda w: [*EVAL(w, model=str(w.path("model-truncated")), out=w.path("fresh"))], ("cannot load weights",)),
     ("random-byte weights", lambda w: [*EVAL(w, model=str(w.path("model-random")), out=w.path("fresh"))], ("cannot load weights",)),
     ("weights with a bad header", lambda w: [*EVAL(w, model=str(w.path("model-bad-header")), out=w.path("fresh"))], ("cannot load weights",)),
+    ("latent --lens banana", lambda w: [*LATENT(w), "--lens", "banana"], ("--lens", "'banana'")),
+    ("latent --lens tuned without its folder", lambda w: [*LATENT(w), "--lens", "tuned"], ("--lens", "tuned:PATH")),
+    ("latent --positions first", lambda w: [*LATENT(w), "--positions", "first"], ("--positions", "first")),
+    ("latent on a code of no language", lambda w: [*LATENT(w, data=w.path("xx-lang"))], ("--languages", "'xx'", "names no language")),
     ("lens without English", lambda w: [*LENS(w, data=w.path("no-en")), "--languages", "de,zh"], ("English",)),
     ("prompt past the context", lambda w: [*EVAL(w, data=w.path("long"), out=w.path("fresh"))], ("'q0'", "512", "--skip-long")),
     ("another model into the folder", lambda w: [*EVAL(w, model="smollm2-135m")], ("model", "smollm2-135m")),
@@ -204,6 +210,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("config: neurons unknown language", lambda w: ["run", config(w, "na.yaml", CFG + "neurons: {ablate: [xx]}\n")], ("neurons.ablate", "'xx'")),
     ("config: words unknown task", lambda w: ["run", config(w, "wt.yaml", CFG + "words: {tasks: [sing]}\n")], ("words.tasks", "'sing'")),
     ("config: words target the list lacks", lambda w: ["run", config(w, "wl.yaml", CFG + "words: {targets: [xx]}\n")], ("words.targets", "'xx'")),
+    ("config: latent lens banana", lambda w: ["run", config(w, "ll.yaml", CFG + "latent: {lenses: [logit, banana]}\n")], ("latent.lenses", "'banana'")),
+    ("config: latent tuned without its folder", lambda w: ["run", config(w, "lt.yaml", CFG + "latent: {lenses: [tuned]}\n")], ("latent.lenses", "tuned:PATH")),
     ("config: neurons top_rate 0", lambda w: ["run", config(w, "nt.yaml", CFG + "neurons: {top_rate: 0}\n")], ("neurons.top_rate",)),
     # Seeds, everywhere they are taken: refused while parsing, before anything is read or written.
     ("eval --seed -1", lambda w: [*EVAL(w), "--seed", "-1"], ("--seed", "-1")),
@@ -240,6 +248,10 @@ def EVAL(w: World, model: str | None = None, data: Path | None = None, out: Path
 
 def LENS(w: World, data: Path | None = None) -> list[str]:  # noqa: N802
     return ["lens", *EVAL(w, data=data)[1:], "--layers", "1,2"]
+
+
+def LATENT(w: World, data: Path | None = None) -> list[str]:  # noqa: N802
+    return ["latent", *EVAL(w, data=data)[1:], "--layers", "1"]
 
 
 def PCA(w: World) -> list[str]:  # noqa: N802
@@ -300,7 +312,8 @@ def test_bad_input_is_one_line_and_touches_nothing(
     if args[0] == "run":
         assert not re.search(r"(^|\s)--[a-z]", line.split(": ", 1)[1]), line
     else:
-        assert not re.search(r"\b(steering|neurons|similarity|pca|lens|words)\.[a-z_]+:", line), line
+        sections = "|".join(sorted({d.section for d in stage_defs() if d.section}))
+        assert not re.search(rf"\b({sections})\.[a-z_]+:", line), line
     assert [snapshot(f) for f in folders] == before  # the fresh folders were never created
 
 

@@ -23,9 +23,9 @@ from test_runner import _config, _files, _summaries
 
 ray = pytest.importorskip("ray")
 
-TABLES = ("records", "lens", "similarity", "ablation", "steer")
+TABLES = ("records", "lens", "latent", "similarity", "ablation", "steer")
 KEYS = ("language", "language_a", "language_b", "estimator", "pool", "item_id", "layer", "gamma", "form",
-        "choice", "ablated", "neurons")  # fmt: skip
+        "choice", "ablated", "neurons", "lens", "position")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _ray_config(out: Path, model: Path) -> dict:
     return _config(out, str(model), limit=12, chunk_size=2) | {
-        "ray": {"workers_per_model": 2, "max_retries": 2}
+        "ray": {"workers_per_model": 2, "max_retries": 2},
+        "latent": {"positions": "answer"},
     }
 
 
@@ -99,7 +100,7 @@ def test_ray_backend_writes_what_the_local_backend_writes(
     config = parse_config(_ray_config(Path("."), saved_model))
     report = run_experiment(config, backend="ray", progress=False)
     report = tmp_path / report
-    assert report.is_file() and report.read_text().count("<img ") == 9
+    assert report.is_file() and report.read_text().count("<img ") == 11  # 9 + the latent stage's two
     _assert_same_results(local_reference, _folder(tmp_path, saved_model))
 
     # Re-running resumes: nothing is recomputed, the summaries come out the same.

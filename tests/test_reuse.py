@@ -31,6 +31,7 @@ TABLES = {
     "eval": "records",
     "lens": "lens",
     "words": "words",
+    "latent": "latent",
     "pca": "pca",
     "similarity": "similarity",
     "neurons": "ablation",
@@ -41,6 +42,7 @@ OPTIONS = {
     "eval": [],
     "lens": ["--layers", "1,2"],
     "words": ["--layers", "1,2", "--n-concepts", "6", "--n-boot", "20"],
+    "latent": ["--layers", "1,2"],
     "pca": ["--layers", "1,2", "--n-items", "5"],
     "similarity": ["--layers", "1,2", "--n-items", "5", "--n-boot", "20"],
     "neurons": ["--n-text-items", "2", "--top-rate", "0.05", "--ablate", "de", "--n-boot", "20"],
@@ -190,24 +192,24 @@ def test_steering_extends_to_more_languages_and_layers(
     assert set(narrow["unsteered_accuracy"]) == {"de"}
 
 
-@pytest.mark.parametrize("stage", ["eval", "lens"])
+@pytest.mark.parametrize("stage", ["eval", "lens", "latent"])
 def test_more_languages_or_layers_extend(
     stage: str, saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path
 ) -> None:
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     assert run(stage, saved_model, toy_jsonl_dir, out, "--languages", "en,de") == 0
     first = {k: v for k, v in snapshot(out).items() if k.startswith(TABLES[stage] + "/")}
-    more = ["--languages", "en,de,zh"] + (["--layers", "1,2,4"] if stage == "lens" else [])
+    more = ["--languages", "en,de,zh"] + (["--layers", "1,2,4"] if stage in ("lens", "latent") else [])
     assert run(stage, saved_model, toy_jsonl_dir, out, *more) == 0
     assert all(snapshot(out)[k] == v for k, v in first.items())
     assert run(stage, saved_model, toy_jsonl_dir, fresh, *more) == 0
     a, b = shard_table(out, stage), shard_table(fresh, stage)
-    keys = [c for c in ("language", "item_id", "layer", "form", "choice") if c in a]
+    keys = [c for c in ("language", "item_id", "layer", "form", "choice", "lens", "position") if c in a]
     assert len(a) == len(b) and not a.duplicated(keys).any()
-    summary = "summary.json" if stage == "eval" else "lens_summary.json"
+    summary = {"eval": "summary.json"}.get(stage, f"{stage}_summary.json")
     s = json.loads((out / summary).read_text())
     assert set(s["languages"]) == {"en", "de", "zh"}
-    if stage == "lens":
+    if stage != "eval":
         assert s["layers"] == [1, 2, 4]
 
 
@@ -250,6 +252,49 @@ def test_inspect_extends_to_more_languages_and_layers_and_refuses_another_top_k(
     assert snapshot(out) == before
 
 
+def test_latent_extends_to_a_lens_kind_and_refuses_another_lens_or_token_table(
+    saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of each lens kind are rows of their own: a tuned lens extends a logit-lens folder. The same
+    kind through another lens file, or another token -> language table, is refused."""
+    from dataclasses import replace
+
+    import torch
+
+    from crosslens.data.token_languages import token_languages
+    from crosslens.lenses.lens import LensInfo, TunedLens
+
+    def saved_lens(seed: int) -> Path:
+        lens = TunedLens(tiny_model("gemma3").anatomy, [1, 2], LensInfo({"n_layers": 4}, [1, 2]))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for lin in lens.translators.values():
+                lin.bias.copy_(0.1 * torch.randn(lin.bias.shape, generator=g))
+        lens.save(tmp_path / f"lens-{seed}")
+        return tmp_path / f"lens-{seed}"
+
+    out = tmp_path / "out"
+    assert run("latent", saved_model, toy_jsonl_dir, out) == 0
+    first = {k: v for k, v in snapshot(out).items() if k.startswith("latent/")}
+    tuned = ["--lens", "logit", "--lens", f"tuned:{saved_lens(0)}"]
+    assert run("latent", saved_model, toy_jsonl_dir, out, *tuned) == 0
+    assert all(snapshot(out)[k] == v for k, v in first.items())
+    rows = shard_table(out, "latent")
+    assert rows.groupby("lens").size().to_dict() == {"logit": 42, "tuned": 42}  # 7 items x 3 languages x 2
+    assert json.loads((out / "latent_summary.json").read_text())["lenses"] == ["logit", "tuned"]
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(
+        capsys, run("latent", saved_model, toy_jsonl_dir, out, "--lens", f"tuned:{saved_lens(1)}"), "lenses"
+    )
+    real = token_languages
+    monkeypatch.setattr(
+        "crosslens.stages.latent.stage.token_languages", lambda tok: replace(real(tok), method="other-rules")
+    )
+    refused(capsys, run("latent", saved_model, toy_jsonl_dir, out), "token_table", "other-rules")
+    assert snapshot(out) == before
+
+
 # -- case 3: changed data under the same dataset name ---------------------------------------------------
 # (the word tasks read no item of the dataset, only its name, languages and source: their own data,
 # the word list, is refused when it changes by tests/test_words.py)
@@ -272,18 +317,18 @@ def test_changed_data_under_the_same_name_is_refused(
 
 
 # -- case 4: a changed item selection ---------------------------------------------------------------------
-@pytest.mark.parametrize("stage", ["eval", "lens"])
+@pytest.mark.parametrize("stage", ["eval", "lens", "latent"])
 def test_larger_limit_extends_smaller_limit_reads_the_subset(
     stage: str, saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    summary = "summary.json" if stage == "eval" else "lens_summary.json"
+    summary = {"eval": "summary.json"}.get(stage, f"{stage}_summary.json")
     assert run(stage, saved_model, toy_jsonl_dir, out, "--limit", "3") == 0
     first = {k: v for k, v in snapshot(out).items() if k.startswith(TABLES[stage] + "/")}
     assert run(stage, saved_model, toy_jsonl_dir, out, "--limit", "6") == 0  # 0.1: duplicate records
     assert all(snapshot(out)[k] == v for k, v in first.items())
     df = shard_table(out, stage)
-    keys = [c for c in ("language", "item_id", "layer", "form", "choice") if c in df]
+    keys = [c for c in ("language", "item_id", "layer", "form", "choice", "lens", "position") if c in df]
     assert not df.duplicated(keys).any() and df["item_id"].nunique() == 6
     assert json.loads((out / summary).read_text())["n_items"] == 6
     shards = {k: v for k, v in snapshot(out).items() if k.startswith(TABLES[stage] + "/")}

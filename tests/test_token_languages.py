@@ -16,7 +16,7 @@ from crosslens.data.token_languages import TokenLanguages, build_token_languages
 
 RARE_HAN = "靐"  # a Han character in neither the Chinese nor the Japanese list (checked below)
 WORDS = ["the", "house", "Haus", "und", "maison", "一", "房子", "です", "घर", "дом", "بيت", RARE_HAN, "xqz"]
-NOISE = [",", "...", "2024", "(", "!?"]
+NOISE = [",", "...", "2024", "(", "!?", "A", "y"]  # lone ASCII letters: answer labels, initials
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
@@ -143,8 +143,8 @@ def test_restricted_languages():
     np.testing.assert_allclose(table.probs.sum(axis=1), 1.0, atol=1e-6)
     assert _row(table, tok, "дом")["none"] == 1  # no table language writes Cyrillic
     assert _row(table, tok, RARE_HAN)["zh"] == 1  # the Han split goes to the table's only Han language
-    with pytest.raises(ValueError, match="swh_Latn"):
-        build_token_languages(tok, ["swh_Latn"])
+    with pytest.raises(ValueError, match="est_Latn"):
+        build_token_languages(tok, ["est_Latn"])
 
 
 def _naive_masses(table: TokenLanguages, p: np.ndarray, requested: list[str]) -> dict[str, np.ndarray]:
@@ -206,8 +206,8 @@ def test_masses_padded_head_and_bad_requests(built):
         table.masses(p[:10], ["en"])
     with pytest.raises(ValueError, match="twice"):
         table.masses(p, ["en", "eng_Latn"])
-    with pytest.raises(ValueError, match="swh_Latn"):
-        table.masses(p, ["swh_Latn"])
+    with pytest.raises(ValueError, match="est_Latn"):
+        table.masses(p, ["est_Latn"])
 
 
 def test_table_code():
@@ -218,11 +218,35 @@ def test_table_code():
     assert table_code("arb_Arab") == "ar"
     assert table_code("srp_Cyrl") == "sh"  # wordfreq's Serbo-Croatian list
     assert table_code("tha_Thai") == "th"  # identified by script alone
-    for bad in ["swh_Latn", "xx", "not a code", ""]:
+    assert table_code("swh_Latn") == table_code("SW_KE") == "sw"  # our own list
+    for bad in ["est_Latn", "xx", "not a code", ""]:
         with pytest.raises(ValueError) as err:
             table_code(bad)
         message = str(err.value)
         assert "\n" not in message and repr(bad) in message and "en, es" in message
+
+
+def test_swahili_from_the_text_we_ship():
+    """Swahili has no wordfreq list: its words come from the Swahili side of our parallel text, minus
+    words seen once and words the other languages' sides use too (names, loanwords)."""
+    ours = tl.text_lists()["sw"]
+    assert {"katika", "gani", "mnyama"} <= set(ours) and ours["ni"] > ours["katika"] > 0
+    assert "kenya" not in ours and "india" not in ours  # also on the English side: names
+    assert "mwaka" not in ours  # once in the Swahili text: too little evidence
+    tok = _tokenizer("bytelevel", extra=("katika", "gani", "Kenya", "ni", "mwaka"))
+    table = build_token_languages(tok)
+    assert _row(table, tok, "katika")["sw"] == pytest.approx(1.0, abs=1e-6)  # in no other list
+    assert _row(table, tok, "Kenya")["sw"] == 0
+    assert _row(table, tok, "mwaka")["sw"] == 0
+    ni = _row(table, tok, "ni")
+    assert ni["sw"] > 0.5 and ni["fr"] > 0  # a Swahili function word, also French and Spanish "ni"
+
+
+def test_is_language_code():
+    for code in ["de", "swh_Latn", "est_Latn", "YO_NG", "AR_XY", "zh-Hant"]:
+        assert tl.is_language_code(code), code
+    for code in ["xx", "mini", "not a code", ""]:
+        assert not tl.is_language_code(code), code
 
 
 def test_coverage(built):

@@ -11,9 +11,13 @@ Method (:data:`METHOD`):
 1. **Surface text.** Each id is decoded alone (``tokenizer.decode([i])``), which turns byte-level
    BPE pieces (``Ġ`` + byte characters: Llama 3, Qwen, SmolLM2) and SentencePiece pieces (``▁``:
    Gemma) into real text; surrounding whitespace (the word-start marker) is stripped. Special
-   tokens, empty strings, strings without a letter (punctuation, digits, symbols, whitespace) and
-   strings holding U+FFFD (a partial UTF-8 sequence: one byte of a multi-byte character) get
-   "none".
+   tokens, empty strings, strings without a letter (punctuation, digits, symbols, whitespace),
+   strings holding U+FFFD (a partial UTF-8 sequence: one byte of a multi-byte character) and a
+   single ASCII letter get "none". A lone ASCII letter is an answer label (the next token after a
+   multiple-choice prompt's "Answer:" is " A" to " D"), an initial or a variable far more often than
+   a word, and every Latin-script list holds the letters, so they would otherwise spread over those
+   languages as "other" mass (" A" would be 27 % Hungarian, " C" half French); the cost is a few
+   one-letter words (Spanish "y", Italian "e", English "I").
 2. **Word frequencies** (wordfreq's ``best`` lists): the text is normalised the way wordfreq
    normalises each language (NFC/NFKC, case folding, abjad marks, Turkish dotted i, Traditional to
    Simplified Chinese for ``zh``) and looked up in every table language's list; ``f_l`` is its
@@ -23,6 +27,18 @@ Method (:data:`METHOD`):
    ``f_l > 0``, ``P(l | token) = f_l / sum(f)``. That is a uniform prior over languages: the row
    says which language's text the token is most *typical* of, not which language contributes most
    tokens on the internet (English would otherwise absorb every shared word).
+
+   Swahili has no wordfreq list and no script of its own, so its list is made from text we ship
+   (:data:`TEXT_LISTS`): the Swahili side of the bundled crosslens-mini items and parallel word list
+   (about 1,900 running words). A word counts when it occurs at least twice there (a word seen once
+   in 1,900 would be credited a frequency of 5e-4, far above most such words' real one) and occurs in
+   no other language's side of the same parallel text (names, numbers and loanwords: "Kenya",
+   "India", "Australia"); its frequency is its count over the Swahili word total, and it then
+   competes with the wordfreq lists like any list. That is weak evidence: the list has about 250
+   words, skewed to the items' question words ("ni", "gani", "katika"); common Swahili words that
+   are absent there count as "none" or as another language (Malay "siku"), so Swahili mass is
+   undercounted, and very frequent Swahili function words win tokens that other languages share
+   ("ni" is also French and Spanish).
 3. **Script** where frequencies are silent: a token whose letters are all in one non-Latin script
    goes to the table languages written in it, split equally (Cyrillic: ru/uk/bg/mk/sh; Arabic:
    ar/fa/ur; Devanagari: hi; Hangul: ko; kana, with or without Han: ja; Thai: th; ...). Han
@@ -46,8 +62,9 @@ Remaining ambiguity, and what not to conclude:
   some tokens that are just as much another's. Compare curves across layers and models, not
   absolute levels across languages.
 * Languages sharing a script without frequency evidence cannot be told apart: Marathi and Nepali
-  count as Hindi, Assamese as Bengali, Tigrinya as Amharic; Swahili, Estonian and other Latin-script
-  languages without a wordfreq list are not identifiable at all (:func:`table_code` refuses them).
+  count as Hindi, Assamese as Bengali, Tigrinya as Amharic; Estonian, Yoruba and other Latin-script
+  languages without a wordfreq list (or one of ours) are not identifiable at all (:func:`table_code`
+  refuses them; :func:`is_language_code` tells them from codes of no language, such as ``xx``).
 * "none" is not "no language": it holds code identifiers, sub-word pieces and lone bytes of
   multi-byte characters (in a byte-level vocabulary, many CJK and Indic characters are only
   reachable that way), so a rise in "none" can be a rise in sub-word predictions of any language.
@@ -59,16 +76,20 @@ Remaining ambiguity, and what not to conclude:
 from __future__ import annotations
 
 import bisect
+import functools
 import gzip
 import hashlib
 import importlib.metadata
 import io
 import json
 import os
+import re
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +108,18 @@ __all__ = [
     "ALL_LANGUAGES",
     "METHOD",
     "SCRIPTS",
+    "TEXT_LISTS",
     "Coverage",
     "TokenLanguages",
     "build_token_languages",
+    "is_language_code",
     "table_code",
+    "text_lists",
     "token_languages",
     "tokenizer_sha256",
 ]
 
-METHOD = "wordfreq-script-v1"  # bump when the rules change: a cache made by older rules is then rebuilt
+METHOD = "wordfreq-script-v2"  # bump when the rules change: a cache made by older rules is then rebuilt
 
 # Unicode blocks of the scripts the rules use (ISO 15924 codes); "Kana" is Hiragana and Katakana.
 _BLOCKS: tuple[tuple[int, int, str], ...] = (
@@ -205,8 +229,13 @@ _NON_LATIN: dict[str, tuple[str, ...]] = {
     "ur": ("Arab",),
     "zh": ("Hani",),
 }
+# Languages without a wordfreq list whose list is counted from text we ship (step 2 of the method):
+# language -> the bundled parallel files (crosslens/resources/...) whose sides are compared.
+TEXT_LISTS: dict[str, tuple[str, ...]] = {"sw": ("crosslens_mini", "words/concepts.jsonl")}
+TEXT_LIST_MIN_COUNT = 2  # a word seen once in ~1,900 running words says little about its frequency
 SCRIPTS: dict[str, frozenset[str]] = {
-    lang: frozenset(_NON_LATIN.get(lang, ("Latn",))) for lang in sorted({*WORDFREQ_LANGUAGES, *_NON_LATIN})
+    lang: frozenset(_NON_LATIN.get(lang, ("Latn",)))
+    for lang in sorted({*WORDFREQ_LANGUAGES, *_NON_LATIN, *TEXT_LISTS})
 }
 ALL_LANGUAGES: tuple[str, ...] = tuple(SCRIPTS)
 WORDFREQ_VERSION = importlib.metadata.version("wordfreq")
@@ -232,6 +261,72 @@ def table_code(code: str, languages: Sequence[str] = ALL_LANGUAGES) -> str:
     return language
 
 
+def is_language_code(code: str) -> bool:
+    """Whether ``code`` names a language at all (``de``, ``swh_Latn``, ``YO_NG``: yes; ``xx``, ``mini``:
+    no), so a language the table cannot identify is told apart from a code that is no language."""
+    try:
+        language = langcodes.get(code.replace("_", "-")).language
+    except ValueError:
+        return False
+    return language is not None and langcodes.tag_is_valid(language)
+
+
+def _words(text: str) -> list[str]:
+    """Runs of letters (digits, punctuation and the blank ``___`` are no words)."""
+    return re.findall(r"[^\W\d_]+", text)
+
+
+def _parallel_texts(source: str) -> dict[str, list[str]]:
+    """Language -> the texts of one bundled parallel source: a folder of ``<lang>.jsonl`` items
+    (questions and choices) or the word list (words and cloze sentences)."""
+    root = resources.files("crosslens") / "resources"
+    texts: dict[str, list[str]] = {}
+    if source.endswith(".jsonl"):
+        for line in (root / source).read_text(encoding="utf-8").splitlines():
+            concept = json.loads(line)
+            for lang, words in concept["words"].items():
+                texts.setdefault(lang, []).extend(words)
+            for lang, sentence in concept.get("cloze", {}).items():
+                texts.setdefault(lang, []).append(sentence)
+        return texts
+    for path in sorted((root / source).iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".jsonl"):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                item = json.loads(line)
+                texts.setdefault(path.name.removesuffix(".jsonl"), []).extend(
+                    [item["question"], *item["choices"]]
+                )
+    return texts
+
+
+@functools.cache
+def text_lists() -> dict[str, dict[str, float]]:
+    """The word lists of :data:`TEXT_LISTS`: language -> {normalised word: frequency} (see the module
+    docstring: counts of at least :data:`TEXT_LIST_MIN_COUNT`, words of other languages' sides left out)."""
+    lists: dict[str, dict[str, float]] = {}
+    for lang, sources in TEXT_LISTS.items():
+        tag = langcodes.Language.get(lang)
+        counts: Counter[str] = Counter()
+        elsewhere: set[str] = set()
+        for source in sources:
+            for other, texts in _parallel_texts(source).items():
+                words = [preprocess_text(w, tag) for text in texts for w in _words(text)]
+                if other == lang:
+                    counts.update(words)
+                else:
+                    elsewhere.update(words)
+        total = sum(counts.values())
+        lists[lang] = {
+            w: n / total for w, n in sorted(counts.items()) if n >= TEXT_LIST_MIN_COUNT and w not in elsewhere
+        }
+    return lists
+
+
+def text_lists_sha256() -> str:
+    """A hash of :func:`text_lists` (part of a table's provenance: edited bundled text rebuilds it)."""
+    return hashlib.sha256(json.dumps(text_lists(), sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Coverage:
     """How much of a vocabulary the table identifies.
@@ -254,9 +349,9 @@ class TokenLanguages:
     """``P(language | token)`` for one tokenizer's vocabulary.
 
     ``probs`` is float32, shape ``(vocab_size, len(languages) + 1)``; the last column is "none" (no
-    identifiable language); every row sums to 1. ``tokenizer_sha256``, ``method`` and
-    ``wordfreq_version`` say what it was built from, so a cached table is reused only for the same
-    tokenizer under the same rules.
+    identifiable language); every row sums to 1. ``tokenizer_sha256``, ``method``,
+    ``wordfreq_version`` and ``lists_sha256`` (the hash of our own lists) say what it was built from,
+    so a cached table is reused only for the same tokenizer under the same rules.
     """
 
     languages: tuple[str, ...]
@@ -264,6 +359,7 @@ class TokenLanguages:
     tokenizer_sha256: str
     method: str = METHOD
     wordfreq_version: str = WORDFREQ_VERSION
+    lists_sha256: str = field(default_factory=lambda: text_lists_sha256())
     _device_tables: dict[Any, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -277,6 +373,7 @@ class TokenLanguages:
             "tokenizer_sha256": self.tokenizer_sha256,
             "method": self.method,
             "wordfreq": self.wordfreq_version,
+            "text_lists": self.lists_sha256,
             "languages": list(self.languages),
         }
 
@@ -389,6 +486,9 @@ def _frequencies(lang: str, keys: set[str]) -> dict[str, float]:
     """The frequencies in ``lang``'s list of the words in ``keys``. Reads the list directly and
     intersects bucket by bucket (C speed), instead of ``get_frequency_dict``, which builds and keeps
     a dict of the whole list in a process-wide cache (9.4M words over all languages)."""
+    if lang in TEXT_LISTS:
+        ours = text_lists()[lang]
+        return {word: ours[word] for word in keys.intersection(ours)}
     pack = wordfreq.read_cBpack(wordfreq.available_languages(wordlist="best")[lang])
     found: dict[str, float] = {}
     for index, bucket in enumerate(pack):
@@ -404,6 +504,8 @@ def _texts(tokenizer: Any, vocab_size: int) -> list[str | None]:
     for i in range(vocab_size):
         text = None if i in special else tokenizer.decode([i]).strip()
         if not text or "\ufffd" in text or not any(ch.isalpha() for ch in text):
+            text = None
+        elif len(text) == 1 and text.isascii():  # a letter: a label, an initial (module docstring)
             text = None
         texts.append(text)
     return texts
@@ -423,7 +525,8 @@ def build_token_languages(tokenizer: Any, languages: Sequence[str] | None = None
 
     freq = np.zeros((vocab, len(cols)), dtype=np.float64)
     simplified = _simplified_map()
-    for profile, group in _lookup_profiles([c for c in cols if c in WORDFREQ_LANGUAGES]).items():
+    listed = [c for c in cols if c in WORDFREQ_LANGUAGES or c in TEXT_LISTS]
+    for profile, group in _lookup_profiles(listed).items():
         tag = langcodes.Language.get(group[0])
         positions: dict[str, list[int]] = {}  # normalised text -> the ids decoding to it
         for i in rows:
@@ -486,6 +589,7 @@ def _load(path: Path, expected: dict[str, Any], vocab_size: int) -> TokenLanguag
         tokenizer_sha256=meta["tokenizer_sha256"],
         method=meta["method"],
         wordfreq_version=meta["wordfreq"],
+        lists_sha256=meta["text_lists"],
     )
 
 
@@ -504,6 +608,7 @@ def token_languages(tokenizer: Any, cache_dir: Path | None = None) -> TokenLangu
         "tokenizer_sha256": sha,
         "method": METHOD,
         "wordfreq": WORDFREQ_VERSION,
+        "text_lists": text_lists_sha256(),
         "languages": list(ALL_LANGUAGES),
     }
     cached = _load(path, expected, _vocab_size(tokenizer)) if path.is_file() else None

@@ -39,6 +39,7 @@ BUILTIN = (
     "crosslens.stages.lens",
     "crosslens.stages.inspect",
     "crosslens.stages.words",
+    "crosslens.stages.latent",
     "crosslens.stages.pca",
     "crosslens.stages.similarity",
     "crosslens.stages.neurons",
