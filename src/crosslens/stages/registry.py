@@ -37,6 +37,7 @@ __all__ = [
 BUILTIN = (
     "crosslens.stages.evaluate",
     "crosslens.stages.lens",
+    "crosslens.stages.divergence",
     "crosslens.stages.pca",
     "crosslens.stages.similarity",
     "crosslens.stages.neurons",
