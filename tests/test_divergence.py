@@ -247,17 +247,34 @@ def test_known_divergence_layers_and_effects(kind: str, tmp_path: Path) -> None:
     # letters, inconsistent: events at codes {3, 1, never}, the others at {never, 4, 1} -> 5/9 per language
     incons = summary["effects"]["letters"]["inconsistent"]
     assert incons["pooled"]["auc"] == pytest.approx(5 / 9)
-    assert incons["per_language"]["de"]["auc"] == pytest.approx(5 / 9)
     assert (incons["pooled"]["events"], incons["pooled"]["n"]) == (6, 12)
+    de = incons["per_language"]["de"]
+    assert (de["events"], de["n"], de["auc"], de["slope"]) == (3, 6, None, None)  # 3 items each side: none
+    assert incons["pooled"]["auc_parted"] is None  # 4 parting items with the outcome, 4 without
+    rows_de = rows[(rows["language"] == "de") & (rows["item_id"] != "q3")].assign(
+        code=lambda d: d["divergence_layer"].fillna(5).astype(int),
+        y=lambda d: d["inconsistent"].astype(float),
+    )
+    one = effect(rows_de, [1, 2, 3, 4, 5], 5, sorted(rows_de["item_id"]), np.ones((1, 6)), min_group=1)
+    assert one["pooled"]["auc"] == pytest.approx(5 / 9) and one["pooled"]["auc_parted"] == pytest.approx(
+        2.5 / 4
+    )
     # no transfer: only where English is right (not q6): events q1, q2 at {3, 1}, the rest at {never, 4, 1}
     transfer = summary["effects"]["letters"]["no_transfer"]["pooled"]
-    assert (transfer["events"], transfer["n"]) == (4, 10)
-    assert transfer["auc"] == pytest.approx(0.75)
-    assert transfer["slope"] < 0  # parting later: less often wrong where English is right
-    assert summary["divergence_histogram"]["inconsistent"] == {"1": 2, "2": 0, "3": 2, "4": 0, "5": 2}
-    assert summary["agreement_by_layer"]["consistent"] == pytest.approx(
-        [2 / 3, 2 / 3, 2 / 3, 1 / 3]
-    )  # q0, q4, q5
+    assert (transfer["events"], transfer["n"]) == (4, 10) and transfer["auc"] is None  # 4 < 5 items
+    rows_t = rows[(rows["item_id"] != "q3") & rows["no_transfer"].notna()].assign(
+        code=lambda d: d["divergence_layer"].fillna(5).astype(int), y=lambda d: d["no_transfer"].astype(float)
+    )
+    kept = effect(rows_t, [1, 2, 3, 4, 5], 5, sorted(set(rows_t["item_id"])), np.ones((1, 5)), min_group=1)
+    assert kept["pooled"]["auc"] == pytest.approx(0.75)
+    assert kept["pooled"]["slope"] < 0  # parting later: less often wrong where English is right
+    by_layer = summary["inconsistent_by_divergence"]["letters"]  # 5: never parts
+    assert {c: (v["n"], v["inconsistent"]) for c, v in by_layer.items()} == {
+        "1": (4, 2), "2": (0, 0), "3": (2, 2), "4": (2, 0), "5": (4, 2)
+    }  # fmt: skip
+    agreeing = summary["agreement_by_layer"]["letters"]["consistent"]
+    assert agreeing == pytest.approx([2 / 3, 2 / 3, 2 / 3, 1 / 3])  # q0, q4, q5
+    assert list(summary["effects"]) == ["letters"]  # the synthetic records hold no cloze scores
     assert summary["not_computed"] == {"de": 0, "zh": 0}
     assert json.loads((tmp_path / f"{table}_summary.json").read_text())["effects"]["letters"]
     assert (tmp_path / f"fig_{table}.png").is_file()

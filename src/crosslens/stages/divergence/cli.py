@@ -14,12 +14,16 @@ __all__ = ["print_summary"]
 
 
 def _auc(cell: dict[str, Any] | None) -> str:
-    """``.58 [.49, .67] (12/40)``: the AUC, its CI and the items with the outcome."""
-    if not cell or missing(cell["auc"]):
+    """``0.58 [0.49, 0.67] (12/40)``: the AUC, its CI and the items with the outcome (– (2/28): too
+    few items with or without it for an estimate)."""
+    if not cell:
         return "–"
+    counts = f"({cell['events']}/{cell['n']})"
+    if missing(cell["auc"]):
+        return f"– {counts}"
     low, high = cell["auc_ci"]
     ci = "" if missing(low) else f" [{low:.2f}, {high:.2f}]"
-    return f"{cell['auc']:.2f}{ci} ({cell['events']}/{cell['n']})"
+    return f"{cell['auc']:.2f}{ci} {counts}"
 
 
 def print_summary(summary: dict[str, Any], out: Path | None = None) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from crosslens.scoring.metrics import replicate_weights
 
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 AGREEMENTS = ("top", "rank")
+MIN_GROUP = 5  # items with, and items without, the outcome an estimate needs (fewer: reported as none)
 _NEWTON_STEPS = 100
 _SEPARATED = 30.0  # |log-odds| across the codes' spread beyond which the fit is separation, not an estimate
 
@@ -148,7 +149,7 @@ def logistic_slope(c: Cells) -> np.ndarray:
     done = np.zeros(used.shape[0], dtype=bool)
     for _ in range(_NEWTON_STEPS):
         eta = a[..., None] + b[:, None, None] * x
-        p = 1.0 / (1.0 + np.exp(-eta))
+        p = special.expit(eta)
         r = ev - tot * p
         w = tot * p * (1.0 - p)
         g_a, g_b = r.sum(-1), (r * x).sum(axis=(1, 2))
@@ -181,22 +182,31 @@ def _rate(events: np.ndarray, totals: np.ndarray) -> float | None:
     return float(events.sum() / totals.sum()) if totals.sum() > 0 else None
 
 
-def _cell_summary(c: Cells, never: int, level: float) -> dict[str, Any]:
+def _estimable(c: Cells, min_group: int) -> bool:
+    """Whether the items themselves (weight row 0) hold ``min_group`` with and without the outcome."""
+    events, totals = c.events[0].sum(), c.totals[0].sum()
+    return bool(events >= min_group and totals - events >= min_group)
+
+
+def _cell_summary(c: Cells, never: int, level: float, min_group: int) -> dict[str, Any]:
     """One cell of the effects table: counts, event rates of parting vs never-parting items, the AUC
-    and the logistic slope, each with its bootstrap interval (weight rows after the first)."""
+    (also among the items that part: does parting *earlier* matter, beyond parting at all?) and the
+    logistic slope, each with its bootstrap interval (weight rows after the first); none where fewer
+    than ``min_group`` items have, or lack, the outcome (a CI from one or two items means nothing)."""
     ev, tot = c.events[0], c.totals[0]
     parted = c.codes != never
-    a, b = auc(c), logistic_slope(c)
-    return {
+    among = Cells(c.languages, c.codes[parted], c.events[..., parted], c.totals[..., parted])
+    out: dict[str, Any] = {
         "n": int(round(tot.sum())),
         "events": int(round(ev.sum())),
         "rate_parted": _rate(ev[:, parted], tot[:, parted]),
         "rate_never": _rate(ev[:, ~parted], tot[:, ~parted]),
-        "auc": None if math.isnan(a[0]) else float(a[0]),
-        "auc_ci": _interval(a[1:], level),
-        "slope": None if math.isnan(b[0]) else float(b[0]),
-        "slope_ci": _interval(b[1:], level),
     }
+    for name, of, statistic in (("auc", c, auc), ("auc_parted", among, auc), ("slope", c, logistic_slope)):
+        values = statistic(of) if _estimable(of, min_group) else np.full(1, np.nan)
+        out[name] = None if math.isnan(values[0]) else float(values[0])
+        out[f"{name}_ci"] = _interval(values[1:], level)
+    return out
 
 
 def effect(
@@ -206,6 +216,7 @@ def effect(
     items: Sequence[str],
     weights: np.ndarray,
     level: float = 0.95,
+    min_group: int = MIN_GROUP,
 ) -> dict[str, Any]:
     """Whether the divergence code predicts the outcome ``y``, pooled over languages (pairs and
     intercepts within each language) and per language. ``frame``: one row per language x item with
@@ -215,8 +226,10 @@ def effect(
         return {"pooled": None, "per_language": {}}
     c = cells(frame, codes, items, weights)
     return {
-        "pooled": _cell_summary(c, never, level),
-        "per_language": {lang: _cell_summary(c.language(lang), never, level) for lang in c.languages},
+        "pooled": _cell_summary(c, never, level, min_group),
+        "per_language": {
+            lang: _cell_summary(c.language(lang), never, level, min_group) for lang in c.languages
+        },
     }
 
 
@@ -231,10 +244,10 @@ def summary_of(
 
     Items whose choices read the same in both languages (every choice's text identical) agree by
     construction and are left out of every statistic (counted in ``identical``). Per language: how
-    many items part and where; pooled over languages: the share of items whose readings agree at each
-    layer and the distribution of divergence layers, for items whose final (letter) answer is
-    consistent with English's and for the others; and, for each scoring the records hold (letters,
-    cloze) and outcome, :func:`effect` with bootstrap CIs over items.
+    many items part and where. Per scoring the records hold (letters, cloze), pooled over languages:
+    the share of items whose readings agree at each layer, for items whose final answer is consistent
+    with English's and for the others; items and inconsistent items per divergence layer; and, per
+    outcome, :func:`effect` with bootstrap CIs over items.
     """
     layers = [int(x) for x in layers]
     never = layers[-1] + 1
@@ -255,12 +268,10 @@ def summary_of(
             "median_layer": float(parted.median()) if len(parted) else None,
             "agree_last": float(np.mean([a[-1] for a in g["agree"]])),
         }
-    groups = {
-        "consistent": ~used["inconsistent"].astype(bool),
-        "inconsistent": used["inconsistent"].astype(bool),
-    }
     agree = np.array([list(a) for a in used["agree"]], dtype=float).reshape(len(used), len(layers))
     effects: dict[str, Any] = {}
+    agreement_by_layer: dict[str, Any] = {}
+    by_divergence: dict[str, Any] = {}
     for scoring, prefix in SCORINGS.items():
         if f"{prefix}inconsistent" not in used or used[f"{prefix}inconsistent"].isna().all():
             continue
@@ -270,6 +281,21 @@ def summary_of(
             keep = y.notna().to_numpy()
             frame = used.loc[keep, ["language", "item_id", "code"]].assign(y=y[keep].astype(float).to_numpy())
             effects[scoring][outcome] = effect(frame, codes, never, items, weights, level)
+        answer = used[f"{prefix}inconsistent"].astype("boolean")
+        defined = answer.notna().to_numpy()
+        inconsistent = answer.fillna(False).to_numpy(dtype=bool)
+        agreement_by_layer[scoring] = {
+            name: [float(x) for x in agree[mask].mean(axis=0)] if mask.any() else None
+            for name, mask in (("consistent", defined & ~inconsistent), ("inconsistent", inconsistent))
+        }
+        at = used["code"].to_numpy()
+        by_divergence[scoring] = {
+            str(c): {
+                "n": int((defined & (at == c)).sum()),
+                "inconsistent": int((inconsistent & (at == c)).sum()),
+            }
+            for c in codes
+        }
     return {
         "layers": layers,
         "never": never,
@@ -280,13 +306,7 @@ def summary_of(
         "n_boot": n_boot,
         "level": level,
         "per_language": per_language,
-        "agreement_by_layer": {
-            name: [float(x) for x in agree[mask.to_numpy()].mean(axis=0)] if mask.any() else None
-            for name, mask in groups.items()
-        },
-        "divergence_histogram": {
-            name: {str(c): int((used.loc[mask, "code"] == c).sum()) for c in codes}
-            for name, mask in groups.items()
-        },
+        "agreement_by_layer": agreement_by_layer,
+        "inconsistent_by_divergence": by_divergence,
         "effects": effects,
     }

@@ -13,18 +13,22 @@ from crosslens.lenses.kinds import lens_kinds
 from crosslens.render.figures import new_figure, save
 from crosslens.render.tables import Table, missing
 from crosslens.stages.divergence import divergence_table, stage_key
+from crosslens.stages.divergence.compute import MIN_GROUP
 from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, model_grid
 
 __all__ = ["DivergenceReport", "divergence_figure", "effect_rows"]
 
-OUTCOME_LABELS = {"inconsistent": "answer ≠ English's", "no_transfer": "English right, this language wrong"}
+OUTCOME_LABELS = {"inconsistent": "answer ≠ English's", "no_transfer": "English's right answer lost"}
 GROUP_COLORS = {"consistent": "tab:blue", "inconsistent": "tab:red"}
+STYLES = {"letters": "-", "cloze": "--"}
 CAPTION = (
-    "Per-item divergence of the native and English lens readings. (a) Share of items whose two readings "
-    "agree at each layer, for items whose final letter answer is consistent with English's and for the "
-    "others; (b) where the readings part (the first layer of their last disagreement; 'never': they agree "
-    "at the last layer read); (c) AUC of the divergence layer for each outcome, per language and pooled "
-    "within languages (> .5: items with the outcome part earlier), 95 % bootstrap CIs over items."
+    "Per-item divergence of the native and English lens readings (letters solid, full answers dashed). "
+    "(a) Share of items whose two readings agree at each layer, for items whose final answer is "
+    "consistent with English's and for the others; (b) share of items whose answer differs from "
+    "English's, by divergence layer (the first layer of the readings' last disagreement; 'never': they "
+    "agree at the last layer read), n items per layer; (c) AUC of the divergence layer for each outcome, "
+    "per language and pooled within languages (> .5: items with the outcome part earlier), 95 % "
+    "bootstrap CIs over items."
 )
 
 
@@ -37,21 +41,24 @@ def _estimate(x: float | None, ci: Sequence[float | None] | None, fmt: str) -> s
     return text
 
 
+EFFECT_COLUMNS = ["k/n", "AUC [95 % CI]", "AUC, parting items", "slope [95 % CI]"]
+
+
 def _cell(effect: Mapping[str, Any] | None) -> list[str]:
     if not effect:
-        return ["–", "–", "–"]
+        return ["–"] * len(EFFECT_COLUMNS)
     return [
         f"{effect['events']}/{effect['n']}",
         _estimate(effect["auc"], effect["auc_ci"], ".2f"),
+        _estimate(effect["auc_parted"], effect["auc_parted_ci"], ".2f"),
         _estimate(effect["slope"], effect["slope_ci"], "+.2f"),
     ]
 
 
 def effect_rows(summary: Mapping[str, Any], scoring: str) -> tuple[list[str], list[list[str]]]:
-    """The effects of one scoring as a table: a row per language, then the pooled row."""
-    head = ["language", "items", "part (%)", "median layer"]
-    for outcome in ("inconsistent", "no_transfer"):
-        head += [f"{OUTCOME_LABELS[outcome]}: k/n", "AUC [95 % CI]", "slope [95 % CI]"]
+    """The effects of one scoring as a table: a row per language, then the pooled row (the columns
+    of each outcome are grouped under :data:`OUTCOME_LABELS`)."""
+    head = ["language", "items", "part (%)", "median layer"] + EFFECT_COLUMNS * 2
     effects = summary["effects"][scoring]
     rows = []
     per = summary["per_language"]
@@ -76,31 +83,33 @@ def effect_rows(summary: Mapping[str, Any], scoring: str) -> tuple[list[str], li
 
 
 def divergence_figure(summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
-    """(a) agreement per layer by consistency group, (b) the divergence layers by group, (c) the AUCs."""
+    """(a) agreement per layer by consistency group, (b) inconsistency per divergence layer, (c) the AUCs;
+    letters solid, full answers (cloze) dashed."""
     layers = summary["layers"]
     fig = new_figure(14.0, 4.0)
     ax_a, ax_b, ax_c = fig.subplots(1, 3)
-    for group, shares in summary["agreement_by_layer"].items():
-        if shares:
-            ax_a.plot(layers, [100 * s for s in shares], marker="o", color=GROUP_COLORS[group], label=group)
+    for scoring, groups in summary["agreement_by_layer"].items():
+        for group, shares in groups.items():
+            if shares:
+                ax_a.plot(layers, [100 * s for s in shares], STYLES[scoring], marker="o",
+                          color=GROUP_COLORS[group], label=f"{group} ({scoring})")  # fmt: skip
     ax_a.set_xlabel("layer")
     ax_a.set_ylabel("readings agree (% of items)")
     ax_a.set_ylim(0, 100)
     ax_a.set_xticks(layers)
     ax_a.set_title("(a) native and English readings agree", fontsize=10)
     codes = [str(x) for x in [*layers, summary["never"]]]
-    labels = [*map(str, layers), "never"]
-    width = 0.4
-    for k, (group, hist) in enumerate(summary["divergence_histogram"].items()):
-        counts = np.array([hist.get(c, 0) for c in codes], dtype=float)
-        total = counts.sum()
-        if total:
-            ax_b.bar(np.arange(len(codes)) + (k - 0.5) * width, 100 * counts / total, width,
-                     color=GROUP_COLORS[group], label=f"{group} (n = {int(total)})")  # fmt: skip
-    ax_b.set_xticks(range(len(codes)), labels)
+    xs = np.arange(len(codes))
+    n = {}
+    for scoring, cells in summary["inconsistent_by_divergence"].items():
+        n = {c: cells[c]["n"] for c in codes}
+        rate = [100 * cells[c]["inconsistent"] / cells[c]["n"] if cells[c]["n"] else np.nan for c in codes]
+        ax_b.plot(xs, rate, STYLES[scoring], marker="o", color="tab:red", label=scoring)
+    ax_b.set_xticks(xs, [f"{c if c != codes[-1] else 'never'}\nn={n.get(c, 0)}" for c in codes])
     ax_b.set_xlabel("divergence layer")
-    ax_b.set_ylabel("% of items")
-    ax_b.set_title("(b) where the readings part", fontsize=10)
+    ax_b.set_ylabel("answer ≠ English's (% of items)")
+    ax_b.set_ylim(0, 100)
+    ax_b.set_title("(b) inconsistency by where the readings part", fontsize=10)
     _forest(ax_c, summary)
     for ax in (ax_a, ax_b):
         ax.grid(alpha=0.3)
@@ -124,6 +133,7 @@ def _forest(ax: Any, summary: Mapping[str, Any]) -> None:
     for k, (scoring, outcome) in enumerate(series):
         effect = summary["effects"][scoring][outcome]
         marker, color = styles[(scoring, outcome)]
+        label: str | None = f"{scoring}: {OUTCOME_LABELS[outcome]}"  # on the series' first point
         for row, name in enumerate(names):
             cell = effect["pooled"] if name == "pooled" else effect["per_language"].get(name)
             if not cell or missing(cell["auc"]):
@@ -132,16 +142,20 @@ def _forest(ax: Any, summary: Mapping[str, Any]) -> None:
             low, high = cell["auc_ci"]
             if not missing(low):
                 ax.plot([low, high], [y, y], color=color, linewidth=1)
-            ax.plot([cell["auc"]], [y], marker=marker, color=color, linestyle="none",
-                    label=f"{scoring}: {OUTCOME_LABELS[outcome]}" if row == 0 else None)  # fmt: skip
+            ax.plot([cell["auc"]], [y], marker=marker, color=color, linestyle="none", label=label)
+            label = None
     ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
     ax.set_yticks(range(len(names)), names)
-    ax.set_ylim(len(names) - 0.5 + 0.25 * len(series), -0.5)  # room below the rows for the legend
+    ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("AUC: items with the outcome part earlier")
     ax.set_title("(c) does the divergence layer predict it?", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    else:
+        ax.text(0.5, 0.5, f"no estimate: fewer than {MIN_GROUP} items\nwith or without an outcome",
+                ha="center", va="center", transform=ax.transAxes, fontsize=8)  # fmt: skip
 
 
 class DivergenceReport(ReportPart):
@@ -209,11 +223,15 @@ class DivergenceReport(ReportPart):
                     "readings part, and whether it predicts the final answer",
                     head,
                     rows,
+                    [("", 4)]
+                    + [(OUTCOME_LABELS[o], len(EFFECT_COLUMNS)) for o in ("inconsistent", "no_transfer")],
                     note="part: the readings disagree at the last layer read; median over those items. AUC: "
                     "the probability that an item with the outcome parts earlier than one without (same "
-                    "language; > .5: earlier divergence, more often the outcome); slope: log-odds of the "
+                    "language; > .5: earlier divergence, more often the outcome; 'never' counts as latest); "
+                    "AUC, parting items: the same among items whose readings part; slope: log-odds of the "
                     "outcome per layer later (logistic regression, one intercept per language). 95 % "
-                    f"bootstrap CIs over items ({s['n_boot']} replicates).",
+                    f"bootstrap CIs over items ({s['n_boot']} replicates); –: fewer than {MIN_GROUP} items "
+                    "with, or without, the outcome.",
                 )
             )
         name = f"fig_{divergence_table(self.kind)}.png"
