@@ -113,7 +113,8 @@ def test_english_is_always_evaluated(tmp_path: Path) -> None:
     lm = tiny_model("gemma3")
     data = _config(tmp_path / "runs", lm.spec, limit=8)
     data["datasets"][0]["languages"] = ["de", "zh"]
-    data.update(steering=None, neurons=None, similarity=None, pca={"enabled": False}, lens={"enabled": False})
+    data.update(steering=None, neurons=None, similarity=None, divergence=None, pca={"enabled": False})
+    data["lens"] = {"enabled": False}
     run_experiment(parse_config(data, check_models=False), progress=False, models={lm.spec: lm})
     summary = json.loads((tmp_path / "runs" / "tiny-gemma3" / "crosslens-mini" / "summary.json").read_text())
     assert summary["languages"] == ["de", "en", "zh"]

@@ -266,7 +266,6 @@ def summary_of(
             "identical": int(identical[rows["language"] == lang].sum()),
             "parted": float(len(parted) / len(g)),
             "median_layer": float(parted.median()) if len(parted) else None,
-            "agree_last": float(np.mean([a[-1] for a in g["agree"]])),
         }
     agree = np.array([list(a) for a in used["agree"]], dtype=float).reshape(len(used), len(layers))
     effects: dict[str, Any] = {}

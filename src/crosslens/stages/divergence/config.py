@@ -73,7 +73,7 @@ def check(settings: Settings) -> None:
     section = settings.section
     assert isinstance(section, DivergenceConfig)
     if section.agreement == "top" and section.min_rho != DEFAULTS.min_rho:
-        raise OptionError("min_rho", "is the rank rule's threshold; set agreement to rank to use it")
+        raise OptionError("min_rho", "is the threshold of the rank agreement rule only (agreement: rank)")
 
 
 def precheck(plan: Plan, kind: str) -> None:
