@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from crosslens.cli import main
@@ -288,6 +290,19 @@ def test_the_rank_rule_and_its_own_fingerprint(tmp_path: Path) -> None:
 
     with pytest.raises(RunMismatchError, match="agreement"):
         run_divergence("synthetic", ds, tmp_path, layers=LAYERS, n_boot=0, agreement="rank")
+    with pytest.raises(RunMismatchError, match="layers"):
+        run_divergence("synthetic", ds, tmp_path, layers=LAYERS[1:], n_boot=0)
+    shutil.rmtree(tmp_path / "lens")  # the readings made again through another lens of the same kind
+    write_synthetic(tmp_path / "again", ds)
+    for path in (tmp_path / "again" / "lens").glob("*.parquet"):
+        meta = pq.read_schema(path).metadata
+        info = json.loads(meta[b"crosslens"])
+        info["fingerprint"]["lens"] = {"kind": "logit", "softcap": "other"}
+        table = pq.read_table(path).replace_schema_metadata({**meta, b"crosslens": json.dumps(info)})
+        (tmp_path / "lens").mkdir(exist_ok=True)
+        pq.write_table(table, tmp_path / "lens" / path.name)
+    with pytest.raises(RunMismatchError, match="sources"):  # rows from the old readings are not mixed in
+        run_divergence("synthetic", ds, tmp_path, layers=LAYERS, n_boot=0)
     other = tmp_path / "rank"
     write_synthetic(other, ds)
     summary = run_divergence("synthetic", ds, other, layers=LAYERS, n_boot=0, agreement="rank", min_rho=0.99)
