@@ -202,8 +202,8 @@ class DivergenceStage(Stage):
         )
         if not any({setting_key(x) for x in self.layers} <= read[p][1] for p in pairs if p in read):
             return (
-                f"{readings}/ holds layers {layers}, not every one of {self.layers}; read the same layers "
-                "(--layers / --every) as the lens"
+                f"{readings}/ holds layers {layers}, not every one of {self.layers}; read the layers "
+                "the lens read"
             )
         if not any((self.ds.pivot, i) in answered for _, i in pairs):
             return f"{records}/ holds no English ({self.ds.pivot}) answers of these items; evaluate it too"
