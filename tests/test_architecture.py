@@ -119,6 +119,32 @@ def test_the_cli_runs_a_registered_stage(toy: None, saved_model: Path, tmp_path:
     assert json.loads((out / "lens_half_summary.json").read_text())["lens"] == "half"
 
 
+def test_a_command_whose_stages_need_no_model_loads_none(
+    saved_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``StageDef.needs_model=False``: the command builds the stage from the plan and loads nothing;
+    an experiment builds it from the job's context like any other stage."""
+    register(toy_plugin.COUNT)
+    try:
+        monkeypatch.setattr(
+            "crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("a model loaded")
+        )
+        out = tmp_path / "count"
+        argv = ["-m", str(saved_model), "-d", "crosslens-mini", "--languages", "en,de", "--limit", "3"]
+        assert main(["toy-count", *argv, "-o", str(out)]) == 0
+        assert len(Store(out).read("toy_count")) == 6
+        assert json.loads((out / "run.json").read_text())["stages"]["toy_count"]["built_from"] == "Plan"
+        monkeypatch.undo()
+        lm = tiny_model("gemma3")
+        config = {k: v for k, v in _config(tmp_path / "runs", lm.spec).items() if k != "toy"}
+        config["lens"] = {"enabled": False}
+        run_experiment(parse_config(config, check_models=False), progress=False, models={lm.spec: lm})
+        run = json.loads((tmp_path / "runs" / "tiny-gemma3" / "crosslens-mini" / "run.json").read_text())
+        assert run["stages"]["toy_count"]["built_from"] == "JobContext"
+    finally:
+        unregister("toy_count")
+
+
 def _config(out: Path, spec: str) -> dict:
     return {
         "models": [spec],

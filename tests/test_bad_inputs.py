@@ -119,6 +119,8 @@ def world(saved_model: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
         '{"id": "cat", "words": {"en": ["cat"], "zh": ["猫"]}}\n',
         encoding="utf-8",
     )
+    lens_only = ["lens", "-m", str(saved_model), "-d", "jsonl", "--data-dir", str(data), "--layers", "1,2"]
+    assert main([*lens_only, "-o", str(root / "lens-only")]) == 0  # readings without records
     return w
 
 
@@ -197,6 +199,12 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("lens without English", lambda w: [*LENS(w, data=w.path("no-en")), "--languages", "de,zh"], ("English",)),
     ("prompt past the context", lambda w: [*EVAL(w, data=w.path("long"), out=w.path("fresh"))], ("'q0'", "512", "--skip-long")),
     ("another model into the folder", lambda w: [*EVAL(w, model="smollm2-135m")], ("model", "smollm2-135m")),
+    ("divergence without lens readings", lambda w: [*DIVERGENCE(w)], ("--lens", "no logit-lens readings", "crosslens lens")),
+    ("divergence without records", lambda w: [*DIVERGENCE(w, out=w.path("lens-only"))], ("no evaluation records", "crosslens eval")),
+    ("divergence --lens xx", lambda w: [*DIVERGENCE(w), "--lens", "xx"], ("--lens", "'xx'")),
+    ("divergence --lens tuned:DIR", lambda w: [*DIVERGENCE(w), "--lens", "tuned:lens-dir"], ("--lens", "name the kind")),
+    ("divergence --min-rho without rank", lambda w: [*DIVERGENCE(w), "--min-rho", "0.8"], ("--min-rho", "rank")),
+    ("divergence without English", lambda w: [*DIVERGENCE(w, data=w.path("no-en")), "--languages", "de,zh"], ("English",)),
     ("config: duplicate key", lambda w: ["run", config(w, "dup.yaml", CFG + "seed: 1\nseed: 2\n")], ("'seed'", "twice")),
     ("config: python tag", lambda w: ["run", config(w, "tag.yaml", CFG + "seed: !!python/object/apply:os.system [ls]\n")], ("tag",)),
     ("config: output below a file", lambda w: ["run", config(w, "out.yaml", CFG.replace("OUT", str(w.path("a-file") / "x")))], ("output", "not a folder")),
@@ -212,6 +220,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], tuple[str, ...]]] = [
     ("config: words target the list lacks", lambda w: ["run", config(w, "wl.yaml", CFG + "words: {targets: [xx]}\n")], ("words.targets", "'xx'")),
     ("config: latent lens banana", lambda w: ["run", config(w, "ll.yaml", CFG + "latent: {lenses: [logit, banana]}\n")], ("latent.lenses", "'banana'")),
     ("config: latent tuned without its folder", lambda w: ["run", config(w, "lt.yaml", CFG + "latent: {lenses: [tuned]}\n")], ("latent.lenses", "tuned:PATH")),
+    ("config: divergence without readings", lambda w: ["run", config(w, "dv.yaml", CFG + "lens: {enabled: false}\ndivergence: {}\n")], ("divergence.lenses", "no logit-lens readings")),
+    ("config: divergence lens xx", lambda w: ["run", config(w, "dl.yaml", CFG + "divergence: {lenses: [xx]}\n")], ("divergence.lenses", "'xx'")),
     ("config: neurons top_rate 0", lambda w: ["run", config(w, "nt.yaml", CFG + "neurons: {top_rate: 0}\n")], ("neurons.top_rate",)),
     # Seeds, everywhere they are taken: refused while parsing, before anything is read or written.
     ("eval --seed -1", lambda w: [*EVAL(w), "--seed", "-1"], ("--seed", "-1")),
@@ -274,6 +284,10 @@ def WORDS(w: World) -> list[str]:  # noqa: N802
     return ["words", *EVAL(w)[1:], "--layers", "1"]
 
 
+def DIVERGENCE(w: World, data: Path | None = None, out: Path | None = None) -> list[str]:  # noqa: N802
+    return ["divergence", *EVAL(w, data=data, out=out)[1:], "--layers", "1,2"]
+
+
 def STEER(w: World) -> list[str]:  # noqa: N802
     return ["steer", *EVAL(w)[1:], "--layers", "1", "--n-vectors", "3"]
 
@@ -297,7 +311,7 @@ def test_bad_input_is_one_line_and_touches_nothing(
     if "CUDA" in " ".join(words) and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     args = argv(world)
-    folders = [world.out, world.path("cfg-out"), world.path("fresh")]
+    folders = [world.out, world.path("cfg-out"), world.path("fresh"), world.path("lens-only")]
     before = [snapshot(f) for f in folders]
     capsys.readouterr()
     code = main(args)

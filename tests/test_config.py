@@ -208,13 +208,20 @@ def test_paper_config_is_valid() -> None:
     assert config.steering.layers_for("google/gemma-2-2b") == [6, 10]
     assert config.steering.layers_for("Qwen/Qwen2.5-3B") == [12]
     assert len(config.datasets[1].languages) == 15 and "EN_US" in config.datasets[1].languages
+    assert "divergence" in [d.key for d in config.stages()]
 
 
 def test_tuned_lens_config_is_valid() -> None:
     config = load_config(EXAMPLES / "tuned-lens.yaml", check_models=False)
     assert config.lens.lenses == ["logit", "tuned"] and config.lens.tuned == "tuned"
     assert config.lens.train.dataset.name == "xstorycloze" and config.lens.train.tokens == 4096
-    assert [d.key for d in config.stages()] == ["eval", "lens", "tuned_lens"]
+    assert [d.key for d in config.stages()] == [
+        "eval",
+        "lens",
+        "tuned_lens",
+        "divergence",
+        "tuned_divergence",
+    ]
 
 
 def test_instruct_fewshot_config_is_valid() -> None:

@@ -23,7 +23,7 @@ from test_runner import _config, _files, _summaries
 
 ray = pytest.importorskip("ray")
 
-TABLES = ("records", "lens", "latent", "similarity", "ablation", "steer")
+TABLES = ("records", "lens", "latent", "divergence", "similarity", "ablation", "steer")
 KEYS = ("language", "language_a", "language_b", "estimator", "pool", "item_id", "layer", "gamma", "form",
         "choice", "ablated", "neurons", "lens", "position")  # fmt: skip
 
@@ -100,7 +100,7 @@ def test_ray_backend_writes_what_the_local_backend_writes(
     config = parse_config(_ray_config(Path("."), saved_model))
     report = run_experiment(config, backend="ray", progress=False)
     report = tmp_path / report
-    assert report.is_file() and report.read_text().count("<img ") == 11  # 9 + the latent stage's two
+    assert report.is_file() and report.read_text().count("<img ") == 12  # 9 + latent's two + divergence's one
     _assert_same_results(local_reference, _folder(tmp_path, saved_model))
 
     # Re-running resumes: nothing is recomputed, the summaries come out the same.

@@ -177,3 +177,31 @@ def test_neurons_on_gemma_baseline_is_the_plain_evaluation(gemma, tmp_path):
     assert np.abs(np.stack(merged["label_logprobs"]) - np.stack(merged["label_logprobs_plain"])).max() < 1e-4
     zh = summary["effects"]["zh"]["lape"]["cloze"]["zh"]["accuracy"]
     assert zh["ci_low"] <= zh["delta"] <= zh["ci_high"] and 0 <= zh["p_mcnemar"] <= 1
+
+
+def test_divergence_on_gemma_reads_the_model_output_at_the_last_layer(gemma, tmp_path):
+    """The divergence of Gemma's own readings: at the last block the two readings agree exactly when
+    the model's own full-answer log-probabilities (a plain forward pass) rank the same choice first."""
+    from crosslens.data.prompts import get_template, render
+    from crosslens.scoring.options import EvalOptions
+    from crosslens.stages.divergence.stage import run_divergence
+    from crosslens.stages.evaluate.stage import evaluate
+
+    ds = load_dataset("crosslens-mini", ["en", "de"]).limit(4)
+    L = gemma.anatomy.n_layers
+    evaluate(gemma, ds, tmp_path, opts=EvalOptions(cloze=False))  # the letters are enough here
+    run_lens(gemma, ds, tmp_path, layers=[6, L])
+    summary = run_divergence(gemma, ds, tmp_path, layers=[6, L], n_boot=20)
+    rows = pd.read_parquet(tmp_path / "divergence")
+    assert len(rows) == 4 and summary["layers"] == [6, L] and list(summary["effects"]) == ["letters"]
+    template = get_template(ds.template)
+    for row in rows.itertuples():
+        it = ds.item("de", row.item_id)
+        prompt = render(it, template)
+        pids = gemma.tokenizer(prompt).input_ids
+        top = []
+        for texts in (it.choices, ds.english_choices(row.item_id)):
+            conts = [encode_continuation(gemma.tokenizer, prompt, pids, t)[0] for t in texts]
+            top.append(int(np.argmax([plain_continuation_logprobs(gemma, pids, c).mean() for c in conts])))
+        assert row.agree[-1] == (top[0] == top[1])
+        assert pd.isna(row.divergence_layer) == row.agree[-1]

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -724,3 +725,98 @@ def test_a_folder_written_before_the_layout_is_reused(tmp_path: Path) -> None:
     assert {p.parts[0] for p in set(now) - set(data)} == {"neuron_sets"}
     for name, summary in old.items():
         _same_summary(summary, json.loads((out / name).read_text()), name, ADDED.get(name, set()))
+
+
+# -- divergence: computed from the folder's lens readings and records, never from other ones ---------------
+def _divergence(model: Path, data: Path, out: Path, *extra: str) -> int:
+    args = ["divergence", "-m", str(model), "-d", "jsonl", "--data-dir", str(data), "-o", str(out)]
+    return main([*args, "--layers", "1,2", "--n-boot", "20", *extra])
+
+
+@pytest.fixture(scope="module")
+def readings(saved_model: Path, toy_jsonl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the tiny model's records and logit-lens readings of the toy set (layers 1, 2)."""
+    out = tmp_path_factory.mktemp("readings") / "out"
+    assert run("eval", saved_model, toy_jsonl_dir, out) == 0
+    assert run("lens", saved_model, toy_jsonl_dir, out) == 0
+    return out
+
+
+def test_divergence_refuses_readings_of_another_model_template_or_dtype(
+    readings: Path, saved_model: Path, other_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    shutil.copytree(readings, out)
+    monkeypatch.setattr("crosslens.models.loading.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    assert _divergence(saved_model, toy_jsonl_dir, out) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, _divergence(other_model, toy_jsonl_dir, out), "model", str(other_model))
+    refused(capsys, _divergence(saved_model, toy_jsonl_dir, out, "--template", "mmmlu"), "template")
+    refused(capsys, _divergence(saved_model, toy_jsonl_dir, out, "--dtype", "bfloat16"), "dtype")
+    # another rule over the same readings is another analysis: refused, not mixed
+    refused(capsys, _divergence(saved_model, toy_jsonl_dir, out, "--agreement", "rank"), "agreement")
+    assert snapshot(out) == before
+    # readings made again with another prompt than the records: refused before anything is written
+    shutil.rmtree(out / "lens")
+    monkeypatch.undo()
+    assert run("lens", saved_model, toy_jsonl_dir, out, "--num-fewshot", "1") == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, _divergence(saved_model, toy_jsonl_dir, out), "different prompts", "fewshot")
+    assert snapshot(out) == before
+    (out / "run.json").unlink()  # a folder without run.json refuses the same way
+    refused(capsys, _divergence(other_model, toy_jsonl_dir, out), "model")
+
+
+def test_divergence_extends_to_more_items_and_reads_a_subset(
+    saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    for limit in ("3", "6"):
+        for stage in ("eval", "lens"):
+            assert run(stage, saved_model, toy_jsonl_dir, out, "--limit", limit) == 0
+        assert _divergence(saved_model, toy_jsonl_dir, out, "--limit", limit) == 0
+        if limit == "3":
+            first = {k: v for k, v in snapshot(out).items() if k.startswith("divergence/")}
+    assert all(snapshot(out)[k] == v for k, v in first.items())
+    rows = Store(out).read("divergence")
+    assert len(rows) == 12 and not rows.duplicated(["language", "item_id"]).any()  # 6 items x de, zh
+    assert (
+        json.loads((out / "divergence_summary.json").read_text())["n_rows"]
+        + json.loads((out / "divergence_summary.json").read_text())["identical"]
+        == 12
+    )
+    shards = {k: v for k, v in snapshot(out).items() if k.startswith("divergence/")}
+    assert _divergence(saved_model, toy_jsonl_dir, out, "--limit", "2") == 0
+    assert {k: v for k, v in snapshot(out).items() if k.startswith("divergence/")} == shards
+    summary = json.loads((out / "divergence_summary.json").read_text())
+    assert summary["n_rows"] + summary["identical"] == 4
+
+
+def test_divergence_refuses_changed_data(
+    readings: Path, saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(readings, out)
+    good = tmp_path / "good"
+    shutil.copytree(toy_jsonl_dir, good)
+    changed = write_jsonl(
+        tmp_path / "changed", {("de", k): f"Frage {k}?" for k in range(len(QUESTIONS["de"]))}
+    )
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, _divergence(saved_model, changed, out), "data_source", str(changed))
+    shutil.rmtree(good)
+    changed.rename(good)  # the same --data-dir, new content: only the items' digests can tell
+    for folder in ("lens", "records"):  # the readings record the folder they were read from
+        for path in (out / folder).glob("*.parquet"):
+            meta = pq.read_schema(path).metadata
+            info = json.loads(meta[b"crosslens"])
+            info["fingerprint"]["data_source"] = str(good)
+            table = pq.read_table(path).replace_schema_metadata({**meta, b"crosslens": json.dumps(info)})
+            pq.write_table(table, path)
+    before = snapshot(out)
+    refused(capsys, _divergence(saved_model, good, out), "different data")
+    assert snapshot(out) == before

@@ -22,6 +22,7 @@ from crosslens.models.loading import ModelSpec
 SUMMARIES = (
     "summary.json",
     "lens_summary.json",
+    "divergence_summary.json",
     "pca_summary.json",
     "similarity_summary.json",
     "neurons_summary.json",
@@ -41,6 +42,7 @@ def _config(out: Path, model: str, limit: int = 12, chunk_size: int = 6) -> dict
         "pca": {"n_items": 6},
         "similarity": {"n_boot": 50},
         "neurons": {"ablate": ["zh"], "n_text_items": 4, "top_rate": 0.05, "n_boot": 50},
+        "divergence": {"n_boot": 50},
         "batch_size": 8,
         "chunk_size": chunk_size,
         "output": str(out),
@@ -63,7 +65,7 @@ def _files(root: Path) -> dict[str, int]:
         p.relative_to(root).as_posix(): p.stat().st_mtime_ns
         for p in root.rglob("*")
         if p.suffix == ".safetensors"
-        or p.parent.name in ("records", "lens", "steer", "similarity", "ablation", "neurons")
+        or p.parent.name in ("records", "lens", "divergence", "steer", "similarity", "ablation", "neurons")
     }
 
 
@@ -89,11 +91,12 @@ def test_end_to_end_then_rerun_skips_everything(tmp_path: Path, monkeypatch: pyt
 
     folder = tmp_path / "runs" / "tiny-gemma3" / "crosslens-mini"
     assert report == tmp_path / "runs" / "report.html"
-    assert report.read_text().count("<img ") == 9
+    assert report.read_text().count("<img ") == 10
     assert (tmp_path / "runs" / "experiment.json").is_file()
     first = _summaries(folder)
     assert first["summary.json"]["languages"] == ["de", "en", "ru", "zh"]
     assert first["lens_summary.json"]["layers"] == [1, 2, 4]
+    assert first["divergence_summary.json"]["layers"] == [1, 2, 4]
     assert first["pca_summary.json"]["layers"] == [1, 2, 4]
     assert first["similarity_summary.json"]["layers"] == [1, 2, 4]
     assert list(first["neurons_summary.json"]["effects"]) == ["zh"]
@@ -110,7 +113,8 @@ def test_english_is_always_evaluated(tmp_path: Path) -> None:
     lm = tiny_model("gemma3")
     data = _config(tmp_path / "runs", lm.spec, limit=8)
     data["datasets"][0]["languages"] = ["de", "zh"]
-    data.update(steering=None, neurons=None, similarity=None, pca={"enabled": False}, lens={"enabled": False})
+    data.update(steering=None, neurons=None, similarity=None, divergence=None, pca={"enabled": False})
+    data["lens"] = {"enabled": False}
     run_experiment(parse_config(data, check_models=False), progress=False, models={lm.spec: lm})
     summary = json.loads((tmp_path / "runs" / "tiny-gemma3" / "crosslens-mini" / "summary.json").read_text())
     assert summary["languages"] == ["de", "en", "zh"]

@@ -28,7 +28,7 @@ from crosslens.render.figures import new_figure, save
 from crosslens.render.tables import Table
 from crosslens.stages.base import Stage, Unit, plan_units
 from crosslens.stages.context import JobContext, Plan
-from crosslens.stages.fingerprints import data_fingerprint
+from crosslens.stages.fingerprints import data_fingerprint, prompt_fingerprint
 from crosslens.stages.registry import StageDef
 from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
 from crosslens.store import Store
@@ -130,6 +130,45 @@ STAGE = StageDef(
     report=ToyReport,
     printer="toy_plugin:print_summary",
     help="A toy stage defined in the tests.",
+)
+
+
+@dataclass(kw_only=True)
+class ToyCountStage(Stage):
+    """Characters per question: a stage that needs no model (``needs_model=False``: built from a plan)."""
+
+    def rows(self, unit: Unit) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"language": unit.language, "item_id": i, "chars": len(self.ds.item(unit.language, i).question)}
+             for i in unit.item_ids]
+        )  # fmt: skip
+
+    def summarize(self) -> dict[str, Any]:
+        summary = {"mean_chars": self.read().groupby("language")["chars"].mean().to_dict()}
+        self.store.write_json("toy_count_summary.json", summary)
+        return summary
+
+
+def build_count(plan: Plan) -> ToyCountStage:
+    template = get_template(plan.dataset.template or plan.data.template)
+    return ToyCountStage(
+        ds=plan.data,
+        table="toy_count",
+        store=Store(plan.out),
+        fingerprint=prompt_fingerprint(plan.spec, plan.model.dtype, plan.data, template),
+        meta={"built_from": type(plan).__name__},
+        units=plan_units(plan.data, plan.data.languages, plan.run.chunk_size),
+    )
+
+
+COUNT = StageDef(
+    "toy_count",
+    table="toy_count",
+    summary="toy_count_summary.json",
+    build=build_count,
+    command="toy-count",
+    needs_model=False,
+    help="Characters per question (a toy stage that needs no model).",
 )
 
 

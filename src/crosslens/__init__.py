@@ -28,6 +28,7 @@ _EXPORTS = {
     "EvalOptions": "crosslens.scoring.options",
     "evaluate": "crosslens.stages.evaluate.stage",
     "run_lens": "crosslens.stages.lens.stage",
+    "run_divergence": "crosslens.stages.divergence.stage",
     "Lens": "crosslens.lenses.lens",
     "LogitLens": "crosslens.lenses.lens",
     "TunedLens": "crosslens.lenses.lens",

@@ -4,8 +4,10 @@ scoring, layers, its own section), so the command line, the YAML config and the 
 one set of options, defaults and checks.
 
 Every check that needs no model runs before the model loads (the options, the data, the stage's own
-prechecks, the folder's fingerprints); then the model loads, every planned stage checks its folder
-in full, and the stages run with a progress bar, print their summary and draw their figures.
+prechecks, the folder's fingerprints); then the model loads (unless every stage of the command is
+computed from results already in the folder: ``StageDef.needs_model``), every planned stage checks
+its folder in full, and the stages run with a progress bar, print their summary and draw their
+figures.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def run_stages(
     ds = data.select(full)
     shots = fewshot_source(data, full, ds, scoring.num_fewshot)
     others = {key: (cls() if on else None) for key, (cls, on) in sections().items()}
+    on = [d for d in defs if d.turned_on(section)]
     settings = Settings(
         model=model,
         run=run,
@@ -130,24 +133,26 @@ def run_stages(
         section=section,
         sections=others | ({defs[0].section: section} if defs[0].section else {}),
         models=(spec,),
+        stages=tuple(d.key for d in on),
     )
     plan = Plan(
         **_fields(settings), spec=spec, dataset=data, data=ds, full=full, out=out, shots=shots, depth=depth
     )
-    on = [d for d in defs if d.turned_on(section)]
     for d in on:
         if d.check is not None:
             d.check(settings)
         if d.precheck is not None:
             d.precheck(plan)
     precheck_folder(out, [d.table for d in on], spec, model.dtype, ds, data.template)
-    lm = load_with(model, spec, verbose=True)
-    if layers is not None and first is not None:
-        _check_layers(spec, layers.layers or [], first, lm.anatomy.n_layers)
-    fitted, skipped = fit_prompts(plan, lm)
-    if skipped:
-        warn(f"skipped {skipped} items longer than {lm.spec}'s context")
-    ctx = JobContext(**_fields(plan) | {"data": fitted, "depth": lm.anatomy.n_layers}, lm=lm)
+    ctx: Plan = plan  # stages computed from the folder's results alone are built from the plan
+    if any(d.needs_model for d in on):
+        lm = load_with(model, spec, verbose=True)
+        if layers is not None and first is not None:
+            _check_layers(spec, layers.layers or [], first, lm.anatomy.n_layers)
+        fitted, skipped = fit_prompts(plan, lm)
+        if skipped:
+            warn(f"skipped {skipped} items longer than {lm.spec}'s context")
+        ctx = JobContext(**_fields(plan) | {"data": fitted, "depth": lm.anatomy.n_layers}, lm=lm)
     stages = [(d, d.plan(ctx)) for d in on]
     for _, stage in stages:
         stage.check()

@@ -119,6 +119,7 @@ class ExperimentConfig(ModelOptions, RunOptions, ScoringOptions):
             section=self.section(defn.section) if defn else None,
             sections=dict(self.sections),
             models=tuple(self.models),
+            stages=tuple(d.key for d in self.stages()),
         )
 
     def stages(self) -> list[StageDef]:

@@ -1,7 +1,9 @@
 """The Ray backend of ``crosslens run``: the experiment's units as tasks on a Ray cluster.
 
 Work is cut exactly as by the local backend (:mod:`crosslens.stages`): per model x dataset, the
-units of every enabled stage of the registry (a language x a fixed chunk of item ids; PCA is one).
+units of every enabled stage of the registry (a language x a fixed chunk of item ids; PCA is one);
+a stage computed from the others' results (``StageDef.needs_model`` false) is planned once every
+unit of the stages that need the model has been written.
 Each model gets ``ray.workers_per_model`` actors (:class:`ModelWorker`) that load it once, with the
 CPU / GPU request of ``ray.num_cpus`` / ``ray.num_gpus``; the driver hands each free actor of a model
 the next unit of that model, so every unit of a model runs where the model already is.
@@ -151,7 +153,9 @@ def run_on_ray(
         max_restarts=rc.max_retries,
         max_task_retries=rc.max_retries,
     )
-    keys = [d.key for d in config.stages()]
+    # Stages computed from the others' results (no model of their own) run once those have finished.
+    on = config.stages()
+    phases = [[d.key for d in on if d.needs_model], [d.key for d in on if not d.needs_model]]
     plugins = (extra_stages(), tuple(k for k in lens_kinds().values() if not k.builtin))
     actors: dict[str, list[Any]] = {}
     queues: dict[str, deque[_Call]] = {}
@@ -164,7 +168,7 @@ def run_on_ray(
             ]
             queues[spec] = deque()
             for job in jobs:
-                _queue_job(config, spec, job, keys, queues[spec], advance, say)
+                _queue_job(config, spec, job, phases, queues[spec], advance, say)
         _dispatch(ray, actors, queues, step)
     finally:
         for pool in actors.values():
@@ -178,18 +182,28 @@ def _queue_job(
     config: ExperimentConfig,
     spec: str,
     job: Job,
-    keys: list[str],
+    phases: list[list[str]],
     queue: deque[_Call],
     advance: Callable[[int], None],
     say: Callable[[str], None],
 ) -> None:
-    """Queue the plans (then units) of one model x dataset; its summary once nothing is left."""
+    """Queue the plans (then units) of one model x dataset, phase by phase (a phase's stages are
+    planned once every unit of the phase before has been written); its summary once nothing is left."""
     name = f"{ModelSpec.parse(spec).slug} · {job.data.name}"
-    left = {"n": len(keys)}
+    keys = [key for phase in phases for key in phase]
+    waiting = [phase for phase in phases if phase]
+    left = {"n": 0}
+
+    def start(phase: list[str]) -> None:
+        left["n"] += len(phase)
+        for key in phase:
+            queue.append(_Call("plan", (job.index, key), f"{name} · {key} (plan)", planned(key)))
 
     def finished(_: Any = None) -> None:
         left["n"] -= 1
-        if left["n"] == 0:
+        if left["n"] == 0 and waiting:
+            start(waiting.pop(0))
+        elif left["n"] == 0:
             queue.append(_Call("summarize", (job.index, keys), f"{name} · summaries", report))
 
     def report(summaries: dict[str, Any]) -> None:
@@ -219,8 +233,7 @@ def _queue_job(
 
         return done
 
-    for key in keys:
-        queue.append(_Call("plan", (job.index, key), f"{name} · {key} (plan)", planned(key)))
+    start(waiting.pop(0))
 
 
 def _dispatch(

@@ -27,6 +27,7 @@ __all__ = [
     "parse_lens",
     "load_lens",
     "precheck_lens",
+    "lens_table",
 ]
 
 
@@ -76,6 +77,13 @@ _KINDS: dict[str, LensKind] = {
 
 def lens_kinds() -> dict[str, LensKind]:
     return dict(_KINDS)
+
+
+def lens_table(kind: str) -> str:
+    """The result-folder table holding the lens stage's readings through ``kind``: ``lens`` for the
+    logit lens, ``lens_<kind>`` for another (named here, below the stages, so a stage that reads the
+    readings names their table without importing the lens stage)."""
+    return "lens" if kind == "logit" else f"lens_{kind}"
 
 
 def register_lens(kind: LensKind) -> LensKind:

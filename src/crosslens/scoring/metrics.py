@@ -39,6 +39,7 @@ __all__ = [
     "expected_positive_transfer",
     "expected_negative_transfer",
     "bootstrap_ci",
+    "replicate_weights",
     "mcnemar_exact",
     "holm",
     "paired_effects",
@@ -377,8 +378,9 @@ def expected_negative_transfer(table: ItemTable, weights: np.ndarray) -> np.ndar
     return _nanmean(_offdiag(_negative_transfer_kernel(table, weights)), axis=1)
 
 
-def _replicate_weights(n_items: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_items) draw counts: each row resamples items with replacement, shared by all languages."""
+def replicate_weights(n_items: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_items) draw counts: each row resamples items with replacement, shared by all languages
+    (the item bootstrap of every CI here, and of any statistic a stage computes from weighted items)."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if n_items < 1:
@@ -419,7 +421,7 @@ def bootstrap_ci(
     replicates where the statistic is undefined (NaN) are dropped.
     """
     table = ItemTable.from_records(df, correct_col=correct_col, pred_col=pred_col, ranks_col=ranks_col)
-    return _percentile_ci(table, statistic, _replicate_weights(len(table.item_ids), n_boot, seed), level)
+    return _percentile_ci(table, statistic, replicate_weights(len(table.item_ids), n_boot, seed), level)
 
 
 def _row_means(m: np.ndarray, axis: int) -> np.ndarray:
@@ -481,7 +483,7 @@ def summarize(
         summary["consistency_with_pivot"] = {langs[i]: mats["consistency"][p, i] for i in others}
         summary["tr_plus_from_pivot"] = {langs[i]: mats["tr_plus"][p, i] for i in others}
     if n_boot:
-        w = _replicate_weights(len(t.item_ids), n_boot, seed)
+        w = replicate_weights(len(t.item_ids), n_boot, seed)
         summary["bootstrap"] = {
             "n_boot": n_boot,
             "seed": seed,
@@ -571,7 +573,7 @@ def paired_effects(
     n_items = len(t.item_ids)
     w = np.ones((1, n_items))
     if n_boot:
-        w = np.vstack([w, _replicate_weights(n_items, n_boot, seed)])
+        w = np.vstack([w, replicate_weights(n_items, n_boot, seed)])
     acc = _accuracy_kernel(t, w)
     cons = _consistency_kernel(t, w) if pivot is not None else None
     trp = _positive_transfer_kernel(t, w) if pivot is not None else None

@@ -165,14 +165,18 @@ class Stage:
     def write(self, unit: Unit, done: Done | None = None) -> None:
         """Compute and write the missing parts of ``unit``, each as one atomic shard."""
         for part in self.todo(unit, self.done() if done is None else done):
-            meta = {
-                "stage": self.table,
-                "fingerprint": self.fingerprint,
-                "language": part.language,
-                "items": {i: self.digest(part.language, i) for i in part.item_ids},
-                "settings": [setting_key(s) for s in part.settings],
-            }
-            self.store.write_unit(self.table, part.name, self.rows(part), meta)
+            self.store.write_unit(self.table, part.name, self.rows(part), self.shard_meta(part))
+
+    def shard_meta(self, part: Unit) -> dict[str, Any]:
+        """What a shard of ``part`` records of itself: the stage, its fingerprint, its language, the
+        digest of each item it holds and the settings it covers."""
+        return {
+            "stage": self.table,
+            "fingerprint": self.fingerprint,
+            "language": part.language,
+            "items": {i: self.digest(part.language, i) for i in part.item_ids},
+            "settings": [setting_key(s) for s in part.settings],
+        }
 
     # -- reading back -----------------------------------------------------------------------------
     def selected_items(self) -> list[str]:

@@ -29,7 +29,9 @@ __all__ = ["Settings", "Plan", "JobContext"]
 class Settings:
     """The options of a run: ``section`` is the stage's own config section, ``sections`` every
     section by key (stages that share an artefact read each other's settings there, never each
-    other's code); ``models``: the specs of the run."""
+    other's code); ``models``: the specs of the run; ``stages``: the keys of the stages the run
+    turns on, in run order (a stage that reads another's results knows whether they are made
+    before it)."""
 
     model: ModelOptions
     run: RunOptions
@@ -38,6 +40,7 @@ class Settings:
     section: Options | None = None
     sections: Mapping[str, Options | None] = field(default_factory=dict)
     models: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
 
     @property
     def seed(self) -> int:

@@ -40,6 +40,7 @@ BUILTIN = (
     "crosslens.stages.inspect",
     "crosslens.stages.words",
     "crosslens.stages.latent",
+    "crosslens.stages.divergence",
     "crosslens.stages.pca",
     "crosslens.stages.similarity",
     "crosslens.stages.neurons",
@@ -76,13 +77,16 @@ class StageDef:
     another is refused); ``report``: ``module:attribute`` of its report part (or a function
     returning it); ``printer``:
     ``module:function(summary, folder)`` printing its summary after a CLI run; ``commands``:
-    ``module:function(app)`` adding commands of its own (``metrics``, ``train-lens``).
+    ``module:function(app)`` adding commands of its own (``metrics``, ``train-lens``);
+    ``needs_model``: False for a stage computed from other stages' results in the folder alone (it
+    is built from a :class:`~crosslens.stages.context.Plan`; a command whose stages all need none
+    loads no model, and the Ray runner plans it once every stage that does has finished).
     """
 
     key: str
     table: str
     summary: str
-    build: str | Callable[[JobContext], Stage]
+    build: str | Callable[[JobContext], Stage] | Callable[[Plan], Stage]
     section: str | None = None
     config: type[Options] | None = None
     command: str | None = None
@@ -96,6 +100,7 @@ class StageDef:
     report: str | Callable[[], Any] | None = None
     printer: str | None = None
     commands: str | None = None
+    needs_model: bool = True
     help: str = ""
 
     @property
@@ -110,8 +115,9 @@ class StageDef:
             return False
         return self.runs(section) if self.runs is not None else True
 
-    def plan(self, ctx: JobContext) -> Stage:
-        """The stage for one model x dataset, planned (nothing computed)."""
+    def plan(self, ctx: Plan) -> Stage:
+        """The stage for one model x dataset, planned (nothing computed): from a
+        :class:`~crosslens.stages.context.JobContext`, or a plan alone where it needs no model."""
         build = load(self.build) if isinstance(self.build, str) else self.build
         return build(ctx)
 

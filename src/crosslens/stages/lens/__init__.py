@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from crosslens.lenses.kinds import lens_kinds
+from crosslens.lenses.kinds import lens_kinds, lens_table
 from crosslens.stages.lens.config import LENS_SCORING, LensConfig, check, precheck
 from crosslens.stages.registry import StageDef
 
-LENS = "lens"
-
-
-def lens_table(kind: str) -> str:
-    """The table (and summary file stem) of a lens kind's readings: ``lens``, ``lens_tuned``, ..."""
-    return LENS if kind == "logit" else f"{LENS}_{kind}"
+LENS = lens_table("logit")
 
 
 def stage_key(kind: str) -> str:
