@@ -29,8 +29,8 @@ from typing import Any
 
 import langcodes
 
-from crosslens.data.loaders import _json_records
 from crosslens.data.schema import DataError
+from crosslens.files import FileFormatError, json_records
 
 __all__ = [
     "ANSWER_WORDS",
@@ -261,12 +261,16 @@ def read_words(path: str | Path | None = None) -> WordList:
         name, source = file.stem, str(file)
     concepts: list[Concept] = []
     seen: dict[str, str] = {}
-    for where, raw in _json_records(file):
-        concept = _concept(raw, where)
-        if concept.id in seen:
-            raise DataError(f"{where}: concept {concept.id!r} is listed twice (first at {seen[concept.id]})")
-        seen[concept.id] = where
-        concepts.append(concept)
+    try:
+        for where, raw in json_records(file):
+            concept = _concept(raw, where)
+            if concept.id in seen:
+                first = seen[concept.id]
+                raise DataError(f"{where}: concept {concept.id!r} is listed twice (first at {first})")
+            seen[concept.id] = where
+            concepts.append(concept)
+    except FileFormatError as exc:  # not JSON at all: a data problem like any other in the list
+        raise DataError(str(exc)) from None
     if not concepts:
         raise DataError(f"{file}: the word list holds no concept")
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
