@@ -345,9 +345,7 @@ def test_a_folder_without_readings_or_with_other_layers_is_one_line(tmp_path: Pa
 
     with pytest.raises(RunMismatchError, match="model: 'synthetic' -> 'other'"):
         run_stage(divergence_stage("other", ds, tmp_path, layers=LAYERS))
-    assert not (tmp_path / "divergence").exists() and "divergence" not in Store(tmp_path).read_run().get(
-        "stages", {}
-    )
+    assert not (tmp_path / "divergence").exists() and "divergence" not in Store(tmp_path).read_run().stages
 
 
 # -- the command and the experiment on a tiny model's real readings -------------------------------------

@@ -249,7 +249,7 @@ def test_an_experiment_reads_few_shot_prompts_in_its_evaluation_and_lens(tmp_pat
     for extra, message in (
         (
             {"pca": {"enabled": True}},
-            "num_fewshot shapes the prompts of eval, lens, tuned_lens only; set pca.enabled to false",
+            r"num_fewshot shapes the prompts of eval, lens, .* only; set pca.enabled to false",
         ),
         ({"datasets": [{"name": "crosslens-mini", "fewshot_split": "dev"}]}, "has no split 'dev'"),
         (

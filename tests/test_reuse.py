@@ -263,10 +263,12 @@ def test_latent_extends_to_a_lens_kind_and_refuses_another_lens_or_token_table(
     import torch
 
     from crosslens.data.token_languages import token_languages
-    from crosslens.lenses.lens import LensInfo, TunedLens
+    from crosslens.lenses.lens import LensInfo, TunedLens, model_identity
+    from crosslens.models.loading import load_model
 
     def saved_lens(seed: int) -> Path:
-        lens = TunedLens(tiny_model("gemma3").anatomy, [1, 2], LensInfo({"n_layers": 4}, [1, 2]))
+        lm = load_model(str(saved_model))  # the model the command reads with: its identity is the lens's
+        lens = TunedLens(lm.anatomy, [1, 2], LensInfo(model_identity(lm), [1, 2]))
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for lin in lens.translators.values():
