@@ -291,7 +291,7 @@ def test_refusals_are_one_line_before_anything_is_written(tmp_path, capsys):
         (two, "two samples files for task 'xstorycloze_en'"),
         (one, "only one language (en) of xstorycloze"),
         (other, "none of the tasks (arc_easy) is of a known family"),
-        (broken, "line 1: field 'target' is missing"),
+        (broken, "line 1: target: required key is missing"),
         (tmp_path / "nothing", "no such folder"),
     ):
         out = tmp_path / f"out-{folder.name}"
@@ -439,36 +439,36 @@ def _set(**values):
 SAMPLE_SHAPES = [
     ("a number", lambda s: 5, ("expected an lm-eval sample (a JSON object), got 5",)),
     ("null", lambda s: None, ("expected an lm-eval sample", "got null")),
-    ("a list", lambda s: [s], ("expected an lm-eval sample", "got a list of 1")),
-    ("doc_id null", _set(doc_id=None), ("'doc_id' must be an integer, got null",)),
-    ("doc_id a list", _set(doc_id=[1]), ("'doc_id' must be an integer, got a list",)),
-    ("doc_id abc", _set(doc_id="abc"), ("'doc_id' must be an integer, got \"abc\"",)),
-    ("doc_id negative", _set(doc_id=-1), ("'doc_id' must be >= 0",)),
-    ("doc_id true", _set(doc_id=True), ("'doc_id' must be an integer, got true",)),
-    ("no doc", _drop("doc"), ("'doc' is missing",)),
-    ("no target", _drop("target"), ("'target' is missing",)),
-    ("no arguments", _drop("arguments"), ("'arguments' is missing",)),
-    ("no filtered_resps", _drop("filtered_resps"), ("'filtered_resps' is missing",)),
-    ("doc a number", _set(doc=5), ("'doc' must be an object, got 5",)),
-    ("target a list", _set(target=[0]), ("'target' must be a choice index or a choice text",)),
-    ("arguments a string", _set(arguments="x"), ("'arguments' must be an object",)),
+    ("a list", lambda s: [s], ("expected an lm-eval sample", "got a list")),
+    ("doc_id null", _set(doc_id=None), ("doc_id: expected an integer, got null",)),
+    ("doc_id a list", _set(doc_id=[1]), ("doc_id: expected an integer, got a list",)),
+    ("doc_id abc", _set(doc_id="abc"), ("doc_id: expected an integer, got \"abc\"",)),
+    ("doc_id negative", _set(doc_id=-1), ("doc_id: expected a value >= 0, got -1",)),
+    ("doc_id true", _set(doc_id=True), ("doc_id: expected an integer, got true",)),
+    ("no doc", _drop("doc"), ("doc: required key is missing",)),
+    ("no target", _drop("target"), ("target: required key is missing",)),
+    ("no arguments", _drop("arguments"), ("arguments: required key is missing",)),
+    ("no filtered_resps", _drop("filtered_resps"), ("filtered_resps: required key is missing",)),
+    ("doc a number", _set(doc=5), ("doc: expected an object, got 5",)),
+    ("target a list", _set(target=[0]), ("target: must be a choice index or a choice text",)),
+    ("arguments a string", _set(arguments="x"), ("arguments: expected an object",)),
     ("arguments key", _set(arguments={"gen_args_x": {"arg_0": "a", "arg_1": "b"}}),
-     ("'arguments.gen_args_x' is not a key",)),
+     ("arguments.gen_args_x: is not of the form gen_args_",)),
     ("continuation null", _set(arguments={"gen_args_0": {"arg_0": "a", "arg_1": None}}),
-     ("'arguments.gen_args_0.arg_1' must be a string, got null",)),
+     ("arguments.gen_args_0.arg_1: expected a string, got null",)),
     ("old arguments", _set(arguments=[["a"], ["b", "c"]]),
-     ("'arguments' must hold [context, continuation] pairs; entry 0",)),
-    ("responses a string", _set(filtered_resps="x"), ("'filtered_resps' must be a list",)),
+     ("arguments: must hold [context, continuation] pairs; entry 0",)),
+    ("responses a string", _set(filtered_resps="x"), ("filtered_resps: expected a list",)),
     ("response not a number", _set(filtered_resps=[["x", "False"], ["-1", "False"]]),
-     ("'filtered_resps[0]' holds a log-likelihood that is not a number",)),
+     ("filtered_resps[0]: holds a log-likelihood that is not a number",)),
     ("response nan", _set(filtered_resps=[["-1", "False"], ["nan", "False"]]),
-     ("'filtered_resps[1]' holds a log-likelihood of nan",)),
+     ("filtered_resps[1]: holds a log-likelihood of nan",)),
     ("response an object", _set(filtered_resps=[{"a": 1}, ["-1", "False"]]),
-     ("'filtered_resps[0]' must be [log-likelihood, is_greedy]",)),
+     ("filtered_resps[0]: must be [log-likelihood, is_greedy]",)),
     ("too few responses", _set(filtered_resps=[["-1", "False"]]), ("2 requests but 1 responses",)),
-    ("metrics a string", _set(metrics="acc"), ("'metrics' must be a list",)),
-    ("filter a number", _set(filter=3), ("'filter' must be a string",)),
-    ("acc a word", _set(acc="yes"), ("'acc' must be a number",)),
+    ("metrics a string", _set(metrics="acc"), ("metrics: expected a list",)),
+    ("filter a number", _set(filter=3), ("filter: expected a string",)),
+    ("acc a word", _set(acc="yes"), ("acc: expected a number",)),
     ("item id null", _set(doc={"story_id": None}), ("'doc.story_id' must be a string or a number",)),
     ("item id missing", _set(doc={}), ("'doc.story_id' is missing",)),
 ]  # fmt: skip
@@ -492,12 +492,12 @@ def test_a_samples_line_of_another_shape_is_one_line_naming_file_line_and_key(
 
 
 RESULTS_SHAPES = [
-    ("a list", [], ("expected an lm-eval results file (a JSON object), got a list of 0",)),
-    ("configs a list", {"configs": []}, ("field 'configs' must be an object, got a list",)),
+    ("a list", [], ("expected an lm-eval results file (a JSON object), got a list",)),
+    ("configs a list", {"configs": []}, ("configs: expected an object, got a list",)),
     ("a task's config a number", {"configs": {"xstorycloze_en": 5}},
-     ("field 'configs.xstorycloze_en' must be an object, got 5",)),
-    ("model_name a number", {"model_name": 5}, ("field 'model_name' must be a string, got 5",)),
-    ("config a string", {"config": "hf"}, ("field 'config' must be an object",)),
+     ("configs.xstorycloze_en: expected an object, got 5",)),
+    ("model_name a number", {"model_name": 5}, ("model_name: expected a string, got 5",)),
+    ("config a string", {"config": "hf"}, ("config: expected an object",)),
     ("broken JSON", "{", ("invalid JSON",)),
 ]  # fmt: skip
 
@@ -514,7 +514,7 @@ def test_a_results_file_of_another_shape_is_one_line_naming_it_and_the_key(tmp_p
     out = tmp_path / "out"
     assert main(["import-lmeval", str(run), "--out", str(out)]) == 2
     line = _one_error(capsys)
-    assert f"{path}: " in line and all(w in line for w in words), line
+    assert str(path) in line and all(w in line for w in words), line
     assert not out.exists()
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "validate",
     "describe",
     "require",
+    "shown",
 ]
 
 S = TypeVar("S", bound=BaseModel)
@@ -80,19 +81,20 @@ def parse_json(text: str, where: str, line: int | None = None) -> Any:
         raise FileFormatError(f"{at}: JSON nested too deeply to read") from None
 
 
-def validate(data: Any, schema: type[S], where: str) -> S:
-    """``data`` (parsed JSON) as ``schema``; ``where`` names the file (and line) in the message."""
+def validate(data: Any, schema: type[S], where: str, what: str = "a JSON object") -> S:
+    """``data`` (parsed JSON) as ``schema``; ``where`` names the file (and line) in the message,
+    ``what`` the object expected when ``data`` is none (``an lm-eval sample (a JSON object)``)."""
     if not isinstance(data, dict):
-        raise FileFormatError(f"{where}: expected a JSON object, got {_shown(data)}")
+        raise FileFormatError(f"{where}: expected {what}, got {shown(data)}")
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         raise FileFormatError(f"{where}: {describe(exc)}") from None
 
 
-def read_json(path: str | Path, schema: type[S]) -> S:
-    """A JSON file read through ``schema``."""
-    return validate(parse_json(read_text(path), str(path)), schema, str(path))
+def read_json(path: str | Path, schema: type[S], what: str = "a JSON object") -> S:
+    """A JSON file read through ``schema`` (``what``: the object expected, for the message)."""
+    return validate(parse_json(read_text(path), str(path)), schema, str(path), what)
 
 
 def _lines(path: str | Path, text: str) -> Iterator[tuple[int, Any]]:
@@ -106,10 +108,10 @@ def _lines(path: str | Path, text: str) -> Iterator[tuple[int, Any]]:
             yield n, parse_json(line.removesuffix("\r"), str(path), n)
 
 
-def read_jsonl(path: str | Path, schema: type[S]) -> Iterator[tuple[int, S]]:
+def read_jsonl(path: str | Path, schema: type[S], what: str = "a JSON object") -> Iterator[tuple[int, S]]:
     """(line number, record) of a JSON-lines file, every record read through ``schema``."""
     for n, raw in _lines(path, read_text(path)):
-        yield n, validate(raw, schema, f"{path} line {n}")
+        yield n, validate(raw, schema, f"{path} line {n}", what)
 
 
 def json_records(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -145,7 +147,7 @@ _EXPECTED = {
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as the JSON file spells it (an object or list by its kind, long text shortened)."""
     if isinstance(value, dict):
         return "an object"
@@ -169,12 +171,14 @@ def describe(exc: ValidationError) -> str:
     if kind == "missing":
         problem = "required key is missing"
     elif kind in _EXPECTED:
-        problem = f"expected {_EXPECTED[kind]}, got {_shown(given)}"
+        problem = f"expected {_EXPECTED[kind]}, got {shown(given)}"
     elif kind == "literal_error":
-        problem = f"expected {err.get('ctx', {}).get('expected', 'another value')}, got {_shown(given)}"
+        problem = f"expected {err.get('ctx', {}).get('expected', 'another value')}, got {shown(given)}"
     elif kind in _BOUNDS:
         bound = next(iter(err.get("ctx", {}).values()), "?")
-        problem = f"expected a value {_BOUNDS[kind]} {bound}, got {_shown(given)}"
+        problem = f"expected a value {_BOUNDS[kind]} {bound}, got {shown(given)}"
+    elif kind == "string_pattern_mismatch":
+        problem = f"is not of the form {err.get('ctx', {}).get('pattern', '?').strip('^$')}"
     elif kind in ("too_short", "too_long"):
         ctx = err.get("ctx", {})
         bound = (

@@ -1,31 +1,29 @@
 """The shapes of the files lm-evaluation-harness writes, as typed schemas: a samples line and a results file.
 
-Every value ``import-lmeval`` reads from them goes through :func:`validated` first, so a file of
-another shape (a line that is ``5`` or ``null``, a ``doc_id`` that is a list, a results file that
-is a list) is refused with one :class:`DataError` line naming the file, the line, the key and what
-was expected, never a traceback or a silently skipped value. Keys lm-eval adds across versions
-(``resps``, ``doc_hash``, metric values, ...) are allowed and ignored.
+Every value ``import-lmeval`` reads from them goes through these schemas first
+(:func:`crosslens.files.validate`), so a file of another shape (a line that is ``5`` or ``null``, a
+``doc_id`` that is a list, a results file that is a list) is refused with one line naming the file,
+the line, the key and what was expected, never a traceback or a silently skipped value. Keys lm-eval
+adds across versions (``resps``, ``doc_hash``, metric values, ...) are kept and ignored. lm-eval
+writes numbers as strings in places, so these schemas convert where it does (not strict).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
-from crosslens.data.schema import DataError
+from crosslens.files import Schema, shown
 
-__all__ = ["SampleLine", "ResultsFile", "validated", "shown"]
-
-M = TypeVar("M", bound=BaseModel)
+__all__ = ["SampleLine", "ResultsFile"]
 
 
-class _Shape(BaseModel):
+class _Shape(Schema):
     """A JSON object of lm-eval's: the keys crosslens reads are typed, the others are kept as they are."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(strict=False, frozen=True)
 
 
 def _requests(value: Any) -> Any:
@@ -102,62 +100,3 @@ class ResultsFile(_Shape):
     model_name: str | None = None
     config: RunConfig | None = None
     configs: dict[str, dict[str, Any]] | None = None
-
-
-_EXPECTED = {
-    "dict_type": "must be an object",
-    "model_type": "must be an object",
-    "list_type": "must be a list",
-    "string_type": "must be a string",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "finite_number": "must be a finite number",
-}
-
-
-def validated(model: type[M], raw: Any, where: str, what: str) -> M:
-    """``raw`` (parsed JSON) as ``model``, or one :class:`DataError` line: ``where`` (the file and
-    line), the key, what was expected and what was found. ``what`` names the whole object."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-    key = _key(err["loc"])
-    if not key:
-        raise DataError(f"{where}: expected {what} (a JSON object), got {shown(raw)}") from None
-    kind = err["type"]
-    if kind == "missing":
-        problem = f"is missing (not {what}?)"
-    elif kind == "value_error":
-        problem = str(err["ctx"]["error"])
-    elif kind == "string_pattern_mismatch":
-        problem = f"is not a key of the form {err['ctx']['pattern'].strip('^$')}"
-    elif kind == "greater_than_equal":
-        problem = f"must be >= {err['ctx']['ge']}, got {shown(err['input'])}"
-    else:
-        expected = _EXPECTED.get(kind, err["msg"][:1].lower() + err["msg"][1:])
-        problem = f"{expected}, got {shown(err['input'])}"
-    raise DataError(f"{where}: field {key!r} {problem}") from None
-
-
-def _key(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as the key path a user finds in the file: ``arguments.gen_args_0.arg_1``."""
-    out = ""
-    for part in loc:
-        if part == "[key]":  # the key itself is wrong (the message says so)
-            continue
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out
-
-
-def shown(value: Any) -> str:
-    """A found value as JSON spells it, containers by their kind only (a doc may be long)."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return f"a list of {len(value)}"
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from crosslens.data.schema import LETTERS, DataError, Item, ParallelDataset
-from crosslens.interop.lmeval_files import ResultsFile, SampleLine, shown, validated
+from crosslens.files import read_json, read_jsonl, shown
+from crosslens.interop.lmeval_files import ResultsFile, SampleLine
 from crosslens.scoring.answers import label_fields
 from crosslens.scoring.choices import rank_choices
 from crosslens.scoring.records import RECORDS
@@ -142,32 +143,13 @@ def _gold(line: SampleLine, choices: Sequence[str], logliks: Sequence[float], wh
     return candidates.pop()
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of the non-blank lines of a JSON-lines file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    return ((n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip())
-
-
-def _json(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-    except RecursionError:
-        raise DataError(f"{where}: JSON nested too deeply to read") from None
-
-
 def read_samples(path: Path, task: str, family: Family) -> list[Sample]:
     """One ``samples_<task>_<date>.jsonl`` file (the ``none`` filter of a multiple-choice task); each
     document once: a second line with the same ``doc_id`` is refused, never allowed to override."""
     out: dict[int, Sample] = {}
     first: dict[int, int] = {}  # doc_id -> the line it was read from
-    for n, text in _lines(path):
+    for n, line in read_jsonl(path, SampleLine, "an lm-eval sample (a JSON object)"):
         where = f"{path} line {n}"
-        line = validated(SampleLine, _json(text, where), where, "an lm-eval sample")
         if line.filter != "none":
             continue
         if line.doc_id in first:
@@ -202,14 +184,8 @@ def read_samples(path: Path, task: str, family: Family) -> list[Sample]:
 
 def _results(root: Path) -> list[ResultsFile]:
     """Every ``results_*.json`` under ``root``, each through its schema (a malformed one is refused)."""
-    out = []
-    for path in sorted(root.rglob("results_*.json")):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read ({e})") from None
-        out.append(validated(ResultsFile, _json(text, str(path)), str(path), "an lm-eval results file"))
-    return out
+    return [read_json(path, ResultsFile, "an lm-eval results file (a JSON object)")
+            for path in sorted(root.rglob("results_*.json"))]  # fmt: skip
 
 
 def _task_hashes(results: Sequence[ResultsFile]) -> dict[str, str]:
