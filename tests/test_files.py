@@ -32,6 +32,7 @@ from crosslens.stages.reporting import ResultFolder
 from crosslens.store import Store
 
 LEGACY = Path(__file__).parent / "data" / "folder_before_layout"  # every stage's summary, as written
+WRITTEN = Path(__file__).parent / "data" / "summaries"  # the summaries of the stages added since
 DELETE = object()
 
 
@@ -53,6 +54,10 @@ def _set(doc: Any, key: str, value: Any) -> Any:
 
 def _legacy(name: str) -> dict[str, Any]:
     return json.loads((LEGACY / name).read_text())
+
+
+def _written(name: str) -> dict[str, Any]:
+    return json.loads((WRITTEN / name).read_text())
 
 
 LENS_JSON = {"format": "crosslens-lens/1", "kind": "tuned", "model": {"spec": "m", "n_layers": 4, "d_model": 64},
@@ -172,6 +177,49 @@ READERS: list[tuple[str, str, Callable[[], Any], Callable[[Path], Any], list[tup
         ("a gamma a string", "settings[0].gamma", "1", 'settings[0].gamma: expected a number, got "1"'),
         ("an accuracy null", "settings[1].per_language.de.accuracy", None, "settings[1].per_language.de.accuracy: expected a number, got null"),
         ("a language missing", "settings[2].per_language.de", DELETE, "settings[2].per_language.de: required key is missing"),
+    ]),
+    ("latent_summary.json", "latent_summary.json", lambda: _written("latent_summary.json"), _summaries, [
+        ("a list", "", [], "expected a JSON object, got a list"),
+        ("curves missing", "curves", DELETE, "curves: required key is missing"),
+        ("lenses a string", "lenses", "logit", 'lenses: expected a list, got "logit"'),
+        ("a native code a number", "native.de", 1, "native.de: expected a string, got 1"),
+        ("a share a word", "curves.last.logit.de.2.en.mean", "x", 'curves.last.logit.de.2.en.mean: expected a number, got "x"'),
+        ("another position group", "curves.middle", {}, "curves.middle: expected 'last' or 'answer', got \"middle\""),
+        ("a layer missing", "curves.answer.logit.zh.4", DELETE, "curves.answer.logit.zh.4: required key is missing"),
+        ("a lens's curves missing", "curves.answer.logit", DELETE, "curves.answer.logit: required key is missing"),
+        ("a layer's assigned mass missing", "table.assigned_mass.logit.2", DELETE, "table.assigned_mass.logit.2: required key is missing"),
+    ]),
+    ("words_summary.json", "words_summary.json", lambda: _written("words_summary.json"), _summaries, [
+        ("not an object", "", "words", 'expected a JSON object, got "words"'),
+        ("landmarks missing", "landmarks", DELETE, "landmarks: required key is missing"),
+        ("tasks a string", "tasks", "translation", 'tasks: expected a list, got "translation"'),
+        ("a kept count a string", "filter.de.kept", "3", 'filter.de.kept: expected an integer, got "3"'),
+        ("a concept count a float", "curves.translation.all.logit.4.p_target.n", 2.5, "curves.translation.all.logit.4.p_target.n: expected an integer, got 2.5"),
+        ("a peak null", "landmarks.translation.de.logit.english_peak", None, "landmarks.translation.de.logit.english_peak: expected a number, got null"),
+        ("a layer missing", "curves.translation.de.logit.2", DELETE, "curves.translation.de.logit.2: required key is missing"),
+        ("a group's landmarks missing", "landmarks.translation.from_en", DELETE, "landmarks.translation.from_en: required key is missing"),
+        ("the lens missing", "lenses.logit", DELETE, "lenses.logit: required key is missing"),
+    ]),
+    ("inspect_summary.json", "inspect_summary.json", lambda: _written("inspect_summary.json"), _summaries, [
+        ("not an object", "", 3, "expected a JSON object, got 3"),
+        ("items missing", "items", DELETE, "items: required key is missing"),
+        ("top k a string", "top_k", "3", 'top_k: expected an integer, got "3"'),
+        ("an item id a number", "items.de", 1, "items.de: expected a string, got 1"),
+        ("a layer a float", "layers[0]", 2.0, "layers[0]: expected an integer, got 2.0"),
+        ("a language's item missing", "items.en", DELETE, "items.en: required key is missing"),
+        ("a language's prompt missing", "prompts.zh", DELETE, "prompts.zh: required key is missing"),
+    ]),
+    ("divergence_summary.json", "divergence_summary.json", lambda: _written("divergence_summary.json"), _summaries, [
+        ("not an object", "", None, "expected a JSON object, got null"),
+        ("effects missing", "effects", DELETE, "effects: required key is missing"),
+        ("never a string", "never", "5", 'never: expected an integer, got "5"'),
+        ("another agreement rule", "agreement", "median", "agreement: expected 'top' or 'rank', got \"median\""),
+        ("an AUC a word", "effects.letters.inconsistent.pooled.auc", "high", 'effects.letters.inconsistent.pooled.auc: expected a number, got "high"'),
+        ("a CI of one", "effects.letters.no_transfer.pooled.auc_ci", [0.5], "effects.letters.no_transfer.pooled.auc_ci: expected at least 2 of them, got 1"),
+        ("an outcome missing", "effects.cloze.no_transfer", DELETE, "effects.cloze.no_transfer: required key is missing"),
+        ("a language's parting missing", "per_language.zh", DELETE, "per_language.zh: required key is missing"),
+        ("a divergence layer missing", "inconsistent_by_divergence.letters.5", DELETE, "inconsistent_by_divergence.letters.5: required key is missing"),
+        ("a share per layer missing", "agreement_by_layer.cloze.consistent", [0.5], "agreement_by_layer.cloze.consistent: expected 2 of them (one per layer), got 1"),
     ]),
 ]  # fmt: skip
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from importlib import import_module
 from pathlib import Path
 
 import pandas as pd
@@ -544,6 +545,10 @@ def test_api_cli_and_config_expose_the_same_options() -> None:
 
     for name in ("run_experiment", "load_config", "write_report", "ModelSpec", "stage_defs"):
         assert getattr(crosslens, name) is not None
+    for name, stage in (("run_inspect", "inspect"), ("inspect_prompt", "inspect"), ("run_words", "words"),
+                        ("run_latent", "latent"), ("run_divergence", "divergence")):  # fmt: skip
+        assert getattr(crosslens, name) is getattr(import_module(f"crosslens.stages.{stage}.stage"), name)
+    assert set(crosslens.__all__) >= {"run_inspect", "inspect_prompt", "run_words", "run_latent"}
     commands = {c.name: c for c in typer.main.get_command(app).commands.values()}
     params = {
         name: {o for p in cmd.params for o in p.opts + p.secondary_opts} for name, cmd in commands.items()

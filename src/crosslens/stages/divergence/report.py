@@ -5,18 +5,94 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from crosslens.files import Schema, require
 from crosslens.lenses.kinds import lens_kinds
 from crosslens.render.figures import new_figure, save
 from crosslens.render.tables import Table, missing
 from crosslens.stages.divergence import divergence_table, stage_key
 from crosslens.stages.divergence.compute import MIN_GROUP
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, model_grid
+from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, Summary, model_grid
 
-__all__ = ["DivergenceReport", "divergence_figure", "effect_rows"]
+__all__ = ["DivergenceReport", "DivergenceSummary", "divergence_figure", "effect_rows"]
+
+Scoring = Literal["letters", "cloze"]  # the records' answers an outcome is read from (STYLES)
+Interval = Annotated[list[float | None], Field(min_length=2, max_length=2)]  # [low, high]
+
+
+class EffectCell(Schema):
+    """Whether the divergence layer predicts an outcome, in one language or pooled (null: too few items)."""
+
+    n: int
+    events: int
+    auc: float | None
+    auc_ci: Interval
+    auc_parted: float | None
+    auc_parted_ci: Interval
+    slope: float | None
+    slope_ci: Interval
+
+
+class Effect(Schema):
+    pooled: EffectCell | None
+    per_language: dict[str, EffectCell]
+
+
+class Outcomes(Schema):
+    inconsistent: Effect
+    no_transfer: Effect
+
+
+class Parting(Schema):
+    """One language: its items, the share whose readings part, and where (median; null: none part)."""
+
+    n: int
+    parted: float
+    median_layer: float | None
+
+
+class AtDivergence(Schema):
+    """Items, and inconsistent ones, whose readings part at one layer."""
+
+    n: int
+    inconsistent: int
+
+
+class DivergenceSummary(Summary):
+    """``divergence_summary.json`` (and each lens kind's): what the effects tables, the figure, the
+    metadata line and the table across folders read."""
+
+    agreement: Literal["top", "rank"]
+    min_rho: float | None
+    layers: list[int]
+    never: int
+    identical: int
+    n_boot: int
+    languages: list[str]
+    per_language: dict[str, Parting]
+    agreement_by_layer: dict[Scoring, dict[Literal["consistent", "inconsistent"], list[float] | None]]
+    inconsistent_by_divergence: dict[Scoring, dict[str, AtDivergence]]  # layer (or never) -> items
+    effects: dict[Scoring, Outcomes]
+
+    @model_validator(mode="after")
+    def _every_layer(self) -> DivergenceSummary:
+        """Each language's parting, every divergence layer's counts, one agreement share per layer."""
+        require(self.per_language, self.languages, "per_language")
+        for scoring, cells in self.inconsistent_by_divergence.items():
+            require(cells, [*self.layers, self.never], f"inconsistent_by_divergence.{scoring}")
+        for scoring, groups in self.agreement_by_layer.items():
+            for group, shares in groups.items():
+                if shares is not None and len(shares) != len(self.layers):
+                    raise ValueError(
+                        f"agreement_by_layer.{scoring}.{group}: expected {len(self.layers)} of them (one "
+                        f"per layer), got {len(shares)}"
+                    )
+        return self
+
 
 OUTCOME_LABELS = {"inconsistent": "answer ≠ English's", "no_transfer": "English's right answer lost"}
 GROUP_COLORS = {"consistent": "tab:blue", "inconsistent": "tab:red"}
@@ -161,6 +237,8 @@ def _forest(ax: Any, summary: Mapping[str, Any]) -> None:
 class DivergenceReport(ReportPart):
     """The part of the divergence through one lens kind (the logit lens's part also writes the table
     across folders for every kind)."""
+
+    schema = DivergenceSummary
 
     def __init__(self, kind: str):
         self.kind = kind

@@ -7,12 +7,34 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import model_validator
+
+from crosslens.files import require
 from crosslens.stages.inspect import SUMMARY, TABLE
 from crosslens.stages.inspect.picture import PNG_POSITIONS, png_picture, write_page
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, Summary
 from crosslens.store import Store
 
-__all__ = ["PART", "picture_stem"]
+__all__ = ["PART", "InspectSummary", "picture_stem"]
+
+
+class InspectSummary(Summary):
+    """``inspect_summary.json``: the readings the pictures select and the metadata line."""
+
+    languages: list[str]
+    layers: list[int]
+    lenses: list[str]
+    top_k: int
+    items: dict[str, str]  # language -> the item read
+    prompts: dict[str, str]  # language -> its prompt's text
+
+    @model_validator(mode="after")
+    def _every_language(self) -> InspectSummary:
+        """Each language's item and prompt (a picture names both)."""
+        require(self.items, self.languages, "items")
+        require(self.prompts, self.languages, "prompts")
+        return self
+
 
 CAPTION = (
     "Lens picture of item {item} ({language}): per layer (rows, the last on top) and prompt position "
@@ -28,6 +50,8 @@ def picture_stem(language: str) -> str:
 
 
 class InspectReport(ReportPart):
+    schema = InspectSummary
+
     def meta_rows(self, folder: ResultFolder) -> list[tuple[str, Any]]:
         s = folder.summaries.get("inspect")
         if not s:

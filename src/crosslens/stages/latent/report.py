@@ -8,16 +8,68 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from matplotlib.ticker import MaxNLocator
+from pydantic import model_validator
 
+from crosslens.files import Schema, require
 from crosslens.render.figures import at, band, grid, new_figure, save
 from crosslens.render.tables import Table, missing, pct
 from crosslens.stages.latent import FIGURE
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+from crosslens.stages.reporting import Column, Estimate, Figure, ReportPart, ResultFolder, Summary
 
-__all__ = ["PART", "latent_figure"]
+__all__ = ["PART", "LatentSummary", "latent_figure"]
+
+Group = Literal["last", "answer"]  # the position groups of the curves (GROUPS)
+
+
+class LatentCell(Schema):
+    """One (lens, prompt language, layer): the shares of the distribution and its entropy."""
+
+    en: Estimate
+    native: Estimate
+    other: Estimate
+    none: Estimate
+    entropy: Estimate
+    native_elsewhere: Estimate
+
+
+class TokenTable(Schema):
+    """The token -> language table the masses were read with, and how much of the mass it assigns."""
+
+    method: str
+    wordfreq: str
+    vocab_size: int
+    vocab_share: float
+    assigned_mass: dict[str, dict[str, float]]  # lens -> layer -> share
+
+
+class LatentSummary(Summary):
+    """``latent_summary.json``: what the curves, the per-layer tables, the peak column and the metadata
+    line read."""
+
+    lenses: list[str]
+    languages: list[str]
+    layers: list[int]
+    native: dict[str, str | None]
+    unidentified: list[str]
+    table: TokenTable
+    curves: dict[Group, dict[str, dict[str, dict[str, LatentCell]]]]  # group -> lens -> language -> layer
+
+    @model_validator(mode="after")
+    def _every_curve(self) -> LatentSummary:
+        """Each lens's curves in every group, each at every layer; the table's share at every layer."""
+        require(self.curves, ["last"] if self.lenses else [], "curves")
+        for group, by_lens in self.curves.items():
+            require(by_lens, self.lenses, f"curves.{group}")
+            for lens, by_language in by_lens.items():
+                for lang, cells in by_language.items():
+                    require(cells, self.layers, f"curves.{group}.{lens}.{lang}")
+        for lens, shares in self.table.assigned_mass.items():
+            require(shares, self.layers, f"table.assigned_mass.{lens}")
+        return self
+
 
 STYLE = {  # share -> (colour, legend label)
     "en": ("tab:blue", "English"),
@@ -117,6 +169,8 @@ def _layer_table(s: Mapping[str, Any], lens: str, group: str) -> Table:
 
 
 class LatentReport(ReportPart):
+    schema = LatentSummary
+
     def meta_rows(self, folder: ResultFolder) -> list[tuple[str, Any]]:
         s = folder.summaries.get("latent")
         if not s:

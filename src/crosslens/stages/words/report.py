@@ -9,15 +9,97 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.ticker import MaxNLocator
+from pydantic import model_validator
 
+from crosslens.files import Schema, require
 from crosslens.render.figures import at, band, grid, new_figure, save
 from crosslens.render.tables import Table, missing
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder
+from crosslens.stages.reporting import Column, Estimate, Figure, ReportPart, ResultFolder, Summary
 from crosslens.stages.words import FIGURES
 from crosslens.stages.words.compute import ALL, FROM_ENGLISH
 from crosslens.stages.words.config import ENGLISH
 
-__all__ = ["PART", "curves_figure", "latent_figure", "targets_of", "group_title"]
+__all__ = ["PART", "WordsSummary", "curves_figure", "latent_figure", "targets_of", "group_title"]
+
+
+class WordEstimate(Estimate):
+    """A mean over concepts, its bootstrap CI and the number of concepts."""
+
+    n: int
+
+
+class WordCell(Schema):
+    """One (task, group, lens, layer): the word probabilities, the language masses and the entropy."""
+
+    p_target: WordEstimate
+    p_english: WordEstimate
+    mass_target: WordEstimate
+    mass_english: WordEstimate
+    entropy: WordEstimate
+
+
+class Landmarks(Schema):
+    """Where one curve turns (:func:`crosslens.stages.words.compute.landmarks`)."""
+
+    english_peak_layer: int
+    english_peak: float
+    target_at_english_peak: float
+    target_takes_over: int | None
+    final_target: float
+    final_english: float
+
+
+class WordListInfo(Schema):
+    """The word list read: its name, file, hash and size."""
+
+    name: str
+    source: str
+    sha256: str
+    concepts: int
+
+
+class Screened(Schema):
+    """One target's filter: concepts screened, kept, and the dropped ones by reason."""
+
+    concepts: int
+    kept: int
+    dropped: dict[str, list[str]]
+
+
+class LensTitle(Schema):
+    title: str
+
+
+class WordsSummary(Summary):
+    """``words_summary.json``: what the filter, per-layer and landmark tables, both figures and the
+    metadata lines read."""
+
+    word_list: WordListInfo
+    tasks: list[str]
+    targets: list[str]
+    pairs: list[str]
+    layers: list[int]
+    lenses: dict[str, LensTitle]
+    shots: dict[str, int]
+    level: float
+    filter: dict[str, Screened]
+    reasons: dict[str, str]
+    curves: dict[str, dict[str, dict[str, dict[str, WordCell]]]]  # task -> group -> lens -> layer
+    landmarks: dict[str, dict[str, dict[str, Landmarks]]]  # task -> group -> lens
+
+    @model_validator(mode="after")
+    def _every_curve(self) -> WordsSummary:
+        """Every curve at every layer and of a lens the summary names; the landmarks of every curve
+        group, of lenses it names."""
+        for task, by_group in self.curves.items():
+            require(self.landmarks, [task], "landmarks")
+            require(self.landmarks[task], by_group, f"landmarks.{task}")
+            for group, by_lens in by_group.items():
+                require(self.lenses, [*by_lens, *self.landmarks[task][group]], "lenses")
+                for lens, curve in by_lens.items():
+                    require(curve, self.layers, f"curves.{task}.{group}.{lens}")
+        return self
+
 
 COLORS = {
     "p_target": "tab:orange",
@@ -225,6 +307,8 @@ def landmark_table(s: Mapping[str, Any], task: str) -> Table:
 
 
 class WordsReport(ReportPart):
+    schema = WordsSummary
+
     def meta_rows(self, folder: ResultFolder) -> list[tuple[str, Any]]:
         s = folder.summaries.get("words")
         if not s:
