@@ -68,19 +68,18 @@ class Work:
             self.tokens += real_tokens(kwargs.get("attention_mask"), shape)
 
         self.hook = self.lm.model.model.register_forward_pre_hook(count, with_kwargs=True)
-        real = Anatomy._head
+        real = Anatomy.log_normaliser
 
-        def head(anatomy, hn, rows=None):
-            if rows is None:
-                self.rows += int(hn.shape[0])
-            return real(anatomy, hn, rows)
+        def normaliser(anatomy, hn, *args, **kwargs):
+            self.rows += int(hn.shape[0])
+            return real(anatomy, hn, *args, **kwargs)
 
-        self.real, Anatomy._head = real, head
+        self.real, Anatomy.log_normaliser = real, normaliser
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.hook.remove()
-        Anatomy._head = self.real
+        Anatomy.log_normaliser = self.real
 
     def gflop(self) -> float:
         a = self.lm.anatomy

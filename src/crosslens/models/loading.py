@@ -362,7 +362,7 @@ def load_model(
         revision=revision,
         dtype=torch_dtype,
         device=device,
-        anatomy=Anatomy.of(model),
+        anatomy=Anatomy.of(model, normaliser_dtype=autocast),
         load_seconds=time.perf_counter() - start,
         source=provenance,
         autocast=autocast,
