@@ -321,7 +321,7 @@ def test_trees_pad_nothing_inside_a_row_and_little_between_rows(monkeypatch):
     """Prompts of very different lengths with answers of different lengths: each forward computes at
     most MAX_PADDING more tokens than its trees hold, and the readings are those of plain forwards."""
     import crosslens.models.passes as passes
-    from crosslens.scoring.choices import MAX_PADDING
+    from crosslens.models.passes import MAX_PADDING
 
     lm = tiny_model("llama")
     prompts = [

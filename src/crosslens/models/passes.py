@@ -38,9 +38,15 @@ __all__ = [
     "tree_pass",
     "Segment",
     "length_batches",
+    "MAX_PADDING",
     "prefix_groups",
     "common_prefix",
 ]
+
+
+#: Padding a batch of rows may hold (of its real tokens) before :func:`length_batches` starts another:
+#: a forward more costs less than 5 % of its tokens computed for nothing.
+MAX_PADDING = 0.05
 
 
 def _pad_id(lm: LoadedModel) -> int:

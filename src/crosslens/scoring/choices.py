@@ -24,6 +24,7 @@ from crosslens.data.schema import DataError, ParallelDataset
 from crosslens.lenses.lens import Lens, LogitLens
 from crosslens.models.loading import LoadedModel
 from crosslens.models.passes import (
+    MAX_PADDING,
     Segment,
     common_prefix,
     continuation_pass,
@@ -166,7 +167,6 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 SHARED_PREFIX_MIN = 32  # tokens: shorter shared prefixes save less than repeating their cache costs
-MAX_PADDING = 0.05  # padding allowed per forward, as a share of its real tokens (else a forward more)
 
 
 def score_prompts(
