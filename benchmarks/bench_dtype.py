@@ -68,18 +68,18 @@ class Work:
             self.tokens += real_tokens(kwargs.get("attention_mask"), shape)
 
         self.hook = self.lm.model.model.register_forward_pre_hook(count, with_kwargs=True)
-        real = Anatomy.log_normaliser
+        real = Anatomy.token_logprobs
 
-        def normaliser(anatomy, hn, *args, **kwargs):
-            self.rows += int(hn.shape[0])
-            return real(anatomy, hn, *args, **kwargs)
+        def projected(anatomy, h, *args, **kwargs):
+            self.rows += int(h.shape[0])
+            return real(anatomy, h, *args, **kwargs)
 
-        self.real, Anatomy.log_normaliser = real, normaliser
+        self.real, Anatomy.token_logprobs = real, projected
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.hook.remove()
-        Anatomy.log_normaliser = self.real
+        Anatomy.token_logprobs = self.real
 
     def gflop(self) -> float:
         a = self.lm.anatomy

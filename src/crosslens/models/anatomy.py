@@ -15,7 +15,7 @@ never used here: states are captured with hooks on the blocks themselves, and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -197,22 +197,28 @@ class Anatomy:
         self, h: torch.Tensor, layer: int, targets: torch.Tensor, max_elements: int = 2**26
     ) -> torch.Tensor:
         """log softmax(lens_logits(h))[targets] for rows of ``h``: ``(N, d)``; ``targets``: (N,) or
-        (N, k). Returns float32 (N,) / (N, k).
+        (N, k). Returns float32 (N,) / (N, k). At most ``max_elements`` logits exist at a time, so a
+        262k vocabulary never materialises a (positions x vocab) matrix beyond the budget.
 
-        The targets' logits are computed in float32 from each normalised state and the targets'
-        unembedding rows (in a bfloat16 model near-equal logits would round to exact ties, which
-        argmax gives to choice A; see docs/lens.md); the normaliser is :meth:`log_normaliser`. At
-        most ``max_elements`` logits exist at a time, so a 262k vocabulary never materialises a
-        (positions x vocab) matrix beyond the budget.
+        A float32 head gives the float32 log-softmax of its projection, row block by row block. A
+        lower-precision one (bfloat16; bf16-mixed's normaliser) gives the targets' logits computed in
+        float32 from each normalised state and the targets' unembedding rows (near-equal bfloat16
+        logits would round to exact ties, which argmax gives to choice A; see docs/lens.md) minus
+        :meth:`log_normaliser`, whose blocks keep its bfloat16 products from waiting on float32
+        elementwise work. (The blocked normaliser is also 1.4x faster and closer to float64 in
+        float32 — 6e-6 instead of 7e-5 on Gemma 3's 262k vocabulary — but it would move float32
+        results by those 7e-5, and float32 is the reference every other precision is measured by.)
         """
         self.check_layers([layer])
         squeeze = targets.dim() == 1
         tg = targets.unsqueeze(-1) if squeeze else targets
         hn = self._normed(h)
-        rows = max(1, max_elements // max(1, tg.shape[-1] * hn.shape[-1]))  # (rows, k, d) unembedding rows
-        own = [self._head(hn[s : s + rows], tg[s : s + rows].to(hn.device)) for s in range(0, len(hn), rows)]
-        logits = torch.cat(own) if own else torch.empty(tg.shape)
-        out = logits - self.log_normaliser(hn, max_elements)[:, None]
+        if self._normaliser_head[0].dtype == torch.float32:
+            rows = max(1, max_elements // self.head.weight.shape[0])
+            out = _by_rows(lambda x, t: torch.log_softmax(self._head(x), dim=-1).gather(-1, t), hn, tg, rows)
+        else:
+            rows = max(1, max_elements // max(1, tg.shape[-1] * hn.shape[-1]))  # (rows, k, d) unembedding
+            out = _by_rows(self._head, hn, tg, rows) - self.log_normaliser(hn, max_elements)[:, None]
         return out.squeeze(-1) if squeeze else out
 
     def log_normaliser(self, hn: torch.Tensor, max_elements: int = 2**26) -> torch.Tensor:
@@ -238,10 +244,18 @@ class Anatomy:
         return torch.logsumexp(out, -1)
 
 
+def _by_rows(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], hn: torch.Tensor, tg: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """``fn(states, targets)`` over blocks of ``rows`` states, concatenated (float32 (N, k))."""
+    parts = [fn(hn[s : s + rows], tg[s : s + rows].to(hn.device)) for s in range(0, len(hn), rows)]
+    return torch.cat(parts) if parts else torch.empty(tg.shape)
+
+
 #: The normaliser's blocks (:meth:`Anatomy.log_normaliser`): vocabulary rows of the head and states
 #: multiplied at a time; 512 x 8192 float32 logits (16 MiB) stay in a server CPU's cache. On the 2-core
-#: EPYC (AVX512-BF16) 1024 states x Gemma 3's 262k vocabulary: 3.9 s instead of 5.4 s in float32,
-#: 1.05 s instead of 1.71 s in bfloat16 (one thread; benchmarks/RESULTS.md 2026-12-07).
+#: EPYC (AVX512-BF16), 1024 states x Gemma 3's 262k vocabulary in bfloat16: 1.05 s instead of 1.71 s
+#: for one (256 x 262k) block at a time (one thread; docs/benchmarks.md).
 VOCAB_BLOCK = 8192
 ROW_BLOCK = 512
 
