@@ -188,3 +188,20 @@ def test_bf16_mixed_runs_decoder_matmuls_in_bfloat16_and_keeps_the_residual_in_f
         half = runs["bfloat16"].model(ids).logits.float().log_softmax(-1)
     err_mixed, err_half = (out.log_softmax(-1) - ref).abs().mean(), (half - ref).abs().mean()
     assert 0 < err_mixed < err_half
+
+
+def test_bfloat16_on_cpu_runs_eager_attention_and_a_bfloat16_normaliser(saved_model):
+    """bfloat16 on a CPU loads eager attention (torch's CPU flash kernel gains nothing from bfloat16);
+    float32 and bf16-mixed (float32 attention scores) keep the default. bf16-mixed's log-normaliser
+    multiplies a bfloat16 copy of its float32 head, and its lens log-probs stay near float32's."""
+    runs = {name: load_model(str(saved_model), dtype=name) for name in ("float32", "bfloat16", "bf16-mixed")}
+    impl = {name: lm.model.config._attn_implementation for name, lm in runs.items()}
+    assert impl == {"float32": "sdpa", "bfloat16": "eager", "bf16-mixed": "sdpa"}
+    mixed, ref = runs["bf16-mixed"].anatomy, runs["float32"].anatomy
+    assert mixed.normaliser_dtype == torch.bfloat16 and ref.normaliser_dtype is None
+    assert mixed.head.weight.dtype == torch.float32
+    h = torch.randn(64, mixed.d_model, generator=torch.Generator().manual_seed(1))
+    targets = torch.arange(64)
+    layer = mixed.n_layers
+    got, want = mixed.token_logprobs(h, layer, targets), ref.token_logprobs(h, layer, targets)
+    assert got.dtype == torch.float32 and 0 < (got - want).abs().max() < 0.05

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import FAMILIES, tiny_model
 from crosslens.data.prompts import get_template, render
 from crosslens.models.passes import length_batches, prefix_groups
 from crosslens.scoring.choices import (
@@ -236,3 +237,123 @@ def test_share_prefers_the_prefix_every_prompt_has_when_it_saves_more():
     pa, pb = head + list(range(300, 345)), head + list(range(400, 445))
     pairs = [pa + [1], pa + [2], pb + [3], pb + [4]]
     assert _share(pairs) == [(80, [0, 1]), (80, [2, 3])]  # 2 x 80 saved beats 3 x 35
+
+
+def _windowed_mistral():
+    """A tiny Mistral with a 6-token sliding window and no layer types (one mask for all layers)."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import _config
+    from crosslens.models.anatomy import Anatomy
+
+    base = tiny_model("mistral")
+    config = _config("mistral", len(base.tokenizer))
+    config.sliding_window = 6
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.load_state_dict(base.model.state_dict())
+    assert getattr(model.config, "layer_types", None) is None
+    return replace(base, model=model, anatomy=Anatomy.of(model), spec="tiny-mistral-window-6")
+
+
+def _plain_states(lm, ids: list[int], layers: list[int]):
+    """Residual states at every position of one unpadded sequence (the model's own masks)."""
+    import torch
+
+    from crosslens.models.anatomy import capture_residuals
+
+    with torch.inference_mode(), capture_residuals(lm.anatomy, layers) as states:
+        lm.model.get_decoder()(input_ids=torch.tensor([ids]))
+    return {layer: h[0] for layer, h in states.items()}
+
+
+@pytest.fixture(params=[*FAMILIES, "mistral-window-6"])
+def tree_model(request):
+    return _windowed_mistral() if request.param == "mistral-window-6" else tiny_model(request.param)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_tree_pass_reads_each_path_as_its_own_forward(tree_model, cached):
+    """Trees (a prefix, questions after it, answers after each question; siblings never see each
+    other) give the states of one plain forward per path, at every layer, for every family: tiny
+    Gemma 3's 8-token and the Mistral's 6-token windows are far shorter than these paths, Gemma 2
+    runs eager soft-capped attention. After a cache (prompts of different lengths, left-padded)
+    the rows follow their own prompt."""
+    from crosslens.models.passes import prompt_pass, tree_pass
+
+    lm = tree_model
+    layers = [0, 1, lm.anatomy.n_layers]
+    tok = list(range(5, 60))
+    roots = [tok[:3], tok[10:24]] if cached else [[], []]
+    pp = prompt_pass(lm, roots, [], "left", use_cache=True) if cached else None
+    prefix, q1, a1, q2, a2, b1 = tok[:20], tok[20:25], tok[25:28], tok[28:35], tok[35:39], tok[40:43]
+    rows = [
+        [(prefix, -1), (q1, 0), (a1, 1), (q2, 0), (a2, 3)],  # a passage, two questions, an answer each
+        [(tok[44:55], -1), (b1, 0), (tok[30:32], 0)],  # a prompt and two answers
+    ]
+    paths = [
+        [prefix + q1 + a1, prefix + q2 + a2],
+        [tok[44:55] + b1, tok[44:55] + tok[30:32]],
+    ]
+    owner = [1, 0]
+    keep = [list(range(39)), list(range(16))]
+    got = tree_pass(lm, rows, layers, keep, pp, owner if cached else None)
+    for r, row_paths in enumerate(paths):
+        root = roots[owner[r]]
+        # offsets of each path's tokens in the row: the shared part, then each path's own segments
+        offsets = (
+            [list(range(28)), list(range(20)) + list(range(28, 39))]
+            if r == 0
+            else [list(range(14)), list(range(11)) + list(range(14, 16))]
+        )
+        for path, where in zip(row_paths, offsets):
+            plain = _plain_states(lm, root + path, layers)
+            for layer in layers:
+                np.testing.assert_allclose(
+                    got[layer][r][where].numpy(), plain[layer][len(root) :].numpy(), atol=1e-4, rtol=1e-4
+                )
+
+
+def test_trees_pad_nothing_inside_a_row_and_little_between_rows(monkeypatch):
+    """Prompts of very different lengths with answers of different lengths: each forward computes at
+    most MAX_PADDING more tokens than its trees hold, and the readings are those of plain forwards."""
+    import crosslens.models.passes as passes
+    from crosslens.models.passes import MAX_PADDING
+
+    lm = tiny_model("llama")
+    prompts = [
+        "Q: Which one swims? A: fish B: stone Answer:",
+        "Q: Name the animal that flies over the sea at night and sleeps by day? A: owl B: a cat Answer:",
+        "Q: Which? A: x B: y Answer:",
+    ]
+    pids = [lm.tokenizer(p).input_ids for p in prompts]
+    conts = [[encode_continuation(lm.tokenizer, p, ids, c)[0] for c in ("fish", "a stone on the beach")]
+             for p, ids in zip(prompts, pids)]  # fmt: skip
+    labels = [label_plan(lm.tokenizer).for_n(2)] * len(prompts)
+    seen: list[tuple[int, int]] = []
+    real = passes.tree_pass
+
+    def counted(lm, rows, *args, **kwargs):
+        lengths = [sum(len(t) for t, _ in row) for row in rows]
+        seen.append((sum(lengths), len(rows) * max(lengths)))
+        return real(lm, rows, *args, **kwargs)
+
+    monkeypatch.setattr("crosslens.scoring.choices.tree_pass", counted)
+    got = dict(score_prompts(lm, pids, [lm.anatomy.n_layers], labels, conts, batch_size=3))
+    assert seen and all(computed <= (1 + MAX_PADDING) * needed for needed, computed in seen)
+    final = lm.anatomy.n_layers
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_allclose(
+            got[i].label_logprobs[final], plain_label_logprobs(lm, prompt, labels[i]), atol=1e-4
+        )
+        for c, lp in zip(conts[i], got[i].text_logprobs[final]):
+            np.testing.assert_allclose(lp, plain_continuation_logprobs(lm, pids[i], c), atol=1e-4)
+
+
+def test_length_batches_stop_before_too_much_padding():
+    assert length_batches([10, 10, 11, 20, 21], batch_size=8, max_padding=0.1) == [[0, 1, 2], [3, 4]]
+    # sizes: a group of 3 prompts and one of 2 exceed a batch of 4 together
+    assert length_batches([5, 5], batch_size=4, sizes=[3, 2]) == [[0], [1]]

@@ -92,7 +92,7 @@ def naive_scores(lm, pids, lids, conts, layer, delta, where):
     return out
 
 
-@pytest.mark.parametrize("family", ["gemma2", "llama"])
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "llama"])  # gemma3: an 8-token sliding window
 @pytest.mark.parametrize("where", ["last", "all"])
 def test_steered_cloze_and_labels_equal_naive_forwards(family, where):
     from crosslens.scoring.choices import encode_continuation

@@ -9,7 +9,11 @@ passes answer it:
   keeps the KV cache, and captures states at the last real prompt token only;
 * :func:`continuation_pass` extends cached prompts with many continuations at once (the cache rows
   are repeated per continuation, so a prompt is never re-encoded) and captures the states at the
-  fed continuation tokens.
+  fed continuation tokens;
+* :func:`tree_pass` runs *token trees* without padding inside a row: a passage, the questions that
+  follow it, the answer texts that follow each question, laid end to end in one row, each segment
+  attending only to itself and its ancestors (a mask built here, per attention layer type, from
+  positions, so sliding windows count positions exactly as in a plain forward of each path).
 
 The base decoder is called, never the LM head: vocabulary projections happen later in
 :meth:`crosslens.anatomy.Anatomy.token_logprobs` for the few positions that are read.
@@ -31,10 +35,18 @@ __all__ = [
     "prompt_pass",
     "continuation_pass",
     "extend_pass",
+    "tree_pass",
+    "Segment",
     "length_batches",
+    "MAX_PADDING",
     "prefix_groups",
     "common_prefix",
 ]
+
+
+#: Padding a batch of rows may hold (of its real tokens) before :func:`length_batches` starts another:
+#: a forward more costs less than 5 % of its tokens computed for nothing.
+MAX_PADDING = 0.05
 
 
 def _pad_id(lm: LoadedModel) -> int:
@@ -43,22 +55,38 @@ def _pad_id(lm: LoadedModel) -> int:
     return int(pad or 0)  # padded positions are masked out, so any id works
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    max_tokens: int | None = None,
+    max_padding: float | None = None,
+    sizes: Sequence[int] | None = None,
+) -> list[list[int]]:
     """Group indices into batches of similar length (sorted, stable), so little compute goes to padding.
 
-    The grouping depends only on ``lengths`` and the limits: a resumed run rebuilds the same batches.
+    A batch holds at most ``batch_size`` prompts (``sizes[i]`` prompts for index i, default 1) and
+    at most ``max_tokens`` tokens padded; with ``max_padding`` a batch also stops growing before its
+    padding to the longest member exceeds that share of its real tokens (a shorter batch costs a
+    forward more, padding costs its tokens). The grouping depends only on the arguments: a resumed
+    run rebuilds the same batches.
     """
+    size = sizes if sizes is not None else [1] * len(lengths)
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches: list[list[int]] = []
+    prompts = tokens = 0
     for i in order:
         cur = batches[-1] if batches else None
-        fits = cur is not None and len(cur) < batch_size
+        fits = cur is not None and prompts + size[i] <= batch_size
         if fits and max_tokens is not None:
             fits = (len(cur) + 1) * lengths[i] <= max_tokens  # type: ignore[arg-type]
+        if fits and max_padding is not None:
+            fits = (len(cur) + 1) * lengths[i] - tokens - lengths[i] <= max_padding * (tokens + lengths[i])  # type: ignore[arg-type]
         if fits:
             cur.append(i)  # type: ignore[union-attr]
+            prompts, tokens = prompts + size[i], tokens + lengths[i]
         else:
             batches.append([i])
+            prompts, tokens = size[i], lengths[i]
     return batches
 
 
@@ -248,6 +276,145 @@ def _continue(
     out = {layer: [states[layer][row, : len(f)] for row, f in enumerate(feeds)] for layer in layers}
     lengths = pp.lengths[owner_t] + torch.tensor([len(f) for f in feeds])
     return out, PromptPass(last={}, cache=cache, attention_mask=mask, lengths=lengths)
+
+
+#: One segment of a row of :func:`tree_pass`: its tokens, and the index of the earlier segment of the
+#: same row it follows (-1: the row's root, i.e. its cached prompt or the start of the sequence).
+Segment = tuple[Sequence[int], int]
+
+
+def tree_pass(
+    lm: LoadedModel,
+    rows: Sequence[Sequence[Segment]],
+    layers: Sequence[int],
+    keep: Sequence[Sequence[int]],
+    pp: PromptPass | None = None,
+    owner: Sequence[int] | None = None,
+) -> dict[int, list[torch.Tensor]]:
+    """States at offsets ``keep[r]`` of row r, each row a tree of segments fed in one forward.
+
+    The segments of a row are laid end to end; a segment follows its parent: its tokens attend to
+    the parent's tokens and their ancestors' (and to the cached prompt ``owner[r]`` of ``pp``, the
+    root of every row when given), never to a sibling, and its positions continue the parent's. So
+    a passage, its questions and their answer texts are one row with the readings of separate
+    forwards, and rows of different widths are right-padded only at their ends. The attention mask
+    is built here for each attention layer type the model has (full, sliding window) from
+    *positions*, as the model's own mask counts them in an unpadded sequence: exact with sliding
+    windows and soft-capped (eager) attention alike. Returns, per layer, one (len(keep[r]), d)
+    tensor per row.
+    """
+    n = len(rows)
+    lengths = [sum(len(t) for t, _ in row) for row in rows]
+    width, n_seg = max(lengths), max(len(row) for row in rows)
+    rows_of = torch.as_tensor(list(owner or []), dtype=torch.long)  # the cached prompt of each row
+    base = pp.lengths[rows_of] if pp else torch.zeros(n, dtype=torch.long)
+    ids = torch.full((n, width), _pad_id(lm), dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    ancestors = torch.zeros((n, n_seg, n_seg), dtype=torch.bool)  # [r, s, a]: a is s or an ancestor of s
+    for r, row in enumerate(rows):
+        at, ends = 0, []
+        for s, (tokens, parent) in enumerate(row):
+            if not -1 <= parent < s:
+                raise ValueError(f"segment {s} of row {r} follows segment {parent}, which is not before it")
+            start, k = (ends[parent] if parent >= 0 else 0), len(tokens)
+            ids[r, at : at + k] = torch.as_tensor(list(tokens), dtype=torch.long)
+            positions[r, at : at + k] = int(base[r]) + start + torch.arange(k)
+            segment[r, at : at + k] = s
+            if parent >= 0:
+                ancestors[r, s] = ancestors[r, parent]
+            ancestors[r, s, s] = True
+            ends.append(start + k)
+            at += k
+    masks = _tree_masks(lm, pp, rows_of, positions, segment, ancestors)
+    cache = _repeat_rows(pp.cache, rows_of.to(lm.input_device)) if pp else None
+    k_max = max((len(k) for k in keep), default=0)
+    index = torch.zeros((n, max(k_max, 1)), dtype=torch.long)
+    for r, offsets in enumerate(keep):
+        index[r, : len(offsets)] = torch.as_tensor(list(offsets), dtype=torch.long)
+    device = lm.input_device
+    with torch.inference_mode(), capture_residuals(lm.anatomy, layers, index) as states:
+        lm.model.get_decoder()(
+            input_ids=ids.to(device),
+            attention_mask=masks,
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=cache is not None,
+        )
+    return {layer: [states[layer][r, : len(k)] for r, k in enumerate(keep)] for layer in layers}
+
+
+def _tree_masks(
+    lm: LoadedModel,
+    pp: PromptPass | None,
+    rows_of: torch.Tensor,
+    positions: torch.Tensor,
+    segment: torch.Tensor,
+    ancestors: torch.Tensor,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The 4D attention masks of :func:`tree_pass`: one per layer type of the model (a dict, as the
+    model's own mask mapping), or one tensor for a model without layer types (its one window, if any).
+
+    A query sees a cached slot that holds a real token of its row's prompt, and a token of its own
+    row that is itself, earlier in its segment or in an ancestor segment; under a sliding window
+    only keys less than ``window`` positions back (the model's ``kv_idx > q_idx - window``, on
+    positions). Padding queries see the row's first token only (a fully masked query would be NaN,
+    and its NaN values would reach real queries through the zero attention weights).
+    """
+    config = lm.model.config
+    n, width = segment.shape
+    real = segment >= 0
+    seg = segment.clamp(min=0)
+    rows = torch.arange(n)[:, None, None]
+    own = ancestors[rows, seg[:, :, None], seg[:, None, :]] & real[:, :, None] & real[:, None, :]
+    own &= torch.ones((width, width), dtype=torch.bool).tril()
+    pad_query = torch.zeros((n, width, width), dtype=torch.bool)
+    pad_query[:, :, 0] = ~real
+    if pp is not None:  # each row's cached prompt: its real slots and their positions
+        cached = pp.attention_mask[rows_of].bool()
+        cached_pos = (pp.attention_mask.cumsum(-1) - 1)[rows_of]
+    layer_types = getattr(config, "layer_types", None)
+    windows = {"full_attention": None, "sliding_attention": getattr(config, "sliding_window", None)}
+
+    def mask(kind: str | None, layer: int) -> torch.Tensor:
+        window = windows[kind] if kind is not None else getattr(config, "sliding_window", None)
+        allowed = own.clone()
+        if window:
+            allowed &= positions[:, :, None] - positions[:, None, :] < window
+        if pp is not None:
+            first = cached.shape[1] - _cached_slots(pp.cache, layer)  # a window's cache keeps its last slots
+            see = cached[:, None, first:] & real[:, :, None]
+            if window:
+                see &= positions[:, :, None] - cached_pos[:, None, first:] < window
+            allowed = torch.cat([see, allowed], dim=-1)
+        allowed[..., -width:] |= pad_query
+        return _attention_format(lm, allowed[:, None].to(lm.input_device))
+
+    if layer_types is None:
+        return mask(None, 0)
+    unknown = set(layer_types) - set(windows)
+    if unknown:
+        raise ValueError(f"tree_pass does not know the attention layer type(s) {sorted(unknown)}")
+    return {kind: mask(kind, layer_types.index(kind)) for kind in sorted(set(layer_types))}
+
+
+def _cached_slots(cache: object, layer: int) -> int:
+    """How many slots of ``cache`` layer ``layer`` holds (all the prompt's, or a window's last)."""
+    keys = getattr(cache.layers[layer], "keys", None)  # type: ignore[attr-defined]
+    return 0 if keys is None else int(keys.shape[-2])
+
+
+def _attention_format(lm: LoadedModel, allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean mask (True: attend) as the model's attention implementation takes it: as is for
+    SDPA, as 0 / the dtype's minimum added to the scores for eager attention (as transformers does)."""
+    impl = lm.model.config._attn_implementation
+    if impl == "sdpa":
+        return allowed
+    if impl == "eager":
+        return torch.zeros(allowed.shape, dtype=lm.dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(lm.dtype).min
+        )
+    raise ValueError(f"tree_pass needs sdpa or eager attention, not {impl!r}")
 
 
 def _repeat_rows(cache: object, rows: torch.Tensor) -> object:

@@ -1,7 +1,7 @@
 """Score multiple-choice prompts: choice labels at the last prompt token, and full answer texts.
 
-Both readings come from one prompt pass per item (batched by length) plus one continuation pass
-that extends the cached prompt with every answer text at once:
+Both readings come from one forward per batch of prompts: each prompt with its answer texts after
+it, as one unpadded token tree (several questions on one passage share the passage's tokens):
 
 * **letters** — log-probability of each label token (A, B, ...) after ``Answer:``; how a label is
   tokenised (" A" vs "A") is decided once per tokenizer by :func:`label_plan` and recorded;
@@ -24,12 +24,14 @@ from crosslens.data.schema import DataError, ParallelDataset
 from crosslens.lenses.lens import Lens, LogitLens
 from crosslens.models.loading import LoadedModel
 from crosslens.models.passes import (
+    MAX_PADDING,
+    Segment,
     common_prefix,
     continuation_pass,
-    extend_pass,
     length_batches,
     prefix_groups,
     prompt_pass,
+    tree_pass,
 )
 
 __all__ = [
@@ -181,9 +183,13 @@ def score_prompts(
     """Yield ``(index, ItemScores)`` for every prompt, in batch order.
 
     ``label_ids[i]``: label tokens read at prompt i's last token; ``continuations[i]``: token lists
-    appended after prompt i. With left padding a prefix shared by several prompts is encoded once
-    and each prompt's own tokens (then its continuations) follow its cache (:func:`_share`: the
-    exemplar block of a few-shot prompt, a system prompt, a passage with several questions). On
+    appended after prompt i. With left padding (the default) each prompt is a token tree
+    (:func:`~crosslens.models.passes.tree_pass`): its answer texts follow it in the same row, and
+    prompts that share a prefix (:func:`_share`: a passage with several questions) are one tree, the
+    prefix encoded once; trees of similar sizes are batched together (at most ``MAX_PADDING``
+    padding). A prefix shared by more than ``batch_size`` prompts (a few-shot exemplar block, a
+    system prompt) is encoded once into a cache and the prompts' own trees follow it, ``batch_size``
+    at a time. With right padding prompts are padded and their answers follow in a second pass. On
     out-of-memory a batch is split in half and retried (finished batches are already yielded, so no
     work is lost); neither the batch size nor the sharing is part of the results beyond float
     rounding. ``lens`` reads the layers (default: the logit lens; the last layer is the model's own
@@ -191,13 +197,17 @@ def score_prompts(
     """
     lens = lens or LogitLens(lm.anatomy)
     layers = lens.check_layers(layers)
-    pending = _plan(prompt_ids, batch_size, padding_side == "left")[::-1]
+    pending = _plan(prompt_ids, continuations, batch_size, padding_side == "left")[::-1]
     while pending:
         kind, batch = pending.pop()
         try:
-            if kind == "shared":
-                results = _score_shared(
+            if kind == "cached":
+                results = _score_cached(
                     lm, lens, batch, prompt_ids, layers, label_ids, continuations, batch_size, max_elements
+                )
+            elif kind == "trees":
+                results = _score_trees(
+                    lm, lens, batch, prompt_ids, layers, label_ids, continuations, max_elements
                 )
             else:
                 results = _score_batch(
@@ -217,12 +227,12 @@ def score_prompts(
 
 
 def _size(kind: str, batch: list) -> int:
-    return sum(len(m) for _, m in batch) if kind == "shared" else len(batch)
+    return len(batch) if kind == "alone" else sum(len(m) for _, m in batch)
 
 
 def _halves(kind: str, batch: list) -> tuple[list, list]:
-    """Half the prompts each; one shared group is split into two groups with the same prefix."""
-    if kind == "shared" and len(batch) == 1:
+    """Half the prompts each; one group is split into two groups with the same prefix."""
+    if kind != "alone" and len(batch) == 1:
         k, members = batch[0]
         half = len(members) // 2
         return [(k, members[:half])], [(k, members[half:])]
@@ -246,27 +256,77 @@ def _share(prompt_ids: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
     return pairwise
 
 
-def _plan(prompt_ids: Sequence[Sequence[int]], batch_size: int, share: bool) -> list[tuple[str, list]]:
-    """Batches of lone prompts (similar lengths together) and of prefix groups (``batch_size``
-    prompts; a larger group is one item of its own, its prefix encoded once for all its members)."""
-    groups = _share(prompt_ids) if share else [(0, [i]) for i in range(len(prompt_ids))]
-    alone = [members[0] for k, members in groups if k == 0]
-    work: list[tuple[str, list]] = [
-        ("alone", [alone[j] for j in b])
-        for b in length_batches([len(prompt_ids[i]) for i in alone], batch_size)
+def _plan(
+    prompt_ids: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    batch_size: int,
+    share: bool,
+) -> list[tuple[str, list]]:
+    """The work: ``("trees", groups)`` — groups of at most ``batch_size`` prompts (a lone prompt is a
+    group of one), each one tree, batched by tree size; ``("cached", [group])`` — a larger group, its
+    prefix cached once; ``("alone", prompts)`` — right-padded prompts of similar lengths."""
+    if not share:
+        return [("alone", b) for b in length_batches([len(p) for p in prompt_ids], batch_size)]
+    groups = _share(prompt_ids)
+    trees = [g for g in groups if len(g[1]) <= batch_size]
+    sizes = [sum(len(t) for t, _ in _tree(prompt_ids, continuations, k, m, True)[0]) for k, m in trees]
+    batches = length_batches(sizes, batch_size, max_padding=MAX_PADDING, sizes=[len(m) for _, m in trees])
+    return [("cached", [g]) for g in groups if len(g[1]) > batch_size] + [
+        ("trees", [trees[j] for j in b]) for b in batches
     ]
-    batch: list[tuple[int, list[int]]] = []
-    for group in sorted((g for g in groups if g[0] > 0), key=lambda g: (g[0], g[1])):
-        if batch and sum(len(m) for _, m in batch) + len(group[1]) > batch_size:
-            work.append(("shared", batch))
-            batch = []
-        batch.append(group)
-    if batch:
-        work.append(("shared", batch))
-    return work
 
 
-def _score_shared(
+def _tree(
+    prompt_ids: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    k: int,
+    members: Sequence[int],
+    with_prefix: bool,
+) -> tuple[list[Segment], list[int]]:
+    """The segments of prompts ``members`` (sharing their first ``k`` tokens) as one tree row: the
+    prefix (unless it is cached: ``with_prefix`` False), each member's own tokens after it, each of
+    its answer texts but the last token after those (an answer a member has twice, as the lens's
+    English answers of an English item, is fed once); and the offsets read: per member its last
+    token, then every fed token of its answers in order."""
+    segments: list[Segment] = []
+    keep: list[int] = []
+    at, root = 0, -1
+    if with_prefix and k:
+        segments.append((prompt_ids[members[0]][:k], -1))
+        at, root = k, 0
+    for m in members:
+        own = prompt_ids[m][k:]
+        segments.append((own, root))
+        parent, at = len(segments) - 1, at + len(own)
+        keep.append(at - 1)
+        fed: dict[tuple[int, ...], range] = {}
+        for c in continuations[m] if continuations is not None else ():
+            feed = tuple(c[:-1])
+            if feed and feed not in fed:
+                segments.append((feed, parent))
+                fed[feed], at = range(at, at + len(feed)), at + len(feed)
+            keep += fed.get(feed, ())
+    return segments, keep
+
+
+def _score_trees(
+    lm: LoadedModel,
+    lens: Lens,
+    groups: list[tuple[int, list[int]]],
+    prompt_ids: Sequence[Sequence[int]],
+    layers: list[int],
+    label_ids: Sequence[Sequence[int]] | None,
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    max_elements: int,
+) -> list[tuple[int, ItemScores]]:
+    """Groups of prompts (a shared prefix, each member's own tokens, its answers), one tree row each."""
+    rows = [_tree(prompt_ids, continuations, k, m, True) for k, m in groups]
+    states = tree_pass(lm, [r for r, _ in rows], layers, [k for _, k in rows])
+    members = [i for _, m in groups for i in m]
+    return list(zip(members, _read(lens, members, states, layers, label_ids, continuations, max_elements)))
+
+
+def _score_cached(
     lm: LoadedModel,
     lens: Lens,
     groups: list[tuple[int, list[int]]],
@@ -277,60 +337,47 @@ def _score_shared(
     batch_size: int,
     max_elements: int,
 ) -> list[tuple[int, ItemScores]]:
-    """Prompts that share a prefix: the prefixes once, then each prompt's own tokens after its
-    prefix's cache (``batch_size`` prompts at a time), then its continuations after that."""
-    pp = prompt_pass(lm, [prompt_ids[members[0]][:k] for k, members in groups], [], "left", use_cache=True)
-    pairs = [(g, i) for g, (_, ms) in enumerate(groups) for i in ms]
+    """A prefix shared by many prompts: encoded once, then each prompt's tree (its own tokens, its
+    answers) after its cache, trees of similar sizes ``batch_size`` at a time."""
+    ((k, members),) = groups
+    pp = prompt_pass(lm, [prompt_ids[members[0]][:k]], [], "left", use_cache=True)
+    trees = [_tree(prompt_ids, continuations, k, [m], False) for m in members]
+    sizes = [sum(len(t) for t, _ in segments) for segments, _ in trees]
     out: list[tuple[int, ItemScores]] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        members = [i for _, i in chunk]
-        feeds = [prompt_ids[i][groups[g][0] :] for g, i in chunk]
-        conts = [list(continuations[i]) if continuations is not None else [] for i in members]
-        if not any(conts):  # labels only: the states at each prompt's own last token
-            states = continuation_pass(lm, pp, [g for g, _ in chunk], feeds, layers)
-            last = {layer: torch.stack([s[-1] for s in states[layer]]) for layer in layers}
-            cont_states: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-        else:
-            last, cont_states = _extend_and_continue(lm, pp, chunk, feeds, conts, layers)
-        out += zip(
-            members,
-            _project(lens, members, last, cont_states, layers, label_ids, continuations, max_elements),
+    for batch in length_batches(sizes, batch_size, max_padding=MAX_PADDING):
+        chunk = [members[j] for j in batch]
+        states = tree_pass(
+            lm, [trees[j][0] for j in batch], layers, [trees[j][1] for j in batch], pp, [0] * len(batch)
         )
+        out += zip(chunk, _read(lens, chunk, states, layers, label_ids, continuations, max_elements))
     return out
 
 
-def _extend_and_continue(
-    lm: LoadedModel,
-    pp,
-    chunk: list[tuple[int, int]],
-    feeds: list[Sequence[int]],
-    conts: list[list[list[int]]],
+def _read(
+    lens: Lens,
+    members: list[int],
+    states: dict[int, list[torch.Tensor]],
     layers: list[int],
-) -> tuple[dict[int, torch.Tensor], dict[int, list[torch.Tensor]]]:
-    """Each prompt's own tokens after its prefix's cache, then its continuations after those.
-
-    Own tokens of different lengths are right-padded, which leaves padding between a shorter
-    prompt and its continuations; sliding-window layers count cache slots, so where the padded
-    rows could reach a model's window the prompts are extended one at a time (no padding inside)."""
-    window = getattr(lm.model.config, "sliding_window", None)
-    width = int(pp.attention_mask.shape[1]) + max(map(len, feeds)) + max(len(c) for cs in conts for c in cs)
-    together = not window or width <= window or len({len(f) for f in feeds}) == 1
-    row_sets = [list(range(len(chunk)))] if together else [[r] for r in range(len(chunk))]
-    last = {layer: [None] * len(chunk) for layer in layers}
-    flat_index = np.cumsum([0] + [len(cs) for cs in conts]).tolist()
-    cont_states: dict[int, list] = {layer: [None] * flat_index[-1] for layer in layers}
-    for rows in row_sets:
-        states, ext = extend_pass(lm, pp, [chunk[r][0] for r in rows], [feeds[r] for r in rows], layers)
-        owner = [j for j, r in enumerate(rows) for _ in conts[r]]
-        fed = continuation_pass(lm, ext, owner, [c[:-1] for r in rows for c in conts[r]], layers)
-        for layer in layers:
-            slots = [flat_index[r] + j for r in rows for j in range(len(conts[r]))]
-            for j, r in enumerate(rows):
-                last[layer][r] = states[layer][j][-1]
-            for slot, value in zip(slots, fed[layer]):
-                cont_states[layer][slot] = value
-    return {layer: torch.stack(v) for layer, v in last.items()}, cont_states
+    label_ids: Sequence[Sequence[int]] | None,
+    continuations: Sequence[Sequence[Sequence[int]]] | None,
+    max_elements: int,
+) -> list[ItemScores]:
+    """The readings of ``members`` from the states :func:`_tree` keeps (row by row, member by member:
+    the last token, then the fed tokens of each answer)."""
+    conts = [list(continuations[i]) if continuations is not None else [] for i in members]
+    last: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    cont_states: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for layer in layers:
+        flat = torch.cat(states[layer])
+        at = 0
+        for cs in conts:
+            last[layer].append(flat[at])
+            at += 1
+            for c in cs:
+                cont_states[layer].append(flat[at : at + len(c) - 1])
+                at += max(len(c) - 1, 0)
+    stacked = {layer: torch.stack(v) for layer, v in last.items()}
+    return _project(lens, members, stacked, cont_states, layers, label_ids, continuations, max_elements)
 
 
 def _score_batch(

@@ -16,7 +16,14 @@ import torch
 
 from crosslens.models.anatomy import Anatomy, _block_output
 from crosslens.models.loading import LoadedModel
-from crosslens.models.passes import continuation_pass, extend_pass, length_batches, prompt_pass
+from crosslens.models.passes import (
+    MAX_PADDING,
+    PromptPass,
+    extend_pass,
+    length_batches,
+    prompt_pass,
+    tree_pass,
+)
 from crosslens.scoring.choices import score_prompts
 from crosslens.scoring.options import EvalOptions
 
@@ -105,7 +112,8 @@ def steer_grid(
     settings at once, the last prompt token of every (setting, prompt) as one-token rows, each
     carrying its own delta at its own layer — its state predicts the labels and every choice's
     first token; then, from that extended cache (the steered token's keys and values included),
-    the answer choices' further tokens, unsteered, as in a full forward with the hook.
+    the answer choices' further tokens, unsteered, as in a full forward with the hook (a row's
+    choices as one token tree: :func:`_tails`).
     """
     final = lm.anatomy.n_layers
     result: list[list[Scored]] = [[(np.empty(0), None)] * len(prompt_ids) for _ in deltas]
@@ -135,9 +143,31 @@ def steer_grid(
                 )
             # The choices' further tokens follow the steered last token (not steered themselves).
             rest = [(r, c) for r, b in enumerate(owner) for c in choices[b] if len(c) > 1]
-            tails = continuation_pass(lm, steered, [r for r, _ in rest], [c[:-1] for _, c in rest], [final])
-            _read_grid(lm, result, start, chunk, batch, choices, label_ids, last[final], rest, tails[final])
+            tails = _tails(lm, steered, rest)
+            _read_grid(lm, result, start, chunk, batch, choices, label_ids, last[final], rest, tails)
     return result
+
+
+def _tails(lm: LoadedModel, steered: PromptPass, rest: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
+    """The final layer's states at the further tokens of each choice ``rest[j] = (row, choice)`` after
+    its steered row: a row's choices are sibling segments of one tree row (no padding between
+    choices of different lengths), rows of similar sizes fed together."""
+    final = lm.anatomy.n_layers
+    by_row: dict[int, list[int]] = {}
+    for j, (r, _) in enumerate(rest):
+        by_row.setdefault(r, []).append(j)
+    rows = list(by_row)
+    sizes = [sum(len(rest[j][1]) - 1 for j in by_row[r]) for r in rows]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(rest)
+    for batch in length_batches(sizes, len(rows), max_padding=MAX_PADDING):
+        trees = [[(rest[j][1][:-1], -1) for j in by_row[rows[b]]] for b in batch]
+        keep = [range(sizes[b]) for b in batch]
+        states = tree_pass(lm, trees, [final], keep, steered, [rows[b] for b in batch])[final]
+        for b, state in zip(batch, states):
+            at = 0
+            for j in by_row[rows[b]]:
+                out[j], at = state[at : at + len(rest[j][1]) - 1], at + len(rest[j][1]) - 1
+    return out
 
 
 def _read_grid(
