@@ -192,12 +192,13 @@ def same_fingerprint(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``key: old -> new`` for every fingerprint key that differs (long values shortened); another
-    model shows its spec beside its identity."""
+    """``key: old -> new`` for every fingerprint key that differs (long values shortened in the
+    middle: a path's two ends are what tell two folders apart); another model shows its spec beside
+    its identity."""
 
     def short(v: Any) -> str:
         text = repr(v)
-        return text if len(text) <= 80 else text[:77] + "..."
+        return text if len(text) <= 160 else text[:78] + "..." + text[-79:]
 
     diff = fingerprint_diff(old, new)
     old, new = with_identity(old), with_identity(new)
