@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo demo-full test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,9 +14,14 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
 
+# the quick demo (examples/demo-quick.yaml); demo-full runs examples/demo.yaml
 demo: venv
 	$(BIN)/python -m pip install -q -e '.[demo]'
 	$(BIN)/crosslens demo
+
+demo-full: venv
+	$(BIN)/python -m pip install -q -e '.[demo]'
+	$(BIN)/crosslens demo --full
 
 test: venv
 	$(BIN)/python -m pip install -q -e '.[dev,demo,ray]'

@@ -14,6 +14,7 @@ from crosslens.experiment.config import ConfigError, load_config, parse_config
 from crosslens.experiment.runner import demo_config_path, run_experiment
 from crosslens.scoring.options import ScoringOptions
 from crosslens.stages.options import EveryLayers, RunOptions
+from crosslens.stages.registry import stage_defs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -192,13 +193,38 @@ def test_unknown_backend(model_dir: Path, tmp_path: Path) -> None:
         run_experiment(_write(tmp_path, _base(model_dir, tmp_path / "out")), backend="slurm")
 
 
-def test_demo_config_is_shipped_identically() -> None:
-    shipped = demo_config_path()
-    assert shipped.read_bytes() == (EXAMPLES / "demo.yaml").read_bytes()
-    config = load_config(shipped, check_models=False)
-    assert config.models == ["gemma-3-270m"]
-    assert config.datasets[0].name == "crosslens-mini" and len(config.datasets[0].languages) == 10
-    assert config.steering.layers == [6, 10] and config.steering.gammas == [-2, 0, 2]
+def test_demo_configs_are_shipped_identically() -> None:
+    """`crosslens demo` runs the quick config, `--full` the full one: both as in examples/, both every
+    stage that needs no trained lens, the quick one a subset of the full one's items and settings."""
+    quick, full = demo_config_path(), demo_config_path(full=True)
+    assert quick.read_bytes() == (EXAMPLES / "demo-quick.yaml").read_bytes()
+    assert full.read_bytes() == (EXAMPLES / "demo.yaml").read_bytes()
+    untrained = {d.key for d in stage_defs() if not d.key.startswith("tuned_")}
+    configs = [load_config(path, check_models=False) for path in (quick, full)]
+    for config in configs:
+        assert config.models == ["gemma-3-270m"] and config.dtype == "float32"
+        assert config.datasets[0].name == "crosslens-mini" and len(config.datasets[0].languages) == 10
+        assert {d.key for d in config.stages()} == untrained
+        assert config.steering.gammas == [-2, 0, 2] and config.steering.controls >= 1
+    q, f = configs
+    assert q.datasets[0].limit == 32 and f.datasets[0].limit is None
+    assert set(q.steering.layers) < set(f.steering.layers) and q.output != f.output
+
+
+def test_demo_command_picks_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The demo command runs the quick config by default and the full one with --full, into --output."""
+    import crosslens.experiment.runner as runner
+
+    ran: list[tuple[int | None, Path]] = []
+
+    def fake_run(config, progress: bool = True) -> Path:
+        ran.append((config.datasets[0].limit, config.output))
+        return config.output / "report.html"
+
+    monkeypatch.setattr(runner, "run_experiment", fake_run)
+    assert main(["demo", "--output", str(tmp_path / "q")]) == 0
+    assert main(["demo", "--full"]) == 0
+    assert ran == [(32, tmp_path / "q"), (None, Path("runs/demo"))]
 
 
 def test_paper_config_is_valid() -> None:

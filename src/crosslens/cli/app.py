@@ -116,14 +116,24 @@ def _general(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        output: Annotated[Path | None, typer.Option(help="output folder (default: runs/demo)")] = None,
+        full: Annotated[
+            bool,
+            typer.Option(
+                "--full",
+                help="every item and setting (examples/demo.yaml, about 10 minutes on 2 cores) instead of "
+                "the quick demo (examples/demo-quick.yaml)",
+            ),
+        ] = False,
+        output: Annotated[
+            Path | None, typer.Option(help="output folder (default: runs/demo-quick, with --full runs/demo)")
+        ] = None,
         progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
     ) -> None:
         """Run the bundled demo: gemma-3-270m on crosslens-mini, every stage, then the report."""
         from crosslens.experiment.config import load_config
         from crosslens.experiment.runner import demo_config_path, run_experiment
 
-        config = load_config(demo_config_path())
+        config = load_config(demo_config_path(full))
         if output is not None:
             config = config.model_copy(update={"output": output})
         path = run_experiment(config, progress=progress)

@@ -38,11 +38,13 @@ BACKENDS = ("local", "ray")
 EXPERIMENT = "experiment"  # the lock one run holds on its output root
 
 
-def demo_config_path() -> Path:
-    """The demo config shipped inside the package (the same file as examples/demo.yaml)."""
+def demo_config_path(full: bool = False) -> Path:
+    """The demo config shipped inside the package: the quick one a newcomer waits a few minutes for
+    (the same file as examples/demo-quick.yaml) or, ``full``, every item and setting
+    (examples/demo.yaml)."""
     from importlib.resources import files
 
-    return Path(str(files("crosslens") / "resources" / "demo.yaml"))
+    return Path(str(files("crosslens") / "resources" / ("demo.yaml" if full else "demo-quick.yaml")))
 
 
 def _write_experiment(config: ExperimentConfig, root: Path, backend: str) -> None:
