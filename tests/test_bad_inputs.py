@@ -339,14 +339,15 @@ def test_the_corpus_is_large() -> None:
 def test_ctrl_c_exits_130_with_one_line_and_the_same_command_resumes(
     saved_model: Path, tmp_path: Path
 ) -> None:
-    data = write_toy(tmp_path / "data")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "crosslens.cli", "eval", "-m", str(saved_model), "-d", "jsonl",
-           "--data-dir", str(data), "-o", str(out), "--batch-size", "1"]  # fmt: skip
+    # 64 items x 2 languages in units of 4: the interrupt lands after the first unit, with 31 units
+    # still to go (a toy set is scored before the signal arrives).
+    cmd = [sys.executable, "-m", "crosslens.cli", "eval", "-m", str(saved_model), "-d", "crosslens-mini",
+           "--languages", "en,de", "--chunk-size", "4", "-o", str(out), "--batch-size", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 120
-    while not (out / "run.json").exists():  # the model is loaded and the stage has begun
+    while not list((out / "records").glob("*.parquet")):  # the stage is under way
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.01)
