@@ -120,7 +120,7 @@ def _general(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--full",
-                help="every item and setting (examples/demo.yaml, about 10 minutes on 2 cores) instead of "
+                help="every item and setting (examples/demo.yaml, about 12 minutes on 2 cores) instead of "
                 "the quick demo (examples/demo-quick.yaml)",
             ),
         ] = False,
