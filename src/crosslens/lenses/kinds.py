@@ -9,15 +9,17 @@ it before anything heavy is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from crosslens.errors import CrosslensError
+from crosslens.options import OptionError
 
 __all__ = [
+    "check_trained_lenses",
     "LensError",
     "LensKind",
     "LensSpec",
@@ -137,3 +139,16 @@ def precheck_lens(spec: LensSpec | str, n_layers: int | None) -> None:
     spec = parse_lens(spec)
     if spec.lens_kind.precheck is not None:
         _call(spec.lens_kind.precheck, spec, n_layers)
+
+
+def check_trained_lenses(lenses: Sequence[str], models: int = 1, n_layers: int | None = None) -> None:
+    """The refusals of every stage option ``lenses`` before a model loads: a trained lens
+    (``KIND:PATH``) belongs to one model, and its folder must hold a lens (for ``n_layers``, if known)."""
+    trained = [x for x in lenses if parse_lens(x).path is not None]
+    if trained and models > 1:
+        raise OptionError("lenses", f"{trained[0]} was trained for one model, not for each of {models}")
+    for entry in trained:
+        try:
+            precheck_lens(entry, n_layers)
+        except LensError as exc:
+            raise OptionError("lenses", str(exc)) from None

@@ -11,9 +11,10 @@ import typer
 from rich.table import Table
 
 from crosslens.console import out_console
+from crosslens.lenses.kinds import check_trained_lenses
 from crosslens.models.options import ModelOptions
 from crosslens.options import Group, OptionError, options_command
-from crosslens.stages.inspect.config import InspectConfig, check_lenses
+from crosslens.stages.inspect.config import InspectConfig
 from crosslens.stages.options import LayerOptions
 
 __all__ = ["print_summary", "add_commands", "print_last_position"]
@@ -179,7 +180,7 @@ def add_commands(app: typer.Typer) -> None:
         except ModelLoadError as exc:
             raise ModelLoadError(f"--model {spec}: {exc}") from None
         _check_layers(spec, layers.layers or [], depth)
-        check_lenses(section, depth)
+        check_trained_lenses(section.lenses, n_layers=depth)
         if dataset is not None:
             text, item_id, language = _item_prompt(dataset, language, item, data_dir, split, template)
             title = f"{spec}: {dataset} item {item_id} ({language})"

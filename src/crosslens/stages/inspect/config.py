@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
 
-from crosslens.lenses.kinds import LensError, parse_lens, precheck_lens
-from crosslens.options import Cli, OptionError, Options
+from crosslens.lenses.kinds import LensError, check_trained_lenses, parse_lens
+from crosslens.options import Cli, Options
 
 if TYPE_CHECKING:
     from crosslens.stages.context import Plan, Settings
@@ -61,29 +61,17 @@ class InspectConfig(Options):
 DEFAULTS = InspectConfig()  # the API's defaults are the options' own
 
 
-def check_lenses(section: InspectConfig, depth: int | None, models: int = 1) -> None:
-    """A trained lens belongs to one model, holds a lens, and was made for this depth (if known)."""
-    trained = [x for x in section.lenses if parse_lens(x).path is not None]
-    if trained and models > 1:
-        raise OptionError("lenses", f"{trained[0]} was trained for one model, not for each of {models}")
-    for entry in trained:
-        try:
-            precheck_lens(entry, depth)
-        except LensError as exc:
-            raise OptionError("lenses", str(exc)) from None
-
-
 def check(settings: Settings) -> None:
     section = settings.section
     assert isinstance(section, InspectConfig)
-    check_lenses(section, None, len(settings.models))
+    check_trained_lenses(section.lenses, len(settings.models))
 
 
 def precheck(plan: Plan) -> None:
     """Before the model loads: the lenses were made for a model of this depth."""
     section = plan.section
     assert isinstance(section, InspectConfig)
-    check_lenses(section, plan.depth)
+    check_trained_lenses(section.lenses, n_layers=plan.depth)
 
 
 def work(plan: Plan) -> int:

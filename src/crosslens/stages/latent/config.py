@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from crosslens.lenses.kinds import LensError, parse_lens, precheck_lens
+from crosslens.lenses.kinds import LensError, check_trained_lenses, parse_lens, precheck_lens
 from crosslens.options import Cli, OptionError, Options
 from crosslens.scoring.options import PROMPT_FIELDS
 
@@ -68,16 +68,7 @@ def check(settings: Settings) -> None:
     """A trained lens belongs to one model; its folder must hold a lens."""
     section = settings.section
     assert isinstance(section, LatentConfig)
-    trained = [x for x in section.lenses if parse_lens(x).path is not None]
-    if trained and len(settings.models) > 1:
-        raise OptionError(
-            "lenses", f"{trained[0]} was trained for one model, not for each of {len(settings.models)}"
-        )
-    for entry in trained:
-        try:
-            precheck_lens(entry, None)
-        except LensError as exc:
-            raise OptionError("lenses", str(exc)) from None
+    check_trained_lenses(section.lenses, len(settings.models))
 
 
 def check_languages(languages: Sequence[str]) -> None:

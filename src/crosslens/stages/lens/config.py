@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from crosslens.lenses.kinds import LensError, parse_lens, precheck_lens
+from crosslens.lenses.kinds import LensError, check_trained_lenses, parse_lens, precheck_lens
 from crosslens.lenses.options import LensTrainConfig
 from crosslens.options import Cli, OptionError, Options
 from crosslens.scoring.options import PROMPT_FIELDS
@@ -77,16 +77,7 @@ def check(settings: Settings) -> None:
     """Lens folders that hold a lens (a trained lens belongs to one model), training text that exists."""
     section = settings.section
     assert isinstance(section, LensConfig)
-    trained = [x for x in section.lenses if parse_lens(x).path is not None]
-    if trained and len(settings.models) > 1:
-        raise OptionError(
-            "lenses", f"{trained[0]} was trained for one model, not for each of {len(settings.models)}"
-        )
-    for entry in trained:
-        try:
-            precheck_lens(entry, None)
-        except LensError as exc:
-            raise OptionError("lenses", str(exc)) from None
+    check_trained_lenses(section.lenses, len(settings.models))
     train = section.train
     for k, path in enumerate(train.corpus or [] if train else []):
         if not path.expanduser().is_file():

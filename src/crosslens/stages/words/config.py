@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from crosslens.data.schema import DataError, ParallelDataset
 from crosslens.data.words import WordList, answer_word, language_name, read_words
-from crosslens.lenses.kinds import LensError, parse_lens, precheck_lens
+from crosslens.lenses.kinds import LensError, check_trained_lenses, parse_lens, precheck_lens
 from crosslens.options import Cli, OptionError, Options, csv
 from crosslens.stages.words.tasks import Pair, Task, check_shots, pairs
 
@@ -121,16 +121,7 @@ def check(settings: Settings) -> None:
     assert isinstance(section, WordsConfig)
     if section.words is not None and not section.words.expanduser().is_file():
         raise OptionError("words", f"{section.words}: no such file")
-    trained = [x for x in section.lenses if parse_lens(x).path is not None]
-    if trained and len(settings.models) > 1:
-        raise OptionError(
-            "lenses", f"{trained[0]} was trained for one model, not for each of {len(settings.models)}"
-        )
-    for entry in trained:
-        try:
-            precheck_lens(entry, None)
-        except LensError as exc:
-            raise OptionError("lenses", str(exc)) from None
+    check_trained_lenses(section.lenses, len(settings.models))
 
 
 def languages_for(
