@@ -20,6 +20,7 @@ from crosslens.options import OptionError
 
 __all__ = [
     "check_trained_lenses",
+    "lens_specs",
     "LensError",
     "LensKind",
     "LensSpec",
@@ -139,6 +140,20 @@ def precheck_lens(spec: LensSpec | str, n_layers: int | None) -> None:
     spec = parse_lens(spec)
     if spec.lens_kind.precheck is not None:
         _call(spec.lens_kind.precheck, spec, n_layers)
+
+
+def lens_specs(entries: Sequence[str]) -> list[LensSpec]:
+    """The entries of a stage's ``lenses`` option parsed, each kind named once; a ``ValueError``, so
+    that the option's validator reports it under the option's name."""
+    try:
+        specs = [parse_lens(x) for x in entries]
+    except LensError as exc:
+        raise ValueError(str(exc)) from None
+    kinds = [s.kind for s in specs]
+    twice = sorted({k for k in kinds if kinds.count(k) > 1})
+    if twice:
+        raise ValueError(f"name each lens kind once ({twice[0]!r} is named {kinds.count(twice[0])} times)")
+    return specs
 
 
 def check_trained_lenses(lenses: Sequence[str], models: int = 1, n_layers: int | None = None) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
 
-from crosslens.lenses.kinds import LensError, check_trained_lenses, parse_lens
+from crosslens.lenses.kinds import check_trained_lenses, lens_specs
 from crosslens.options import Cli, Options
 
 if TYPE_CHECKING:
@@ -41,17 +41,7 @@ class InspectConfig(Options):
     @field_validator("lenses")
     @classmethod
     def _lenses(cls, v: list[str]) -> list[str]:
-        try:
-            kinds = [parse_lens(x).kind for x in v]
-        except LensError as exc:
-            raise ValueError(str(exc)) from None
-        twice = sorted({k for k in kinds if kinds.count(k) > 1})
-        if twice:
-            raise ValueError(
-                f"name each lens kind once ({twice[0]!r} is named {kinds.count(twice[0])} times)"
-            )
-        untrained = [x for x in v if parse_lens(x).kind == "tuned" and parse_lens(x).path is None]
-        if untrained:
+        if any(spec.kind == "tuned" and spec.path is None for spec in lens_specs(v)):
             raise ValueError(
                 "name the tuned lens's folder: tuned:LENS_DIR (train one with crosslens train-lens)"
             )

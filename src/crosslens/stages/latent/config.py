@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from crosslens.lenses.kinds import LensError, check_trained_lenses, parse_lens, precheck_lens
+from crosslens.lenses.kinds import LensError, check_trained_lenses, lens_specs, precheck_lens
 from crosslens.options import Cli, OptionError, Options
 from crosslens.scoring.options import PROMPT_FIELDS
 
@@ -42,17 +42,7 @@ class LatentConfig(Options):
     @field_validator("lenses")
     @classmethod
     def _lenses(cls, v: list[str]) -> list[str]:
-        try:
-            specs = [parse_lens(x) for x in v]
-        except LensError as exc:
-            raise ValueError(str(exc)) from None
-        kinds = [s.kind for s in specs]
-        twice = sorted({k for k in kinds if kinds.count(k) > 1})
-        if twice:
-            raise ValueError(
-                f"name each lens kind once ({twice[0]!r} is named {kinds.count(twice[0])} times)"
-            )
-        for spec in specs:
+        for spec in lens_specs(v):
             if spec.lens_kind.path is not None and spec.path is None:
                 raise ValueError(
                     f"{spec.kind!r} needs its folder here: {spec.kind}:PATH (the latent stage reads a "

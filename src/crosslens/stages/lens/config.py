@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from crosslens.lenses.kinds import LensError, check_trained_lenses, parse_lens, precheck_lens
+from crosslens.lenses.kinds import LensError, check_trained_lenses, lens_specs, parse_lens, precheck_lens
 from crosslens.lenses.options import LensTrainConfig
 from crosslens.options import Cli, OptionError, Options
 from crosslens.scoring.options import PROMPT_FIELDS
@@ -43,15 +43,7 @@ class LensConfig(Options):
     @field_validator("lenses")
     @classmethod
     def _lenses(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        try:
-            kinds = [parse_lens(x).kind for x in v]
-        except LensError as exc:
-            raise ValueError(str(exc)) from None
-        twice = sorted({k for k in kinds if kinds.count(k) > 1})
-        if twice:
-            raise ValueError(
-                f"name each lens kind once ({twice[0]!r} is named {kinds.count(twice[0])} times)"
-            )
+        lens_specs(v)
         train = info.data.get("train")
         if train is not None and "tuned" not in v:
             raise ValueError("train: trains the lens named 'tuned' (add it; tuned:PATH is already trained)")
