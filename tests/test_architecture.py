@@ -73,6 +73,17 @@ def toy() -> Iterator[None]:
         unregister_lens("half")
 
 
+def test_the_cli_starts_without_torch_or_pandas() -> None:
+    """`crosslens --help` stays fast: building the app (every stage's options) imports neither torch
+    nor pandas; a stage's config module imports them inside the checks that need them."""
+    code = (
+        "import sys; from crosslens.cli.app import build_app; build_app(); "
+        "print(sorted({'torch', 'pandas'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_a_registered_stage_and_lens_are_known_everywhere(toy: None) -> None:
     keys = [d.key for d in stage_defs()]
     assert keys[-1] == "toy" and "half_lens" in keys

@@ -11,9 +11,7 @@ from pydantic import Field, field_validator
 from crosslens.lenses.kinds import lens_kinds, lens_table
 from crosslens.options import Cli, OptionError, Options
 from crosslens.scoring import RECORDS
-from crosslens.stages.fingerprints import precheck_folder
 from crosslens.stages.registry import stage_defs
-from crosslens.store import Store
 
 if TYPE_CHECKING:
     from crosslens.stages.context import Plan, Settings
@@ -85,6 +83,10 @@ def precheck(plan: Plan, kind: str) -> None:
             f"{plan.data.name} has no English pivot, which divergence compares each language's "
             "readings with (give English items with pivot_file, or turn divergence off)",
         )
+    # imported here: ``crosslens --help`` imports this module, and these pull in torch and pandas
+    from crosslens.stages.fingerprints import precheck_folder
+    from crosslens.store import Store
+
     store = Store(plan.out)
     made = {d.table for d in stage_defs() if d.key in plan.stages}
     readings, records = sources(kind)
