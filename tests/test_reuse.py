@@ -402,7 +402,7 @@ def test_a_folder_without_run_json_still_refuses_another_model(
 
 
 # -- case 6: the same model by another path, or as a copy ---------------------------------------------
-@pytest.mark.parametrize("stage", ["eval", "similarity", "neurons", "steer"])  # shards and every artefact
+@pytest.mark.parametrize("stage", ["eval", "latent", "similarity", "neurons", "steer"])  # shards, artefacts
 def test_the_same_model_by_another_path_or_as_a_copy_resumes(
     stage: str,
     saved_model: Path,

@@ -82,6 +82,16 @@ def plan_units(
 Done = dict[tuple[str, str], tuple[str, set[str]]]  # (language, item) -> (digest, setting keys)
 
 
+def held_items(index: Sequence[tuple[Any, dict[str, Any] | None]]) -> Done:
+    """What a table's shards hold, from their metadata (``Store.index``): per (language, item) its
+    digest and every setting held (a shard without metadata holds nothing reusable)."""
+    held: Done = {}
+    for _, meta in index:
+        for item, digest in (meta or {}).get("items", {}).items():
+            held.setdefault((meta["language"], item), (digest, set()))[1].update(meta["settings"])
+    return held
+
+
 @dataclass
 class Stage:
     """What a stage needs besides the model: subclasses give :meth:`rows` and :meth:`summarize`.
@@ -105,15 +115,19 @@ class Stage:
 
     def done(self) -> Done:
         """What the folder holds, after checking every shard against this stage (no writes)."""
-        done: Done = {}
-        for path, meta in self.store.index(self.table):
-            if not same_fingerprint(self.store.fingerprint_of(path, meta), self.fingerprint):
-                raise self.store.mismatch(self.table, meta["fingerprint"], self.fingerprint)
-            lang = meta["language"]
-            for item, digest in meta["items"].items():
-                done.setdefault((lang, item), (digest, set()))[1].update(meta["settings"])
+        index = self.store.index(self.table)
+        for path, meta in index:
+            held = self.store.fingerprint_of(path, meta)
+            if not self.reusable(held):
+                raise self.store.mismatch(self.table, held, self.fingerprint)
+        done = held_items(index)
         self._check_items(done)
         return done
+
+    def reusable(self, held: dict[str, Any]) -> bool:
+        """Whether rows made under fingerprint ``held`` may be reused or extended by this stage (override
+        where part of a fingerprint is compared piece by piece)."""
+        return same_fingerprint(held, self.fingerprint)
 
     def _check_items(self, done: Done) -> None:
         for unit in self.units:

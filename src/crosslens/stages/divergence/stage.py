@@ -30,7 +30,7 @@ from crosslens.options import OptionError
 from crosslens.scoring import metrics
 from crosslens.scoring.options import CHUNK_SIZE
 from crosslens.stages.api import runner
-from crosslens.stages.base import Done, Stage, Unit, plan_units, setting_key
+from crosslens.stages.base import Done, Stage, Unit, held_items, plan_units, setting_key
 from crosslens.stages.context import Plan
 from crosslens.stages.divergence import divergence_table
 from crosslens.stages.divergence.compute import agreement, divergence_layer, summary_of
@@ -112,8 +112,8 @@ class DivergenceStage(Stage):
             return self._coverage
         readings, records = self.sources
         layers = {setting_key(layer) for layer in self.layers}
-        read = self._held(readings)
-        answered = self._held(records)
+        read = held_items(self.store.index(readings))
+        answered = held_items(self.store.index(records))
         pivot = self.ds.pivot
         ok = set()
         for unit in self.units:
@@ -134,14 +134,6 @@ class DivergenceStage(Stage):
                     ok.add((lang, item))
         self._coverage = ok
         return ok
-
-    def _held(self, table: str) -> dict[tuple[str, str], tuple[str, set[str]]]:
-        """(language, item) -> (digest, settings) of what ``table`` holds, from its shards' metadata."""
-        held: dict[tuple[str, str], tuple[str, set[str]]] = {}
-        for _, meta in self.store.index(table):
-            for item, digest in (meta or {}).get("items", {}).items():
-                held.setdefault((meta["language"], item), (digest, set()))[1].update(meta["settings"])
-        return held
 
     def _same_data(self, table: str, item: str, language: str, held: str, now: str) -> None:
         if held != now:
@@ -193,7 +185,7 @@ class DivergenceStage(Stage):
     def _nothing_covered(self) -> str:
         """Why no selected row can be computed, as one line."""
         readings, records = self.sources
-        read, answered = self._held(readings), self._held(records)
+        read, answered = held_items(self.store.index(readings)), held_items(self.store.index(records))
         pairs = [(u.language, i) for u in self.units for i in u.item_ids]
         if not any(p in read for p in pairs):
             return f"{readings}/ holds no readings of the selected items and languages; read them first"

@@ -42,14 +42,14 @@ from crosslens.scoring import metrics
 from crosslens.scoring.choices import encode_continuation, require_finite
 from crosslens.scoring.options import EvalOptions
 from crosslens.stages.api import runner
-from crosslens.stages.base import Done, Stage, Unit, plan_units
+from crosslens.stages.base import Stage, Unit, plan_units
 from crosslens.stages.context import JobContext
 from crosslens.stages.fingerprints import data_fingerprint
 from crosslens.stages.latent import FIGURE, SUMMARY, TABLE
 from crosslens.stages.latent.compute import MASS, SHARES, curves, elsewhere, native_codes, readout, shares
 from crosslens.stages.latent.config import DEFAULTS, POSITIONS, LatentConfig, check_languages
 from crosslens.stages.prompting import build_prompter, held_out
-from crosslens.store import Store
+from crosslens.store import Store, same_fingerprint
 
 __all__ = ["LatentStage", "latent_stage", "run_latent", "build", "summarize_latent"]
 
@@ -128,23 +128,15 @@ class LatentStage(Stage):
                 parts.append({k: v.float().cpu() for k, v in values.items()})
         return {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
 
-    def done(self) -> Done:
-        """:meth:`Stage.done`, with lenses compared kind by kind: rows of another lens kind are reused or
-        extended (they are rows of their own), a kind read through another lens (another tuned-lens
-        file) refuses the folder, as does any other difference."""
-        lenses = self.fingerprint["lenses"]
+    def reusable(self, held: dict[str, Any]) -> bool:
+        """Lenses compared kind by kind: rows of another lens kind are reused or extended (they are rows
+        of their own), a kind read through another lens (another tuned-lens file) refuses the folder, as
+        does any other difference (the rest compared as every stage compares fingerprints)."""
+        lenses, before = self.fingerprint["lenses"], held.get("lenses", {})
+        if any(before[k] != lenses[k] for k in before.keys() & lenses.keys()):
+            return False
         rest = {k: v for k, v in self.fingerprint.items() if k != "lenses"}
-        done: Done = {}
-        for path, meta in self.store.index(self.table):
-            fp = self.store.fingerprint_of(path, meta)
-            held = fp.get("lenses", {})
-            other = any(held[k] != lenses[k] for k in held.keys() & lenses.keys())
-            if other or {k: v for k, v in fp.items() if k != "lenses"} != rest:
-                raise self.store.mismatch(self.table, fp, self.fingerprint)
-            for item, digest in meta["items"].items():
-                done.setdefault((meta["language"], item), (digest, set()))[1].update(meta["settings"])
-        self._check_items(done)
-        return done
+        return same_fingerprint({k: v for k, v in held.items() if k != "lenses"}, rest)
 
     def summarize(self) -> dict[str, Any]:
         return summarize_latent(
