@@ -299,6 +299,22 @@ def test_latent_extends_to_a_lens_kind_and_refuses_another_lens_or_token_table(
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("stage", ["words", "inspect-items"])
+def test_a_token_table_from_other_text_lists_is_refused(
+    stage: str, saved_model: Path, toy_jsonl_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The masses and tags read through the token -> language table depend on our bundled text lists as
+    on wordfreq: a folder whose table was built from other lists is refused, naming the table."""
+    out = tmp_path / "out"
+    assert run(stage, saved_model, toy_jsonl_dir, out) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    monkeypatch.setenv("CROSSLENS_CACHE", str(tmp_path / "cache"))  # the table rebuilt there, not in yours
+    monkeypatch.setattr("crosslens.data.token_languages.text_lists_sha256", lambda: "0" * 64)
+    refused(capsys, run(stage, saved_model, toy_jsonl_dir, out), "token_languages", "text_lists")
+    assert snapshot(out) == before
+
+
 # -- case 3: changed data under the same dataset name ---------------------------------------------------
 # (the word tasks read no item of the dataset, only its name, languages and source: their own data,
 # the word list, is refused when it changes by tests/test_words.py)

@@ -114,6 +114,7 @@ __all__ = [
     "build_token_languages",
     "is_language_code",
     "table_code",
+    "table_identity",
     "text_lists",
     "token_languages",
     "tokenizer_sha256",
@@ -325,6 +326,22 @@ def text_lists() -> dict[str, dict[str, float]]:
 def text_lists_sha256() -> str:
     """A hash of :func:`text_lists` (part of a table's provenance: edited bundled text rebuilds it)."""
     return hashlib.sha256(json.dumps(text_lists(), sort_keys=True).encode()).hexdigest()
+
+
+def table_identity(table: TokenLanguages | None = None) -> dict[str, Any]:
+    """What readings through a token -> language table depend on besides the tokenizer (a fingerprint
+    entry): its rules, wordfreq, our text lists and, for a table of fewer languages, those;
+    ``None``: the table :func:`token_languages` builds (known without building it)."""
+    if table is None:
+        return {"method": METHOD, "wordfreq": WORDFREQ_VERSION, "text_lists": text_lists_sha256()[:16]}
+    identity: dict[str, Any] = {
+        "method": table.method,
+        "wordfreq": table.wordfreq_version,
+        "text_lists": table.lists_sha256[:16],
+    }
+    if tuple(table.languages) != ALL_LANGUAGES:
+        identity["languages"] = list(table.languages)
+    return identity
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from crosslens.data.prompts import Prompter, get_template
 from crosslens.data.schema import ParallelDataset
-from crosslens.data.token_languages import TokenLanguages, token_languages
+from crosslens.data.token_languages import TokenLanguages, table_identity, token_languages
 from crosslens.lenses.kinds import LensError, load_lens
 from crosslens.lenses.lens import Lens
 from crosslens.models.anatomy import paper_layers
@@ -164,7 +164,7 @@ def inspect_stage(
         | {
             "lenses": {lens.kind: lens.fingerprint() for lens in read},
             "top_k": top_k,
-            "token_languages": {"method": table.method, "wordfreq": table.wordfreq_version},
+            "token_languages": table_identity(table),
         }
     )
     meta = {

@@ -26,14 +26,7 @@ from pydantic import ValidationError
 
 from crosslens.data.prompts import get_template
 from crosslens.data.schema import DataError, ParallelDataset
-from crosslens.data.token_languages import (
-    ALL_LANGUAGES,
-    METHOD,
-    WORDFREQ_VERSION,
-    TokenLanguages,
-    table_code,
-    token_languages,
-)
+from crosslens.data.token_languages import TokenLanguages, table_code, table_identity, token_languages
 from crosslens.data.words import WordList, read_words
 from crosslens.lenses.kinds import LensError, lens_kinds, load_lens
 from crosslens.lenses.lens import Lens
@@ -283,16 +276,6 @@ def _lens_info(lens: Lens) -> dict[str, Any]:
     return {"kind": lens.kind, "title": kind.title if kind else lens.kind, "fingerprint": lens.fingerprint()}
 
 
-def _table_identity(table: TokenLanguages | None) -> dict[str, Any]:
-    """What the masses depend on besides the tokenizer: the table's rules, wordfreq, its languages."""
-    if table is None:
-        return {"method": METHOD, "wordfreq": WORDFREQ_VERSION}
-    identity: dict[str, Any] = {"method": table.method, "wordfreq": table.wordfreq_version}
-    if tuple(table.languages) != ALL_LANGUAGES:
-        identity["languages"] = list(table.languages)
-    return identity
-
-
 def _use(lens: Lens | str, lm: LoadedModel, layers: Sequence[int]) -> Lens:
     """``lens`` loaded for ``lm``, made for it, reading ``layers`` (one line otherwise)."""
     lens = load_lens(lens, lm) if isinstance(lens, str) else lens
@@ -362,7 +345,7 @@ def words_stage(
         "shots": shots,
         "seed": seed,
         "tokens": TOKENS_RULE,
-        "token_languages": _table_identity(token_table),
+        "token_languages": table_identity(token_table),
     }
     counts = screened.counts()
     meta = {
