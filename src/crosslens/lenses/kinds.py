@@ -29,6 +29,7 @@ __all__ = [
     "unregister_lens",
     "parse_lens",
     "load_lens",
+    "load_lenses",
     "precheck_lens",
     "lens_table",
 ]
@@ -133,6 +134,17 @@ def load_lens(spec: LensSpec | str, lm: Any) -> Any:
     """The lens ``spec`` names, built for the loaded model ``lm``."""
     spec = parse_lens(spec)
     return _call(spec.lens_kind.load, spec, lm)
+
+
+def load_lenses(entries: Sequence[Any], lm: Any, layers: Sequence[int]) -> list[Any]:
+    """The lenses ``entries`` name (``logit``, ``tuned:PATH``, a registered kind, or built lenses),
+    each checked to belong to the loaded model ``lm`` and to read ``layers``."""
+    lenses = [load_lens(x, lm) if isinstance(x, str) else x for x in entries]
+    for lens in lenses:
+        if lens.anatomy.unembed_weight is not lm.anatomy.unembed_weight:
+            raise LensError(f"the {lens.name} lens was built for another loaded model than {lm.spec}")
+        lens.check_layers(layers)
+    return lenses
 
 
 def precheck_lens(spec: LensSpec | str, n_layers: int | None) -> None:

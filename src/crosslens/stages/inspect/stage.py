@@ -23,7 +23,7 @@ import pandas as pd
 from crosslens.data.prompts import Prompter, get_template
 from crosslens.data.schema import ParallelDataset
 from crosslens.data.token_languages import TokenLanguages, table_identity, token_languages
-from crosslens.lenses.kinds import LensError, load_lens
+from crosslens.lenses.kinds import load_lenses
 from crosslens.lenses.lens import Lens
 from crosslens.models.anatomy import paper_layers
 from crosslens.models.loading import LoadedModel
@@ -46,21 +46,9 @@ __all__ = [
     "run_inspect",
     "build",
     "inspect_prompt",
-    "load_lenses",
     "write_pictures",
     "last_position",
 ]
-
-
-def load_lenses(entries: Sequence[Lens | str], lm: LoadedModel, layers: Sequence[int]) -> list[Lens]:
-    """The lenses ``entries`` name (``logit``, ``tuned:PATH``, a registered kind, or built lenses),
-    each checked to belong to ``lm`` and to read ``layers``."""
-    lenses = [load_lens(x, lm) if isinstance(x, str) else x for x in entries]
-    for lens in lenses:
-        if lens.anatomy.unembed_weight is not lm.anatomy.unembed_weight:
-            raise LensError(f"the {lens.name} lens was built for another loaded model than {lm.spec}")
-        lens.check_layers(layers)
-    return lenses
 
 
 def last_position(reading: pd.DataFrame) -> list[dict[str, Any]]:

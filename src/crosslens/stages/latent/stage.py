@@ -32,7 +32,7 @@ import torch
 from crosslens.data.prompts import Prompter
 from crosslens.data.schema import ParallelDataset
 from crosslens.data.token_languages import TokenLanguages, token_languages
-from crosslens.lenses.kinds import LensError, load_lens
+from crosslens.lenses.kinds import load_lenses
 from crosslens.lenses.lens import Lens
 from crosslens.models.anatomy import paper_layers
 from crosslens.models.loading import LoadedModel
@@ -217,14 +217,10 @@ def latent_stage(
     layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
     if not layers:
         raise OptionError("layers", "is empty: give at least one layer")
-    loaded = [load_lens(x, lm) if isinstance(x, str) else x for x in lenses]
+    loaded = load_lenses(lenses, lm, layers)
     by_kind = {lens.kind: lens for lens in loaded}
     if len(by_kind) != len(loaded):
         raise OptionError("lenses", "name each lens kind once")
-    for lens in loaded:
-        if lens.anatomy.unembed_weight is not lm.anatomy.unembed_weight:
-            raise LensError(f"the {lens.name} lens was built for another loaded model than {lm.spec}")
-        lens.check_layers(layers)
     table = token_languages(lm.tokenizer)
     prompter = build_prompter(lm, ds, languages, opts, seed, shots_from)
     fingerprint = (

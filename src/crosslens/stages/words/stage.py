@@ -28,7 +28,7 @@ from crosslens.data.prompts import get_template
 from crosslens.data.schema import DataError, ParallelDataset
 from crosslens.data.token_languages import TokenLanguages, table_code, table_identity, token_languages
 from crosslens.data.words import WordList, read_words
-from crosslens.lenses.kinds import LensError, lens_kinds, load_lens
+from crosslens.lenses.kinds import lens_kinds, load_lenses
 from crosslens.lenses.lens import Lens
 from crosslens.models.anatomy import paper_layers
 from crosslens.models.loading import LoadedModel
@@ -276,15 +276,6 @@ def _lens_info(lens: Lens) -> dict[str, Any]:
     return {"kind": lens.kind, "title": kind.title if kind else lens.kind, "fingerprint": lens.fingerprint()}
 
 
-def _use(lens: Lens | str, lm: LoadedModel, layers: Sequence[int]) -> Lens:
-    """``lens`` loaded for ``lm``, made for it, reading ``layers`` (one line otherwise)."""
-    lens = load_lens(lens, lm) if isinstance(lens, str) else lens
-    if lens.anatomy.unembed_weight is not lm.anatomy.unembed_weight:
-        raise LensError(f"the {lens.name} lens was built for another loaded model than {lm.spec}")
-    lens.check_layers(layers)
-    return lens
-
-
 def words_stage(
     lm: LoadedModel,
     ds: ParallelDataset,
@@ -320,7 +311,7 @@ def words_stage(
     check_words(word_list, planned)
     check_shots(word_list, section.tasks, section.shots)
     layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
-    read = {lens_tag(x): x for x in (_use(entry, lm, layers) for entry in lenses)}
+    read = {lens_tag(x): x for x in load_lenses(lenses, lm, layers)}
     concepts = word_list.concepts[: section.n_concepts]
     targets_read = list(dict.fromkeys(p.target for p in planned))
     screened = screen(
