@@ -147,10 +147,6 @@ class WordList:
     concepts: tuple[Concept, ...]
 
     @property
-    def ids(self) -> list[str]:
-        return [c.id for c in self.concepts]
-
-    @property
     def languages(self) -> list[str]:
         """The languages any concept has words in (sorted); :meth:`require` checks that every
         concept has the ones a run reads."""

@@ -163,13 +163,15 @@ def check_words(words: WordList, planned: Sequence[Pair]) -> None:
             (answer_word if p.task == "cloze" else language_name)(lang)
 
 
-def planned_pairs(section: WordsConfig, words: WordList, ds: ParallelDataset) -> list[Pair]:
-    """The (task, source, target) pairs of a run, checked against the word list."""
+def planned_pairs(
+    section: WordsConfig, words: WordList, ds: ParallelDataset
+) -> tuple[list[str], list[str], list[Pair]]:
+    """The sources, targets and (task, source, target) pairs of a run, checked against the word list."""
     sources, targets = languages_for(words, ds, section.sources, section.targets)
     planned = pairs(section.tasks, sources, targets)
     check_words(words, planned)
     check_shots(words, section.tasks, section.shots)
-    return planned
+    return sources, targets, planned
 
 
 def precheck(plan: Plan) -> None:
@@ -190,4 +192,4 @@ def work(plan: Plan) -> int:
     assert isinstance(section, WordsConfig)
     words = read_words(section.words)
     n = min(section.n_concepts or len(words.concepts), len(words.concepts))
-    return n * len(planned_pairs(section, words, plan.data))
+    return n * len(planned_pairs(section, words, plan.data)[2])

@@ -53,12 +53,10 @@ from crosslens.stages.words.compute import (
     readings,
     screen,
 )
-from crosslens.stages.words.config import DEFAULTS, ENGLISH, WordsConfig, check_words, languages_for
+from crosslens.stages.words.config import DEFAULTS, ENGLISH, WordsConfig, planned_pairs
 from crosslens.stages.words.tasks import (
     Pair,
-    check_shots,
     exemplars,
-    pairs,
     prompt_digest,
     render,
     shots_for,
@@ -306,10 +304,7 @@ def words_stage(
     except ValidationError as exc:
         raise OptionError(*first_error(exc)) from None
     word_list = words if isinstance(words, WordList) else read_words(words)
-    src, tgt = languages_for(word_list, ds, section.sources, section.targets)
-    planned = pairs(section.tasks, src, tgt)
-    check_words(word_list, planned)
-    check_shots(word_list, section.tasks, section.shots)
+    src, tgt, planned = planned_pairs(section, word_list, ds)
     layers = lm.anatomy.check_layers(layers if layers is not None else paper_layers(lm.anatomy.n_layers))
     read = {lens_tag(x): x for x in load_lenses(lenses, lm, layers)}
     concepts = word_list.concepts[: section.n_concepts]
