@@ -305,14 +305,15 @@ class ModelSpec:
         return re.sub(r"[^A-Za-z0-9_.@-]+", "-", name).strip("-.") or "model"
 
 
-def _resolve(spec: ModelSpec) -> tuple[str, str, str, dict[str, str]]:
-    """spec -> (what to pass to from_pretrained, revision/hash, content identity, provenance fields)."""
+def _resolve(spec: ModelSpec) -> tuple[str, str, dict[str, str]]:
+    """spec -> (what to pass to from_pretrained, revision/hash, provenance fields); its content
+    identity is :func:`content_identity`'s."""
     if spec.kind in ("alias", "gguf"):
         gguf_path = _alias_file(spec.location) if spec.kind == "alias" else Path(spec.location)
         folder = convert_gguf(gguf_path)
         meta = read_json(folder / "crosslens.json", ConversionMarker)
         provenance = {"gguf": str(gguf_path), "cache": str(folder)}
-        return str(folder), f"sha256:{meta.sha256}", f"gguf:sha256:{meta.sha256}", provenance
+        return str(folder), f"sha256:{meta.sha256}", provenance
     if spec.kind == "local":
         folder = Path(spec.location)
         if not folder.is_dir():
@@ -320,15 +321,14 @@ def _resolve(spec: ModelSpec) -> tuple[str, str, str, dict[str, str]]:
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"model folder has no config.json: {spec.text}")
         # The revision as crosslens has always recorded it (config and weight sizes: folders written
-        # before content identities stay reusable); the identity hashes every file's content.
+        # before content identities stay reusable); content_identity hashes every file's content.
         digest = hashlib.sha256((folder / "config.json").read_bytes())
         for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
             digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-        identity = f"folder:sha256:{folder_digest(folder, _hash_cache())}"
-        return str(folder), f"local:{digest.hexdigest()[:16]}", identity, {}
+        return str(folder), f"local:{digest.hexdigest()[:16]}", {}
     if spec.kind == "name":
         raise spec.unknown()
-    return spec.location, "", f"hub:{spec.location}", {}  # the revision is read from the loaded config
+    return spec.location, "", {}  # the revision is read from the loaded config
 
 
 def content_identity(spec: str) -> str:
@@ -372,7 +372,8 @@ def load_model(
     precision = dtype_name(dtype, device)
     torch_dtype = resolve_dtype(precision)
     parsed = ModelSpec.parse(spec)
-    source, revision, identity, provenance = _resolve(parsed)
+    source, revision, provenance = _resolve(parsed)
+    identity = content_identity(spec)  # the files' hashes are remembered: nothing is read twice
     hub_revision = parsed.revision
     try:
         config = AutoConfig.from_pretrained(
