@@ -361,18 +361,15 @@ class ImportStage(Stage):
             for key in legacy:
                 if [float(x) for x in rows[key]] == list(self.samples[key].logliks):
                     done[key] = (self.digest(*key), done[key][1])
-        for unit in self.units:
-            for item_id in unit.item_ids:
-                key = (unit.language, item_id)
-                held = done.get(key)
-                if held is None or held[0] == self.digest(*key):
-                    continue
-                same_item = held[0].split("+")[0] == self.ds.item(*key).digest
-                what = "its log-likelihoods" if same_item else "its prompt, choices or answer"
-                raise RunMismatchError(
-                    f"{self.store.root} holds records of item {item_id!r} ({unit.language}) imported from "
-                    f"other lm-eval samples ({what} changed); use another --out folder or delete it"
-                )
+        super()._check_items(done)
+
+    def _changed(self, language: str, item: str, held: str) -> RunMismatchError:
+        same_item = held.split("+")[0] == self.ds.item(language, item).digest
+        what = "its log-likelihoods" if same_item else "its prompt, choices or answer"
+        return RunMismatchError(
+            f"{self.store.root} holds records of item {item!r} ({language}) imported from "
+            f"other lm-eval samples ({what} changed); use another --out folder or delete it"
+        )
 
     def rows(self, unit: Unit) -> pd.DataFrame:
         rows = []

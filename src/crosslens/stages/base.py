@@ -134,11 +134,15 @@ class Stage:
             for item in unit.item_ids:
                 held = done.get((unit.language, item))
                 if held is not None and held[0] != self.digest(unit.language, item):
-                    raise RunMismatchError(
-                        f"{self.store.root} holds '{self.table}' results for item {item!r} ({unit.language}) "
-                        f"made from different data: the item (or the items it depends on) changed under "
-                        f"dataset '{self.fingerprint.get('dataset')}'; use another --out folder or delete it"
-                    )
+                    raise self._changed(unit.language, item, held[0])
+
+    def _changed(self, language: str, item: str, held: str) -> RunMismatchError:
+        """The refusal of rows of ``item`` made from data of digest ``held`` (override to say more)."""
+        return RunMismatchError(
+            f"{self.store.root} holds '{self.table}' results for item {item!r} ({language}) "
+            f"made from different data: the item (or the items it depends on) changed under "
+            f"dataset '{self.fingerprint.get('dataset')}'; use another --out folder or delete it"
+        )
 
     def check(self) -> Done:
         """Refuse (one line) anything in the folder this stage must not reuse; nothing is written.
