@@ -23,6 +23,7 @@ __all__ = [
     "ResultFolder",
     "Summary",
     "Estimate",
+    "Change",
     "PairMean",
     "Figure",
     "ReportPart",
@@ -45,6 +46,14 @@ class Estimate(Schema):
     """A mean and its confidence interval (null where undefined)."""
 
     mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class Change(Schema):
+    """A paired change and its bootstrap CI (null where undefined)."""
+
+    delta: float | None
     ci_low: float | None
     ci_high: float | None
 

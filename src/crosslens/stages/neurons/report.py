@@ -15,17 +15,9 @@ from crosslens.files import Schema, require
 from crosslens.render.figures import floats, language_colors, new_figure, save
 from crosslens.render.tables import Table, ci, missing
 from crosslens.stages.neurons import FIGURES
-from crosslens.stages.reporting import Column, Figure, ReportPart, ResultFolder, Summary
+from crosslens.stages.reporting import Change, Column, Figure, ReportPart, ResultFolder, Summary
 
 __all__ = ["PART", "NeuronsSummary", "neurons_figure", "ablation_figure"]
-
-
-class Change(Schema):
-    """A paired change and its bootstrap CI (null where undefined)."""
-
-    delta: float | None
-    ci_low: float | None
-    ci_high: float | None
 
 
 class AccuracyChange(Change):

@@ -17,7 +17,7 @@ from crosslens.files import Schema, require
 from crosslens.render.figures import band, grid, new_figure, save
 from crosslens.render.tables import Table, missing, pct, signed
 from crosslens.scoring import RECORDS
-from crosslens.stages.reporting import Column, Estimate, Figure, ReportPart, ResultFolder, Summary
+from crosslens.stages.reporting import Change, Column, Estimate, Figure, ReportPart, ResultFolder, Summary
 from crosslens.store import Store
 
 __all__ = ["PART", "SteerSummary", "gamma_sweep_figure", "steer_change_figure", "default_gamma"]
@@ -25,15 +25,9 @@ __all__ = ["PART", "SteerSummary", "gamma_sweep_figure", "steer_change_figure", 
 _UNSET = Estimate(mean=None, ci_low=None, ci_high=None)  # a key that may be absent, but not null
 
 
-class PairedChange(Schema):
-    delta: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-
 class LanguageSteer(Schema):
     accuracy: float
-    paired: dict[str, PairedChange] = {}
+    paired: dict[str, Change] = {}
 
 
 class ControlStat(Schema):
